@@ -1,0 +1,1 @@
+"""LiteLLM integration for tracer."""
