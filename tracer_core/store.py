@@ -1,0 +1,439 @@
+"""TraceStore: traces and policies in one SQLite file (sqlite-utils, WAL, versioned schema)."""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import pathlib
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from tracer_core.errors import CorruptStoreError, PolicyError, StoreError
+from tracer_core.trace import SOURCES, Trace, validate
+from tracer_core.writer import BackgroundWriter
+
+DEFAULT_DB = "tracer.db"
+BUSY_TIMEOUT_S = 30.0
+LOCK_RETRY_S = 60.0
+ITER_CHUNK = 1_000
+
+T = TypeVar("T")
+
+TRACE_COLUMNS = (
+    "task", "fingerprint", "input", "input_hash", "label", "source", "model", "latency_ms",
+    "prompt_tokens", "completion_tokens", "cost_usd", "created_at", "metadata",
+)
+_INSERT_SQL = f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.join('?' * len(TRACE_COLUMNS))})"
+_POLICY_COLUMNS = "id, task, fingerprint, version, created_at, status, n_traces, certificate"
+
+
+def input_hash(text: str) -> str:
+    """Short stable hash of an input text (first 16 hex chars of sha256)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def resolve_path(path: str | os.PathLike | None) -> pathlib.Path:
+    """The store path: the argument, else $TRACER_DB, else `tracer.db`."""
+    return pathlib.Path(path if path is not None else os.environ.get("TRACER_DB") or DEFAULT_DB)
+
+
+# --- schema migrations: MIGRATIONS[i] upgrades user_version i -> i + 1 -----------------------
+
+def _migrate_0_to_1(db: sqlite_utils.Database) -> None:
+    db.create_table(
+        "traces",
+        {
+            "id": int, "task": str, "fingerprint": str, "input": str, "input_hash": str,
+            "label": str, "source": str, "model": str, "latency_ms": float,
+            "prompt_tokens": int, "completion_tokens": int, "cost_usd": float,
+            "created_at": float, "metadata": str,
+        },
+        pk="id",
+        not_null=["task", "fingerprint", "input", "input_hash", "label", "source", "created_at", "metadata"],
+        defaults={"fingerprint": "", "metadata": "{}"},
+    )
+    traces = db.table("traces")
+    traces.create_index(["task", "source", "id"], index_name="idx_traces_task_source_id")
+    traces.create_index(["task", "fingerprint", "source", "id"], index_name="idx_traces_task_fp_source_id")
+    traces.create_index(["task", "created_at"], index_name="idx_traces_task_created")
+    db.create_table(
+        "policies",
+        {
+            "id": int, "task": str, "fingerprint": str, "version": int, "created_at": float,
+            "status": str, "n_traces": int, "certificate": str, "artifact": bytes,
+        },
+        pk="id",
+        not_null=["task", "fingerprint", "version", "created_at", "status", "n_traces", "certificate"],
+    )
+    db.table("policies").create_index(
+        ["task", "fingerprint", "version"], index_name="idx_policies_task_fp_version", unique=True
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_0_to_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class TraceStore:
+    """The one place traces and policies are kept. Safe to share between threads and processes."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, queue_size: int = 10_000) -> None:
+        self.path = resolve_path(path)
+        self._queue_size = queue_size
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._writer: BackgroundWriter | None = None
+        self._closed = False
+        self._pid = os.getpid()
+        self._check_path()
+        self._migrate(self._db())
+        _OPEN_STORES.add(self)
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _check_path(self) -> None:
+        if self.path.is_dir():
+            raise StoreError(f"cannot open trace store {str(self.path)!r}: it is a directory")
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise StoreError(f"cannot open trace store {str(self.path)!r}: directory {str(parent)!r} does not exist")
+
+    def _db(self) -> sqlite_utils.Database:
+        """This thread's connection (each thread, and the writer thread, gets its own)."""
+        if self._closed:
+            raise StoreError(f"trace store {str(self.path)!r} is closed")
+        if os.getpid() != self._pid:
+            self._after_fork()
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            self._local.db = db
+        return db
+
+    def _connect(self) -> sqlite_utils.Database:
+        try:
+            conn = sqlite3.connect(
+                str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open trace store {str(self.path)!r}: {exc}") from None
+        try:
+            self._retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
+            conn.execute("PRAGMA synchronous=NORMAL")
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+        except StoreError:
+            conn.close()
+            raise
+        with self._lock:
+            self._conns.append(conn)
+        return db
+
+    def _after_fork(self) -> None:
+        """A forked child must not reuse the parent's connections or writer thread."""
+        self._local = threading.local()
+        self._conns = []
+        self._lock = threading.Lock()
+        self._writer = None
+        self._pid = os.getpid()
+
+    def _retry_locked(self, fn: Callable[[], T]) -> T:
+        """Run `fn`, retrying while the database is locked; map SQLite errors to StoreErrors."""
+        deadline = time.monotonic() + LOCK_RETRY_S
+        delay = 0.01
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                message = str(exc)
+                if ("locked" in message or "busy" in message) and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise StoreError(f"trace store {str(self.path)!r}: {message}") from None
+            except sqlite3.DatabaseError as exc:
+                raise CorruptStoreError(
+                    f"trace store {str(self.path)!r} is not a usable SQLite database ({exc})"
+                ) from None
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in one BEGIN IMMEDIATE transaction, retrying while locked."""
+        conn = self._db().conn
+
+        def attempt() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return self._retry_locked(attempt)
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        conn = self._db().conn
+        return self._retry_locked(lambda: conn.execute(sql, tuple(params)).fetchall())
+
+    def _migrate(self, db: sqlite_utils.Database) -> None:
+        version = self._retry_locked(lambda: db.conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"trace store {str(self.path)!r} has schema version {version}, newer than this "
+                f"tracer supports ({SCHEMA_VERSION}); upgrade tracer"
+            )
+        if version == SCHEMA_VERSION:
+            return
+
+        def upgrade(conn: sqlite3.Connection) -> None:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
+            for step in MIGRATIONS[current:]:
+                step(db)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+        self._write(upgrade)
+
+    # --- traces -------------------------------------------------------------------------------
+
+    def append(self, trace: Trace) -> int:
+        """Validate and store one trace now; returns its id."""
+        row = _row(validate(trace))
+        trace.id = self._write(lambda conn: conn.execute(_INSERT_SQL, row).lastrowid)
+        return trace.id
+
+    def append_many(self, traces: Iterable[Trace]) -> int:
+        """Validate all, then store all in one transaction; returns the count stored."""
+        rows = [_row(validate(trace)) for trace in traces]
+        if rows:
+            self._write(lambda conn: conn.executemany(_INSERT_SQL, rows))
+        return len(rows)
+
+    def enqueue(self, trace: Trace) -> None:
+        """Validate now (raising in the caller), then hand off to the background writer."""
+        validate(trace)
+        self._background().put(trace)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued trace is committed."""
+        if self._writer is not None and os.getpid() == self._pid:
+            self._writer.flush(timeout)
+
+    def close(self) -> None:
+        """Flush queued traces, stop the writer and close connections. Idempotent."""
+        if self._closed:
+            return
+        if self._writer is not None and os.getpid() == self._pid:
+            self._writer.stop()
+        self._closed = True
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        _OPEN_STORES.discard(self)
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _background(self) -> BackgroundWriter:
+        if self._closed:
+            raise StoreError(f"trace store {str(self.path)!r} is closed")
+        if os.getpid() != self._pid:
+            self._after_fork()
+        with self._lock:
+            if self._writer is None:
+                self._writer = BackgroundWriter(
+                    self.append_many,
+                    queue_size=self._queue_size,
+                    spill_path=self.path.with_name(self.path.name + ".spill.jsonl"),
+                )
+            return self._writer
+
+    def iter_traces(
+        self,
+        task: str,
+        *,
+        source: str | None = None,
+        fingerprint: str | None = None,
+        since_id: int = 0,
+        until_id: int | None = None,
+    ) -> Iterator[Trace]:
+        """Traces of `task` with since_id < id <= until_id, ordered by id (read in chunks)."""
+        where, params = _trace_filter(task, source, fingerprint)
+        if until_id is not None:
+            where += " AND id <= ?"
+            params.append(until_id)
+        sql = f"SELECT id, {', '.join(TRACE_COLUMNS)} FROM traces WHERE {where} AND id > ? ORDER BY id LIMIT {ITER_CHUNK}"
+        last = since_id
+        while True:
+            rows = self._read(sql, [*params, last])
+            for row in rows:
+                yield _trace(row)
+            if len(rows) < ITER_CHUNK:
+                return
+            last = rows[-1][0]
+
+    def teacher_examples(self, task: str, fingerprint: str | None = None) -> tuple[list[str], list[str], list[int]]:
+        """(inputs, labels, ids) of the teacher traces of `task`, ordered by id."""
+        where, params = _trace_filter(task, "teacher", fingerprint)
+        rows = self._read(f"SELECT input, label, id FROM traces WHERE {where} ORDER BY id", params)
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    def max_id(self, task: str, *, source: str = "teacher", fingerprint: str | None = None) -> int:
+        """Highest trace id of `task` and `source` (0 if none)."""
+        where, params = _trace_filter(task, source, fingerprint)
+        return self._read(f"SELECT max(id) FROM traces WHERE {where}", params)[0][0] or 0
+
+    def counts(self, task: str | None = None) -> dict[str, int]:
+        """Trace counts by source (every source present, zeros included)."""
+        sql = "SELECT source, count(*) FROM traces"
+        params: list[Any] = []
+        if task is not None:
+            sql += " WHERE task = ?"
+            params.append(task)
+        counts = dict.fromkeys(SOURCES, 0)
+        counts.update(dict(self._read(sql + " GROUP BY source", params)))
+        return counts
+
+    def tasks(self) -> list[dict]:
+        """One row per task: fingerprints seen, counts by source, time of the last trace."""
+        summary: dict[str, dict] = {}
+        for task, n_fp in self._read("SELECT task, count(DISTINCT fingerprint) FROM traces GROUP BY task ORDER BY task"):
+            summary[task] = {"task": task, "fingerprints": n_fp, **dict.fromkeys(SOURCES, 0), "last_trace_at": 0.0}
+        for task, source, n, last in self._read(
+            "SELECT task, source, count(*), max(created_at) FROM traces GROUP BY task, source"
+        ):
+            summary[task][source] = n
+            summary[task]["last_trace_at"] = max(summary[task]["last_trace_at"], last)
+        return list(summary.values())
+
+    def counts_since(self, task: str, since: float) -> list[dict]:
+        """Counts of `task` traces created at or after `since`, by source and reason."""
+        rows = self._read(
+            "SELECT source, CASE WHEN source = 'teacher' THEN json_extract(metadata, '$.deferred_reason') "
+            "ELSE json_extract(metadata, '$.reason') END AS reason, count(*) "
+            "FROM traces WHERE task = ? AND created_at >= ? GROUP BY 1, 2 ORDER BY 1, 2",
+            [task, since],
+        )
+        return [{"source": s, "reason": r, "n": n} for s, r, n in rows]
+
+    # --- policies -----------------------------------------------------------------------------
+
+    def save_policy(
+        self, task: str, *, fingerprint: str, certificate: dict, artifact: bytes, status: str, n_traces: int
+    ) -> int:
+        """Store a new policy version of (task, fingerprint); returns the version number."""
+        if not isinstance(artifact, (bytes, bytearray)):
+            raise PolicyError(f"policy artifact must be bytes, got {type(artifact).__name__}")
+        if not isinstance(status, str) or not status:
+            raise PolicyError(f"policy status must be a non-empty string, got {status!r}")
+        try:
+            cert_json = json.dumps(certificate, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"policy certificate is not JSON-serialisable: {exc}") from None
+
+        def insert(conn: sqlite3.Connection) -> int:
+            (top,) = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM policies WHERE task = ? AND fingerprint = ?",
+                (task, fingerprint),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO policies (task, fingerprint, version, created_at, status, n_traces, certificate, artifact) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (task, fingerprint, top + 1, time.time(), status, int(n_traces), cert_json, bytes(artifact)),
+            )
+            return top + 1
+
+        return self._write(insert)
+
+    def latest_policy(self, task: str, *, fingerprint: str = "", status: str | None = "deployed") -> dict | None:
+        """The newest policy (with artifact bytes and parsed certificate), or None."""
+        where, params = _policy_filter(task, fingerprint, status)
+        rows = self._read(
+            f"SELECT {_POLICY_COLUMNS}, artifact FROM policies WHERE {where} ORDER BY version DESC LIMIT 1", params
+        )
+        return _policy(rows[0], with_artifact=True) if rows else None
+
+    def latest_policy_version(self, task: str, *, fingerprint: str = "", status: str | None = "deployed") -> int | None:
+        """Version number of the newest matching policy, or None (reads no blob)."""
+        where, params = _policy_filter(task, fingerprint, status)
+        return self._read(f"SELECT max(version) FROM policies WHERE {where}", params)[0][0]
+
+    def policies(self, task: str, *, fingerprint: str | None = None) -> list[dict]:
+        """Every policy version of `task` (without artifacts), newest first."""
+        sql = f"SELECT {_POLICY_COLUMNS} FROM policies WHERE task = ?"
+        params: list[Any] = [task]
+        if fingerprint is not None:
+            sql += " AND fingerprint = ?"
+            params.append(fingerprint)
+        rows = self._read(sql + " ORDER BY created_at DESC, version DESC", params)
+        return [_policy(row, with_artifact=False) for row in rows]
+
+
+def _row(trace: Trace) -> tuple:
+    return (
+        trace.task, trace.fingerprint, trace.input, input_hash(trace.input), trace.label, trace.source,
+        trace.model, trace.latency_ms, trace.prompt_tokens, trace.completion_tokens, trace.cost_usd,
+        trace.created_at, json.dumps(trace.metadata, ensure_ascii=False),
+    )
+
+
+def _trace(row: tuple) -> Trace:
+    (id_, task, fingerprint, text, _hash, label, source, model, latency_ms,
+     prompt_tokens, completion_tokens, cost_usd, created_at, metadata) = row
+    return Trace(
+        task=task, input=text, label=label, source=source, fingerprint=fingerprint, model=model,
+        latency_ms=latency_ms, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        cost_usd=cost_usd, created_at=created_at, metadata=json.loads(metadata), id=id_,
+    )
+
+
+def _trace_filter(task: str, source: str | None, fingerprint: str | None) -> tuple[str, list[Any]]:
+    where, params = "task = ?", [task]
+    if fingerprint is not None:
+        where += " AND fingerprint = ?"
+        params.append(fingerprint)
+    if source is not None:
+        where += " AND source = ?"
+        params.append(source)
+    return where, params
+
+
+def _policy_filter(task: str, fingerprint: str, status: str | None) -> tuple[str, list[Any]]:
+    where, params = "task = ? AND fingerprint = ?", [task, fingerprint]
+    if status is not None:
+        where += " AND status = ?"
+        params.append(status)
+    return where, params
+
+
+def _policy(row: tuple, *, with_artifact: bool) -> dict:
+    keys = ["id", "task", "fingerprint", "version", "created_at", "status", "n_traces", "certificate"]
+    policy = dict(zip(keys + (["artifact"] if with_artifact else []), row))
+    try:
+        policy["certificate"] = json.loads(policy["certificate"])
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"policy {policy['task']!r} v{policy['version']} has a corrupt certificate: {exc}") from None
+    return policy
+
+
+_OPEN_STORES: weakref.WeakSet[TraceStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    """Flush every store still open when the interpreter exits."""
+    for store in list(_OPEN_STORES):
+        store.close()
