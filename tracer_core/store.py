@@ -160,9 +160,11 @@ class TraceStore:
                     continue
                 raise StoreError(f"trace store {str(self.path)!r}: {message}") from None
             except sqlite3.DatabaseError as exc:
-                raise CorruptStoreError(
-                    f"trace store {str(self.path)!r} is not a usable SQLite database ({exc})"
-                ) from None
+                if "not a database" in str(exc) or "malformed" in str(exc):
+                    raise CorruptStoreError(
+                        f"trace store {str(self.path)!r} is not a usable SQLite database ({exc})"
+                    ) from None
+                raise StoreError(f"trace store {str(self.path)!r}: {exc}") from None
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` in one BEGIN IMMEDIATE transaction, retrying while locked."""

@@ -1,0 +1,89 @@
+"""Store commands of the `tracer` CLI: tasks, import, export (mirroring the TraceStore API)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import sys
+from collections.abc import Iterator
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tracer_core.errors import TracerError
+from tracer_core.jsonl import export_jsonl, import_jsonl
+from tracer_core.store import DEFAULT_DB, TraceStore
+from tracer_core.trace import SOURCES
+
+db_option = click.option(
+    "--db",
+    envvar="TRACER_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Trace store file (env TRACER_DB).",
+)
+
+
+@contextlib.contextmanager
+def open_store(db: str) -> Iterator[TraceStore]:
+    """Open the store, turning any TracerError into a one-line CLI error (exit 1)."""
+    try:
+        with TraceStore(db) as store:
+            yield store
+    except TracerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def tasks(db: str, as_json: bool) -> None:
+    """List tasks with trace counts by source."""
+    with open_store(db) as store:
+        rows = store.tasks()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Tasks in {db}")
+    for column in ("task", "fingerprints", *SOURCES, "last trace"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for row in rows:
+        last = datetime.datetime.fromtimestamp(row["last_trace_at"]).isoformat(sep=" ", timespec="seconds")
+        table.add_row(row["task"], str(row["fingerprints"]), *(str(row[s]) for s in SOURCES), last)
+    Console(width=120).print(table)
+
+
+@click.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--task", required=True, help="Task the traces belong to.")
+@click.option("--skip-bad", is_flag=True, help="Skip bad lines (reported) instead of importing nothing.")
+@db_option
+def import_(file: str, task: str, skip_bad: bool, db: str) -> None:
+    """Import traces from a JSONL FILE ({"input", "label"} or {"input", "teacher"} per line)."""
+    with open_store(db) as store:
+        result = import_jsonl(store, file, task, skip_bad=skip_bad)
+    for number, reason in result.skipped:
+        click.echo(f"skipped line {number}: {reason}", err=True)
+    click.echo(f"imported {result.imported} traces into task {task!r} ({len(result.skipped)} skipped)")
+
+
+@click.command()
+@click.option("--task", required=True, help="Task to export.")
+@click.option("--source", type=click.Choice(SOURCES), default=None, help="Only traces from this source.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write here instead of stdout.")
+@db_option
+def export(task: str, source: str | None, out: str | None, db: str) -> None:
+    """Export the traces of a task as JSONL."""
+    with open_store(db) as store:
+        if out is None:
+            count = export_jsonl(store, task, sys.stdout, source=source)
+        else:
+            with open(out, "w", encoding="utf-8") as fh:
+                count = export_jsonl(store, task, fh, source=source)
+    click.echo(f"exported {count} traces of task {task!r}", err=True)
+
+
+store_commands = [tasks, import_, export]
