@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -309,3 +312,18 @@ def test_failed_writes_are_spilled_not_lost(db_path: Path, caplog) -> None:
     assert '"input": "second"' in spill.read_text()
     assert any("saved them to" in r.getMessage() for r in caplog.records)
     assert row_count(db_path) == 1
+
+
+def test_queued_traces_are_flushed_at_interpreter_exit(db_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from tracer_core.store import TraceStore\n"
+        "from tracer_core.trace import make_trace\n"
+        "store = TraceStore(sys.argv[1])\n"
+        "for i in range(2000):\n"
+        "    store.enqueue(make_trace('exit', f'in {i}', 'l'))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", script, str(db_path)], check=True, env=env, timeout=120)
+    assert row_count(db_path) == 2000

@@ -19,6 +19,7 @@ log = logging.getLogger("tracer.store")
 BATCH_SIZE = 1_000
 RETRY_BACKOFF_MAX_S = 2.0
 FINAL_ATTEMPTS = 3
+FULL_WARNING_EVERY_S = 10.0
 _STOP = object()
 
 
@@ -47,6 +48,8 @@ class BackgroundWriter:
         self._enqueued = 0
         self._finished = 0
         self._stopping = False
+        self._blocked = 0
+        self._last_full_warning = -FULL_WARNING_EVERY_S
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -57,11 +60,19 @@ class BackgroundWriter:
         try:
             self._queue.put_nowait(trace)
         except queue.Full:
-            log.warning(
-                "trace queue is full (%d traces); blocking the caller until the writer catches up",
-                self._queue.maxsize,
-            )
+            self._warn_full()
             self._queue.put(trace)
+
+    def _warn_full(self) -> None:
+        """Log that callers are blocking on a full queue (at most once per FULL_WARNING_EVERY_S)."""
+        self._blocked += 1
+        now = time.monotonic()
+        if now - self._last_full_warning >= FULL_WARNING_EVERY_S:
+            log.warning(
+                "trace queue is full (%d traces); blocked %d caller(s) until the writer catches up",
+                self._queue.maxsize, self._blocked,
+            )
+            self._last_full_warning, self._blocked = now, 0
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every trace queued before this call is committed (or spilled)."""
