@@ -234,7 +234,9 @@ class TraceStore:
         """Flush queued traces, stop the writer and close connections. Idempotent."""
         if self._closed:
             return
-        if self._writer is not None and os.getpid() == self._pid:
+        if os.getpid() != self._pid:
+            self._after_fork()
+        if self._writer is not None:
             self._writer.stop()
         self._closed = True
         with self._lock:
