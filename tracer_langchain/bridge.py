@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -53,17 +53,24 @@ class Route:
         return SURROGATE_TAG if self.hit else TEACHER_TAG
 
 
-@dataclass
 class TracerBridge:
     """Connects one wrapped chain to one `tracer_core.Tracer`."""
 
-    tracer: Any
-    text_fn: TextFn | None = None
-    input_key: str | None = None
-    codec: OutputCodec | None = None
-    _warned: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _store_checked: bool = False
+    def __init__(
+        self,
+        tracer: Any,
+        *,
+        text_fn: TextFn | None = None,
+        input_key: str | None = None,
+        codec: OutputCodec | None = None,
+    ) -> None:
+        self.tracer = tracer
+        self.text_fn = text_fn
+        self.input_key = input_key
+        self.codec = codec
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._store_checked = False
 
     # -- routing -------------------------------------------------------------------------
     def text_of(self, value: Any, config: RunnableConfig) -> tuple[str | None, str]:

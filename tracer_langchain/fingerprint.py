@@ -35,7 +35,7 @@ def chain_fingerprint(chain: Runnable) -> str:
 
 def describe(chain: Runnable) -> Any:
     """The chain's `dumpd` form reduced to what determines its answers."""
-    return _strip(dumpd(chain))
+    return strip_transport(dumpd(chain))
 
 
 def hash_description(description: Any) -> str:
@@ -43,13 +43,13 @@ def hash_description(description: Any) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
 
 
-def _strip(node: Any) -> Any:
+def strip_transport(node: Any) -> Any:
     if isinstance(node, dict):
         if node.get("type") == "secret":
             return None
-        return {k: _strip(v) for k, v in node.items() if k not in TRANSPORT_KEYS}
+        return {k: strip_transport(v) for k, v in node.items() if k not in TRANSPORT_KEYS}
     if isinstance(node, list):
-        return [_strip(v) for v in node]
+        return [strip_transport(v) for v in node]
     if isinstance(node, str):
         return _ADDRESS.sub("", node)
     return node
