@@ -23,6 +23,8 @@ log = logging.getLogger("tracer_langchain")
 MODES = ("on", "off")
 SURROGATE_TAG = "tracer:surrogate"
 TEACHER_TAG = "tracer:llm"
+SCAN_WINDOW = 500
+STORE_SCAN = 20_000
 
 
 @dataclass
@@ -156,13 +158,18 @@ class TracerBridge:
         return self.codec
 
     def _codec_from_store(self) -> OutputCodec | None:
+        """The codec of the newest teacher trace that stored one (scanning back at most STORE_SCAN traces)."""
         try:
             store, task, fingerprint = self.tracer.store, self.tracer.task, self.tracer.fingerprint
-            last = store.max_id(task, source="teacher", fingerprint=fingerprint)
-            for trace in store.iter_traces(task, source="teacher", fingerprint=fingerprint, since_id=max(0, last - 1)):
-                spec = trace.metadata.get("codec")
-                if isinstance(spec, dict):
-                    return codec_from_spec(spec)
+            high = store.max_id(task, source="teacher", fingerprint=fingerprint)
+            floor = max(0, high - STORE_SCAN)
+            while high > floor:
+                low = max(floor, high - SCAN_WINDOW)
+                window = store.iter_traces(task, source="teacher", fingerprint=fingerprint, since_id=low, until_id=high)
+                for trace in reversed(list(window)):
+                    if isinstance(trace.metadata.get("codec"), dict):
+                        return codec_from_spec(trace.metadata["codec"])
+                high = low
         except Exception as exc:
             self.warn_once("codec", exc)
         return None

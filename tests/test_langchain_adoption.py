@@ -1,0 +1,119 @@
+"""Observe-only (process-wide callback handler) and the LLM-cache short-circuit, over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from langchain_core.globals import set_llm_cache
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel
+
+from tracer_core import TraceStore
+from tracer_langchain import chain_fingerprint, with_tracer
+from tracer_langchain.llm_cache import TracerLLMCache
+from tracer_langchain.observer import observe, stop_observing
+
+TASK = "support-intent"
+
+
+class Intent(BaseModel):
+    """The intent of a banking query."""
+
+    label: str
+
+
+def _chain(server):
+    prompt = ChatPromptTemplate([("system", "Classify the banking query."), ("human", "{text}")])
+    llm = ChatOpenAI(base_url=server.base_url, api_key="sk-test", model="teacher", max_retries=0)
+    return prompt | llm | StrOutputParser()
+
+
+def _traces(db, source="teacher"):
+    with TraceStore(db) as store:
+        return list(store.iter_traces(TASK, source=source))
+
+
+def test_observer_records_chain_runs_process_wide(teacher, db_path, banking_subset, embedder):
+    chain = _chain(teacher)
+    observer = observe(task=TASK, chain=chain, db=db_path, embedder=embedder, auto_refit=False)
+    try:
+        (t1, l1), (t2, l2), (t3, l3) = banking_subset[0], banking_subset[40], banking_subset[80]
+        assert chain.invoke({"text": t1}) == l1
+        thread = threading.Thread(target=lambda: chain.invoke({"text": t2}))  # a thread without copied context
+        thread.start()
+        thread.join()
+        assert "".join(chain.stream({"text": t3})) == l3
+        observer.tracer.flush()
+        traces = _traces(db_path)
+        assert sorted((t.input, t.label) for t in traces) == sorted([(t1, l1), (t2, l2), (t3, l3)])
+        assert {t.fingerprint for t in traces} == {chain_fingerprint(chain)}
+        first = next(t for t in traces if t.input == t1)
+        assert first.prompt_tokens and first.completion_tokens == 3 and first.model == "teacher"
+        assert first.metadata["deferred_reason"] == "observe_only"
+
+        wrapped = with_tracer(chain, task=TASK, db=db_path, embedder=embedder, auto_refit=False)
+        try:
+            wrapped.invoke({"text": t1})
+            wrapped.tracer.flush()
+        finally:
+            wrapped.close()
+        observer.tracer.flush()
+        assert len(_traces(db_path)) == 4, "a with_tracer run must be recorded once, by the wrapper"
+    finally:
+        stop_observing(observer)
+    chain.invoke({"text": t1})
+    observer.tracer.close()
+    assert len(_traces(db_path)) == 4
+
+
+def test_observer_run_name_filter(teacher, db_path, banking_subset, embedder):
+    chain = _chain(teacher)
+    observer = observe(task=TASK, chain=chain, db=db_path, embedder=embedder, run_name="intent", auto_refit=False)
+    try:
+        text, label = banking_subset[0]
+        chain.invoke({"text": text})
+        chain.with_config(run_name="intent").invoke({"text": text})
+        observer.tracer.flush()
+        assert [(t.input, t.label) for t in _traces(db_path)] == [(text, label)]
+    finally:
+        stop_observing(observer)
+        observer.tracer.close()
+
+
+@pytest.fixture
+def llm_cache(db_path, embedder):
+    cache = TracerLLMCache(TASK, db=db_path, alpha=0.9, embedder=embedder, auto_refit=False)
+    set_llm_cache(cache)
+    yield cache
+    set_llm_cache(None)
+    cache.close()
+
+
+def test_llm_cache_answers_certified_structured_calls(teacher, llm_cache, db_path, banking_subset):
+    llm = ChatOpenAI(base_url=teacher.base_url, api_key="sk-test", model="teacher", max_retries=0)
+    chain = ChatPromptTemplate([("system", "Classify the banking query."), ("human", "{text}")]) | llm.with_structured_output(Intent)
+    inputs = [{"text": text} for text, _ in banking_subset]
+    assert chain.batch(inputs, {"max_concurrency": 8}) == [Intent(label=label) for _, label in banking_subset]
+    assert teacher.request_count == len(banking_subset)
+
+    (bridge,) = llm_cache._bridges.values()
+    bridge.tracer.flush()
+    assert bridge.tracer.fit().deployed
+    decisions = bridge.tracer.route_many([text for text, _ in banking_subset])
+    handled = [(text, label) for (text, label), d in zip(banking_subset, decisions) if d.handled]
+    assert len(handled) >= 100
+
+    before = teacher.request_count
+    for text, label in handled[:30]:
+        assert chain.invoke({"text": text}) == Intent(label=label)
+    assert teacher.request_count == before
+
+    # Streaming bypasses LangChain's LLM cache: the model is called.
+    text, label = handled[0]
+    assert list(chain.stream({"text": text}))[-1] == Intent(label=label)
+    assert teacher.request_count == before + 1
+    bridge.tracer.flush()
+    assert len(_traces(db_path, "surrogate")) >= 30

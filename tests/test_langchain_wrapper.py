@@ -1,0 +1,302 @@
+"""with_tracer over a real ChatOpenAI chain talking HTTP to a LocalTeacher: every Runnable method, misses and hits."""
+
+from __future__ import annotations
+
+import logging
+
+import openai
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
+from langchain_core.tracers.context import collect_runs
+from langchain_openai import ChatOpenAI
+
+from tracer_core import TraceStore
+from tracer_core.local_teacher import LocalTeacher
+from tracer_langchain import IntegrationConfigError, TracedRunnable, chain_fingerprint, with_tracer
+
+TASK = "support-intent"
+SYSTEM = "Classify the banking query into one intent. Answer with the intent name only."
+
+
+def make_chain(server: LocalTeacher, system: str = SYSTEM, **llm_options):
+    prompt = ChatPromptTemplate([("system", system), ("human", "{text}")])
+    llm = ChatOpenAI(base_url=server.base_url, api_key="sk-test", model="teacher", max_retries=0, **llm_options)
+    return prompt | llm | StrOutputParser()
+
+
+def teacher_traces(db, fingerprint: str | None = None, source: str = "teacher"):
+    with TraceStore(db) as store:
+        return list(store.iter_traces(TASK, source=source, fingerprint=fingerprint))
+
+
+def wrap(chain, db, embedder, **options) -> TracedRunnable:
+    return with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=embedder, auto_refit=False, **options)
+
+
+# -- a policy certified from traces the wrapper itself recorded ---------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, banking_subset, embedder):
+    """A wrapper whose 800 teacher traces came through it over HTTP, with a deployed policy."""
+    db = tmp_path_factory.mktemp("trained") / "tracer.db"
+    with LocalTeacher(dict(banking_subset)) as server:
+        chain = make_chain(server)
+        wrapper = wrap(chain, db, embedder)
+        texts = [{"text": text} for text, _ in banking_subset]
+        answers = wrapper.batch(texts, {"max_concurrency": 8})
+        assert answers == [label for _, label in banking_subset]
+        assert server.request_count == len(banking_subset)
+        wrapper.tracer.flush()
+        certificate = wrapper.tracer.fit()
+        assert certificate.deployed, certificate.reason
+        handled = [
+            (text, label)
+            for (text, label), decision in zip(banking_subset, wrapper.tracer.route_many([t for t, _ in banking_subset]))
+            if decision.handled
+        ]
+        assert len(handled) >= 100, f"only {len(handled)} training inputs are handled"
+        yield {"server": server, "chain": chain, "wrapper": wrapper, "db": db, "handled": handled, "certificate": certificate}
+        wrapper.close()
+
+
+def test_recorded_traces_are_teacher_traces_with_usage(trained):
+    traces = teacher_traces(trained["db"], chain_fingerprint(trained["chain"]))
+    assert len(traces) >= 800
+    first = traces[0]
+    assert first.model == "teacher" and first.prompt_tokens and first.completion_tokens == 3
+    assert first.latency_ms is not None and first.latency_ms > 0
+    assert first.metadata["deferred_reason"] == "no_policy"
+    assert first.metadata["codec"]["kind"] == "str"
+
+
+def test_invoke_answers_certified_inputs_without_the_llm(trained):
+    server, wrapper = trained["server"], trained["wrapper"]
+    before = server.request_count
+    for text, label in trained["handled"][:40]:
+        assert wrapper.invoke({"text": text}) == label
+    assert server.request_count == before
+
+
+def test_batch_sends_only_misses_to_the_chain_in_one_batch(trained):
+    server, wrapper = trained["server"], trained["wrapper"]
+    hits = trained["handled"][:5]
+    misses = ["What is the capital of France?", "Write me a poem about tea."]
+    inputs = [{"text": hits[0][0]}, {"text": misses[0]}, *({"text": t} for t, _ in hits[1:]), {"text": misses[1]}]
+    before = server.request_count
+    answers = wrapper.batch(inputs)
+    assert answers[0] == hits[0][1] and answers[2:-1] == [label for _, label in hits[1:]]
+    assert answers[1] == answers[-1] == "unknown"
+    assert server.request_count - before == 2
+
+
+async def test_ainvoke_and_abatch_hits(trained):
+    server, wrapper = trained["server"], trained["wrapper"]
+    before = server.request_count
+    text, label = trained["handled"][0]
+    assert await wrapper.ainvoke({"text": text}) == label
+    batch = trained["handled"][1:6]
+    assert await wrapper.abatch([{"text": t} for t, _ in batch]) == [label for _, label in batch]
+    assert server.request_count == before
+
+
+def test_stream_hit_is_one_chunk(trained):
+    server, wrapper = trained["server"], trained["wrapper"]
+    before = server.request_count
+    text, label = trained["handled"][0]
+    assert list(wrapper.stream({"text": text})) == [label]
+    assert server.request_count == before
+
+
+async def test_astream_and_astream_events_hit(trained):
+    server, wrapper = trained["server"], trained["wrapper"]
+    before = server.request_count
+    text, label = trained["handled"][1]
+    assert [chunk async for chunk in wrapper.astream({"text": text})] == [label]
+    events = [e async for e in wrapper.astream_events({"text": text}, version="v2")]
+    assert [e["event"] for e in events] == ["on_chain_start", "on_chain_stream", "on_chain_end"]
+    assert events[0]["name"] == "TracedRunnable" and "tracer:surrogate" in events[0]["tags"]
+    assert events[0]["metadata"]["tracer_handled"] is True
+    assert events[-1]["data"]["output"] == label
+    assert server.request_count == before
+
+
+def test_surrogate_answers_are_visible_in_the_run_and_recorded_as_surrogate(trained):
+    wrapper, text = trained["wrapper"], trained["handled"][2][0]
+    with collect_runs() as runs:
+        wrapper.invoke({"text": text})
+    run = runs.traced_runs[0]
+    assert run.name == "TracedRunnable" and "tracer:surrogate" in run.tags
+    assert run.extra["metadata"]["tracer_handled"] is True
+    assert run.extra["metadata"]["tracer_policy_version"] == trained["wrapper"].tracer.policy_version
+    assert run.child_runs == []
+    wrapper.tracer.flush()
+    surrogate = teacher_traces(trained["db"], chain_fingerprint(trained["chain"]), source="surrogate")
+    assert any(t.input == text and t.metadata["policy_version"] is not None for t in surrogate)
+
+
+def test_tracer_mode_off_forces_the_chain(trained):
+    server, wrapper = trained["server"], trained["wrapper"]
+    text, label = trained["handled"][3]
+    before = server.request_count
+    with collect_runs() as runs:
+        assert wrapper.invoke({"text": text}, {"configurable": {"tracer_mode": "off"}}) == label
+    assert server.request_count == before + 1
+    assert runs.traced_runs[0].extra["metadata"]["tracer_reason"] == "tracer_off"
+    assert wrapper.with_config(configurable={"tracer_mode": "off"}).invoke({"text": text}) == label
+    assert server.request_count == before + 2
+    with pytest.raises(IntegrationConfigError, match="tracer_mode"):
+        wrapper.invoke({"text": text}, {"configurable": {"tracer_mode": "sometimes"}})
+
+
+def test_a_prompt_change_is_a_new_task_version(trained, embedder):
+    server = trained["server"]
+    edited = make_chain(server, system=SYSTEM + " Be careful.")
+    assert chain_fingerprint(edited) != chain_fingerprint(trained["chain"])
+    wrapper = wrap(edited, trained["db"], embedder)
+    try:
+        assert wrapper.tracer.policy_version is None
+        before = server.request_count
+        text, label = trained["handled"][0]
+        assert wrapper.invoke({"text": text}) == label
+        assert server.request_count == before + 1
+    finally:
+        wrapper.close()
+
+
+# -- misses: a fresh store, every call goes to the chain -----------------------------------
+@pytest.fixture
+def fresh(teacher, db_path, embedder):
+    chain = make_chain(teacher, stream_usage=True)
+    wrapper = wrap(chain, db_path, embedder)
+    yield teacher, chain, wrapper, db_path
+    wrapper.close()
+
+
+def test_miss_runs_the_chain_nested_and_records_it(fresh, banking_subset):
+    server, chain, wrapper, db = fresh
+    text, label = banking_subset[0]
+    with collect_runs() as runs:
+        assert wrapper.invoke({"text": text}) == label
+    run = runs.traced_runs[0]
+    assert run.name == "TracedRunnable" and "tracer:llm" in run.tags
+    assert run.extra["metadata"]["tracer_handled"] is False and run.extra["metadata"]["tracer_reason"] == "no_policy"
+    assert [child.name for child in run.child_runs] == ["RunnableSequence"]
+    assert "ChatOpenAI" in [grandchild.name for grandchild in run.child_runs[0].child_runs]
+    assert "tracer:llm" not in run.child_runs[0].tags
+    wrapper.tracer.flush()
+    (trace,) = teacher_traces(db)
+    assert (trace.input, trace.label, trace.source) == (text, label, "teacher")
+
+
+def test_stream_miss_passes_the_chain_chunks_unchanged(fresh, banking_subset):
+    server, chain, wrapper, db = fresh
+    text, label = banking_subset[41]
+    direct = list(chain.stream({"text": text}))
+    assert len(direct) > 1
+    assert list(wrapper.stream({"text": text})) == direct
+    wrapper.tracer.flush()
+    (trace,) = teacher_traces(db)
+    assert trace.label == label and trace.prompt_tokens and trace.completion_tokens == 3
+
+
+async def test_async_misses(fresh, banking_subset):
+    server, chain, wrapper, db = fresh
+    (t1, l1), (t2, l2), (t3, l3) = banking_subset[0], banking_subset[40], banking_subset[80]
+    assert await wrapper.ainvoke({"text": t1}) == l1
+    assert await wrapper.abatch([{"text": t2}, {"text": t3}]) == [l2, l3]
+    chunks = [c async for c in wrapper.astream({"text": t1})]
+    assert "".join(chunks) == l1 and len(chunks) > 1
+    events = [e async for e in wrapper.astream_events({"text": t2}, version="v2")]
+    names = {e["name"] for e in events}
+    assert {"TracedRunnable", "RunnableSequence", "ChatOpenAI"} <= names
+    assert events[-1]["name"] == "TracedRunnable" and events[-1]["data"]["output"] == l2
+    assert server.request_count == 5
+    wrapper.tracer.flush()
+    assert sorted(t.label for t in teacher_traces(db)) == sorted([l1, l2, l3, l1, l2])
+
+
+def test_chain_errors_are_reraised_unchanged_and_record_nothing(fresh, banking_subset):
+    server, chain, wrapper, db = fresh
+    text = banking_subset[0][0]
+    server.fail_next(1, status=500)
+    with pytest.raises(openai.InternalServerError):
+        wrapper.invoke({"text": text})
+    server.fail_next(1, status=400)
+    with pytest.raises(openai.BadRequestError):
+        list(wrapper.stream({"text": text}))
+    server.fail_next(1, status=500)
+    results = wrapper.batch([{"text": text}, {"text": banking_subset[40][0]}], return_exceptions=True)
+    assert sum(isinstance(r, openai.InternalServerError) for r in results) == 1
+    server.fail_next(1, status=500)
+    with pytest.raises(openai.InternalServerError):
+        wrapper.batch([{"text": text}])
+    wrapper.tracer.flush()
+    assert len(teacher_traces(db)) == 1
+
+
+async def test_async_chain_errors_are_reraised(fresh, banking_subset):
+    server, chain, wrapper, db = fresh
+    server.fail_next(1, status=500)
+    with pytest.raises(openai.InternalServerError):
+        await wrapper.ainvoke({"text": banking_subset[0][0]})
+    server.fail_next(1, status=500)
+    with pytest.raises(openai.InternalServerError):
+        [c async for c in wrapper.astream({"text": banking_subset[0][0]})]
+    wrapper.tracer.flush()
+    assert teacher_traces(db) == []
+
+
+def test_tracer_failure_falls_back_to_the_chain_and_logs_once(teacher, db_path, banking_subset, caplog):
+    def broken_embedder(texts: list[str]):
+        raise RuntimeError("embedding service is down")
+
+    wrapper = wrap(make_chain(teacher), db_path, broken_embedder)
+    try:
+        with caplog.at_level(logging.WARNING):
+            for text, label in banking_subset[:3]:
+                assert wrapper.invoke({"text": text}) == label
+        assert teacher.request_count == 3
+        assert caplog.text.count("embedding service is down") <= 1
+    finally:
+        wrapper.close()
+
+
+def test_schemas_config_specs_and_composition_delegate(fresh, banking_subset):
+    server, chain, wrapper, db = fresh
+    assert wrapper.get_input_schema().model_json_schema() == chain.get_input_schema().model_json_schema()
+    assert wrapper.get_output_schema().model_json_schema() == chain.get_output_schema().model_json_schema()
+    assert wrapper.InputType == chain.InputType and wrapper.OutputType is str
+    assert "tracer_mode" in [spec.id for spec in wrapper.config_specs]
+    text, label = banking_subset[0]
+    assert (wrapper | RunnableLambda(str.upper)).invoke({"text": text}) == label.upper()
+    assert wrapper.with_config(run_name="intent").invoke({"text": text}) == label
+
+
+def test_callbacks_see_the_wrapper_run(fresh, banking_subset):
+    server, chain, wrapper, db = fresh
+
+    class Names(BaseCallbackHandler):
+        def __init__(self):
+            self.starts = []
+
+        def on_chain_start(self, serialized, inputs, *, name=None, tags=None, **kwargs):
+            self.starts.append((name, tuple(tags or ())))
+
+    handler = Names()
+    wrapper.invoke({"text": banking_subset[0][0]}, {"callbacks": [handler], "run_name": "intent-router"})
+    assert handler.starts[0] == ("intent-router", ("tracer:llm",))
+    assert ("RunnableSequence", ()) in handler.starts
+
+
+def test_bad_arguments_are_clear_errors(teacher, db_path):
+    chain = make_chain(teacher)
+    with pytest.raises(IntegrationConfigError, match="Runnable"):
+        with_tracer(lambda x: x, task=TASK)
+    with pytest.raises(IntegrationConfigError, match="task"):
+        with_tracer(chain, task=" ")
+    with pytest.raises(IntegrationConfigError, match="to_label and from_label"):
+        with_tracer(chain, task=TASK, db=db_path, to_label=str)
+    with pytest.raises(IntegrationConfigError, match="text_fn"):
+        with_tracer(chain, task=TASK, db=db_path, text_fn="text")
