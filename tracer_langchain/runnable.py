@@ -206,11 +206,7 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         configs = get_config_list(config, len(inputs))
         routes = await self.bridge.aroute_many(inputs, configs)
         runs = [await self._astart(x, c, r) for x, c, r in zip(inputs, configs, routes, strict=True)]
-        misses = [i for i, route in enumerate(routes) if not route.hit]
-        for i, route in enumerate(routes):
-            if route.hit:
-                await runs[i].on_chain_end(route.output)
-                self.bridge.record_surrogate(route, runs[i].run_id)
+        misses = await self._aend_hits(routes, runs)
         outputs: dict[int, Any] = {}
         if misses:
             children = [self._child(configs[i], runs[i]) for i in misses]
@@ -233,6 +229,13 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         for route, run in zip(routes, runs, strict=True):
             if route.hit:
                 run.on_chain_end(route.output)
+                self.bridge.record_surrogate(route, run.run_id)
+        return [i for i, route in enumerate(routes) if not route.hit]
+
+    async def _aend_hits(self, routes: list[Route], runs: list[AsyncCallbackManagerForChainRun]) -> list[int]:
+        for route, run in zip(routes, runs, strict=True):
+            if route.hit:
+                await run.on_chain_end(route.output)
                 self.bridge.record_surrogate(route, run.run_id)
         return [i for i, route in enumerate(routes) if not route.hit]
 
