@@ -1,0 +1,150 @@
+"""Summary facts of a task from its stored certificates and live store counts (no embeddings)."""
+
+from __future__ import annotations
+
+import time
+
+from tracer_core.store import TraceStore
+
+HOUR_S = 3600.0
+NOT_ROUTED = "not_routed"  # teacher traces recorded without a routing decision (imports, observe-only)
+
+
+def pick_fingerprint(store: TraceStore, task: str, fingerprint: str | None) -> str | None:
+    """The given fingerprint, else that of the newest policy of `task`, else None (all traces)."""
+    if fingerprint is not None:
+        return fingerprint
+    rows = store.policies(task)
+    return rows[0]["fingerprint"] if rows else None
+
+
+def current_policy_row(store: TraceStore, task: str, fingerprint: str | None) -> dict | None:
+    """The policy serving `task`: the newest deployed version, else the newest refused one."""
+    if fingerprint is None:
+        return None
+    return store.latest_policy(task, fingerprint=fingerprint, status="deployed") or store.latest_policy(
+        task, fingerprint=fingerprint, status=None
+    )
+
+
+def live_counts(store: TraceStore, task: str, since: float) -> dict:
+    """Calls of `task` since `since`: handled by the surrogate, deferred to the LLM by reason."""
+    handled = audit = 0
+    deferred: dict[str, int] = {}
+    for row in store.counts_since(task, since):
+        if row["source"] == "surrogate":
+            handled += row["n"]
+        elif row["source"] == "teacher":
+            reason = row["reason"] or NOT_ROUTED
+            deferred[reason] = deferred.get(reason, 0) + row["n"]
+        else:
+            audit += row["n"]
+    total = handled + sum(deferred.values())
+    return {
+        "since": since,
+        "calls": total,
+        "handled": handled,
+        "deferred": sum(deferred.values()),
+        "handled_share": handled / total if total else None,
+        "deferred_by_reason": dict(sorted(deferred.items(), key=lambda kv: -kv[1])),
+        "audit": audit,
+    }
+
+
+def teacher_cost(store: TraceStore, task: str, fingerprint: str | None) -> dict:
+    """Recorded LLM cost: calls with a cost, their total and mean per call."""
+    n = 0
+    total = 0.0
+    for trace in store.iter_traces(task, source="teacher", fingerprint=fingerprint):
+        if trace.cost_usd is not None:
+            n += 1
+            total += trace.cost_usd
+    return {"calls_with_cost": n, "total_usd": total, "mean_usd": total / n if n else None}
+
+
+def verdict(cert: dict | None, task: str) -> str:
+    """One line: what the surrogate handles at which agreement, or why it does not."""
+    if cert is None:
+        return f"no policy fitted yet for {task!r}: every call goes to the LLM (run `tracer fit --task {task}`)"
+    if not cert.get("deployed"):
+        return f"refused: {cert.get('reason', 'no reason recorded')} - every call goes to the LLM"
+    return (
+        f"handles {cert['coverage']:.0%} at >= {cert['alpha']:.0%} agreement "
+        f"(certified lower bound {cert['agreement_lower_bound']:.1%}, confidence {1 - cert['delta']:.0%})"
+    )
+
+
+def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, *, now: float | None = None) -> dict:
+    """Section 1 facts: traces, policy, certified bound, coverage, savings so far, verdict."""
+    now = time.time() if now is None else now
+    fingerprint = pick_fingerprint(store, task, fingerprint)
+    row = current_policy_row(store, task, fingerprint)
+    cert = row["certificate"] if row else None
+    newest = store.policies(task, fingerprint=fingerprint)[:1] if fingerprint is not None else []
+    counts = store.counts(task)
+    cost = teacher_cost(store, task, fingerprint)
+    saved_calls = counts["surrogate"]
+    return {
+        "task": task,
+        "fingerprint": fingerprint,
+        "traces": counts,
+        "teacher_traces": counts["teacher"],
+        "policy_version": row["version"] if row else None,
+        "policy_status": row["status"] if row else None,
+        "last_fit_at": newest[0]["created_at"] if newest else None,
+        "last_fit_refused": bool(newest and newest[0]["status"] != "deployed" and row and row["status"] == "deployed"),
+        "last_fit_reason": newest[0]["certificate"].get("reason") if newest else None,
+        "deployed": bool(cert and cert.get("deployed")),
+        "alpha": cert["alpha"] if cert else None,
+        "delta": cert["delta"] if cert else None,
+        "agreement_lower_bound": cert.get("agreement_lower_bound") if cert else None,
+        "coverage": cert.get("coverage") if cert else None,
+        "reason": cert.get("reason") if cert else None,
+        "reason_code": cert.get("reason_code") if cert else "no_policy",
+        "llm_calls_saved": saved_calls,
+        "mean_teacher_cost_usd": cost["mean_usd"],
+        "dollars_saved": saved_calls * cost["mean_usd"] if cost["mean_usd"] is not None else None,
+        "teacher_cost_usd": cost["total_usd"],
+        "verdict": verdict(cert, task),
+        "live_all_time": live_counts(store, task, 0.0),
+        "live_last_hour": live_counts(store, task, now - HOUR_S),
+        "sources": {
+            "coverage, agreement_lower_bound": "certificate: held-out calibration traces",
+            "llm_calls_saved, dollars_saved, live_*": "live traffic: store counts and recorded teacher costs",
+        },
+    }
+
+
+def tasks_overview(store: TraceStore) -> list[dict]:
+    """One row per task for `tracer status`: traces, policy version, coverage, bound, last fit."""
+    rows = []
+    for task_row in store.tasks():
+        task = task_row["task"]
+        policies = store.policies(task)
+        fingerprint = policies[0]["fingerprint"] if policies else None
+        current = current_policy_row(store, task, fingerprint)
+        cert = current["certificate"] if current else {}
+        rows.append({
+            "task": task,
+            "traces": sum(task_row[s] for s in ("teacher", "surrogate", "audit")),
+            "teacher": task_row["teacher"],
+            "surrogate": task_row["surrogate"],
+            "policy_version": current["version"] if current else None,
+            "status": current["status"] if current else "no policy",
+            "coverage": cert.get("coverage") if cert.get("deployed") else None,
+            "agreement_lower_bound": cert.get("agreement_lower_bound") if cert.get("deployed") else None,
+            "last_fit_at": policies[0]["created_at"] if policies else None,
+        })
+    return rows
+
+
+def live_deferral_examples(store: TraceStore, task: str, fingerprint: str | None, per_reason: int = 3) -> dict[str, list[str]]:
+    """The newest recorded inputs the router deferred to the LLM, a few per reason."""
+    examples: dict[str, list[str]] = {}
+    for trace in store.iter_traces(task, source="teacher", fingerprint=fingerprint):
+        reason = trace.metadata.get("deferred_reason")
+        if reason:
+            kept = examples.setdefault(reason, [])
+            kept.append(trace.input)
+            del kept[:-per_reason]
+    return examples
