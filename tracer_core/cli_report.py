@@ -1,0 +1,67 @@
+"""Explanation commands of the `tracer` CLI: `report` (HTML + JSON) and `status` (terminal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from tracer_core.cli_store import db_option, open_store
+from tracer_core.report import build_report
+from tracer_core.report.summary import summary_facts, tasks_overview
+from tracer_core.report.terminal import summary_view, tasks_table
+from tracer_core.store import TraceStore
+
+
+def require_db(db: str) -> None:
+    """Reading commands must not create an empty store by accident."""
+    if not Path(db).is_file():
+        raise click.ClickException(f"trace store {db!r} does not exist")
+
+
+def require_task(store: TraceStore, task: str) -> None:
+    if not any(store.counts(task).values()):
+        known = ", ".join(repr(t["task"]) for t in store.tasks()) or "none"
+        raise click.ClickException(f"task {task!r} has no traces in {str(store.path)!r} (tasks: {known})")
+
+
+@click.command()
+@db_option
+@click.option("--task", required=True, help="Task to explain.")
+@click.option("--fingerprint", default=None, help="Task fingerprint (default: that of the newest policy).")
+@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="HTML report file.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="JSON facts file (default: the HTML path with .json).")
+@click.option("--no-refit", is_flag=True, help="Skip the prefix refits of the evolution section (faster).")
+def report(db: str, task: str, fingerprint: str | None, out: str, json_out: str | None, no_refit: bool) -> None:
+    """Write a self-contained HTML report and its JSON facts explaining how TASK is routed."""
+    require_db(db)
+    json_out = json_out or str(Path(out).with_suffix(".json"))
+    with open_store(db) as store:
+        require_task(store, task)
+        extra = {"refit_fractions": ()} if no_refit else {}
+        facts = build_report(store, task, fingerprint=fingerprint, out_html=out, out_json=json_out, **extra)
+    click.echo(facts["summary"]["verdict"])
+    click.echo(f"Wrote {Path(out).resolve()}")
+    click.echo(f"Wrote {Path(json_out).resolve()}")
+
+
+@click.command()
+@db_option
+@click.option("--task", default=None, help="Show one task's summary and live counters.")
+@click.option("--fingerprint", default=None, help="Task fingerprint (default: that of the newest policy).")
+def status(db: str, task: str | None, fingerprint: str | None) -> None:
+    """All tasks at a glance, or one task's certificate summary and live call counters."""
+    require_db(db)
+    console = Console(width=120)
+    with open_store(db) as store:
+        if task is None:
+            console.print(tasks_table(tasks_overview(store), db))
+            return
+        require_task(store, task)
+        console.print(summary_view(summary_facts(store, task, fingerprint)))
+
+
+report_commands = [report, status]

@@ -1,0 +1,63 @@
+"""Rich tables for `tracer status`: all tasks at a glance, or one task's summary and live counters."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from tracer_core.report.html import num, pct, usd, when
+
+
+def tasks_table(rows: list[dict], db: str) -> Table:
+    """One row per task: traces, serving policy version, coverage, certified bound, last fit."""
+    table = Table(title=f"Tasks in {db}")
+    for column in ("task", "traces", "LLM", "surrogate", "policy", "coverage", "certified bound", "last fit"):
+        table.add_column(column, justify="left" if column in ("task", "policy") else "right")
+    for r in rows:
+        policy = f"v{r['policy_version']} {r['status']}" if r["policy_version"] is not None else r["status"]
+        table.add_row(
+            r["task"], num(r["traces"]), num(r["teacher"]), num(r["surrogate"]), policy,
+            pct(r["coverage"]), pct(r["agreement_lower_bound"]), when(r["last_fit_at"]),
+        )
+    return table
+
+
+def summary_view(s: dict) -> Group:
+    """The report's summary section plus last hour's and all-time live counters by reason."""
+    style = "bold green" if s["deployed"] else "bold red"
+    facts = Table(title=f"Task {s['task']}", show_header=False)
+    facts.add_column("fact")
+    facts.add_column("value", justify="right")
+    for name, value in (
+        ("teacher traces", num(s["teacher_traces"])),
+        ("policy version", f"{num(s['policy_version'])} ({s['policy_status'] or 'none'})"),
+        ("alpha / delta", f"{num(s['alpha'])} / {num(s['delta'])}"),
+        ("certified agreement lower bound", pct(s["agreement_lower_bound"])),
+        ("estimated coverage (calibration)", pct(s["coverage"])),
+        ("LLM calls saved", num(s["llm_calls_saved"])),
+        ("dollars saved", usd(s["dollars_saved"])),
+        ("last fit", when(s["last_fit_at"])),
+    ):
+        facts.add_row(name, value)
+    parts = [Text(s["verdict"], style=style), facts]
+    if s["last_fit_refused"]:
+        parts.append(Text(f"newest refit refused: {s['last_fit_reason']}", style="yellow"))
+    parts.append(live_table(s["live_last_hour"], s["live_all_time"]))
+    return Group(*parts)
+
+
+def live_table(hour: dict, total: dict) -> Table:
+    """Calls handled by the surrogate and deferred to the LLM (by reason): last hour and all time."""
+    table = Table(title="Live calls (store counts)")
+    table.add_column("calls")
+    table.add_column("last hour", justify="right")
+    table.add_column("all time", justify="right")
+    table.add_row("handled by surrogate", num(hour["handled"]), num(total["handled"]))
+    table.add_row("deferred to LLM", num(hour["deferred"]), num(total["deferred"]))
+    for reason in dict.fromkeys([*hour["deferred_by_reason"], *total["deferred_by_reason"]]):
+        table.add_row(
+            f"  {reason}", num(hour["deferred_by_reason"].get(reason, 0)), num(total["deferred_by_reason"].get(reason, 0))
+        )
+    table.add_row("handled share", pct(hour["handled_share"]), pct(total["handled_share"]))
+    return table
