@@ -292,12 +292,13 @@ async def test_unusable_store_never_fails_the_call(use_callback, teacher, tmp_pa
 def test_user_cache_keeps_working_and_its_hits_are_not_training_data(use_callback, teacher, db_path, banking_subset, embedder):
     litellm.cache = litellm.Cache()
     callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=embedder)
-    text, label = banking_subset[5]
+    (text, label), (later, _) = banking_subset[5], banking_subset[6]
     for _ in range(2):
         assert litellm.completion(**call_kwargs(teacher, text)).choices[0].message.content == label
     assert teacher.request_count == 1
-    wait_for_traces(callback, db_path, 2)
-    assert [t["source"] for t in traces(db_path)] == ["teacher"]
+    litellm.completion(**call_kwargs(teacher, later))  # logged after the cache hit was
+    recorded = wait_for_traces(callback, db_path, 2)
+    assert [(t["input"], t["source"]) for t in recorded] == [(text, "teacher"), (later, "teacher")]
 
 
 # --- plain install: no proxy packages ---------------------------------------------------------

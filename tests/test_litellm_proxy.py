@@ -1,0 +1,146 @@
+"""The real LiteLLM proxy with `examples/litellm_proxy/config.yaml`, driven by the openai SDK.
+
+First calls go to the teacher and are recorded in the proxy's SQLite file; after this test
+process fits a policy on that same file, the running proxy answers certified queries itself
+(the teacher's request count stays put) without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tracer_core import Tracer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "examples" / "litellm_proxy" / "config.yaml"
+SYSTEM = {"role": "system", "content": "Classify the banking query into its intent. Answer with the label only."}
+ALPHA = 0.9
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def traces(db: Path) -> list[tuple]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT task, fingerprint, input, label, source, model FROM traces ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def wait_until(check, what: str, limit_s: float = 60.0):
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def proxy(teacher, db_path, tmp_path):
+    """The LiteLLM proxy as a subprocess on 127.0.0.1, configured by TRACER_* variables."""
+    port, key = free_port(), f"sk-{secrets.token_hex(32)}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_MASTER_KEY": key,
+        "TEACHER_API_BASE": teacher.base_url,
+        "TEACHER_API_KEY": "sk-test",
+        "TRACER_DB": str(db_path),
+        "TRACER_ALPHA": str(ALPHA),
+        "TRACER_MODE": "on",
+    }
+    log = (tmp_path / "proxy.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "litellm"), "--config", str(CONFIG), "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"proxy exited: {(tmp_path / 'proxy.log').read_text()[-3000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health/readiness", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, "the proxy to be ready", limit_s=90)
+        yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def ask(client: OpenAI, text: str, **extra):
+    return client.chat.completions.create(model="teacher", messages=[SYSTEM, {"role": "user", "content": text}], **extra)
+
+
+def test_proxy_records_then_short_circuits_after_a_fit(proxy, teacher, db_path, banking_subset, embedder):
+    # 1. No policy yet: every call reaches the teacher and is recorded by the proxy process.
+    first = banking_subset[:3]
+    for text, label in first:
+        assert ask(proxy, text).choices[0].message.content == label
+    assert teacher.request_count == 3
+    recorded = wait_until(lambda: len(traces(db_path)) >= 3 and traces(db_path), "the proxy's traces")
+    assert [(row[2], row[3], row[4]) for row in recorded] == [(t, label, "teacher") for t, label in first]
+    task, fingerprint = recorded[0][0], recorded[0][1]
+    assert task.startswith("litellm-") and recorded[0][5] == "openai/teacher"
+
+    # 2. This process fits a policy on the same file (traces as the proxy would have recorded them).
+    tracer = Tracer(task=task, db=str(db_path), alpha=ALPHA, fingerprint=fingerprint, embedder=embedder, auto_refit=False)
+    try:
+        rest = banking_subset[3:]
+        tracer.record_many([t for t, _ in rest], [label for _, label in rest])
+        tracer.flush()
+        certificate = tracer.fit()
+        assert certificate.deployed, certificate.reason
+        decisions = tracer.route_many([t for t, _ in banking_subset[:200]])
+        hits = [(t, d.label) for (t, _), d in zip(banking_subset[:200], decisions) if d.handled][:4]
+    finally:
+        tracer.close()
+    assert len(hits) == 4
+
+    # 3. The running proxy picks the policy up and answers certified queries without the teacher.
+    text = hits[0][0]
+    wait_until(lambda: ask(proxy, text).usage.total_tokens == 0, "the proxy to load the new policy")
+    settled = teacher.request_count
+    for text, label in hits[1:]:
+        response = ask(proxy, text)
+        assert response.choices[0].message.content == label
+        assert response.usage.total_tokens == 0
+    stream = ask(proxy, hits[0][0], stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == hits[0][1]
+    assert teacher.request_count == settled
+    surrogate = wait_until(lambda: [r for r in traces(db_path) if r[4] == "surrogate"], "surrogate traces")
+    assert {r[2] for r in surrogate} <= {t for t, _ in hits}
