@@ -12,7 +12,7 @@ from typing import Any
 from tracer_litellm.callback import TracerCallback
 from tracer_litellm.settings import SettingsError, TracerSettings
 
-__all__ = ["SettingsError", "TracerCallback", "TracerSettings", "proxy_handler"]
+__all__ = ["SettingsError", "TracerCallback", "TracerSettings"]
 
 _proxy_lock = threading.Lock()
 _proxy_handler: TracerCallback | None = None

@@ -88,7 +88,7 @@ class TracerCallback(CustomLogger):
             if not info.routable:
                 _remember(kwargs, info, reason=info.reason)
                 return None
-            tracer = await asyncio.to_thread(self.tracer_for, info)
+            tracer = self._tracers.get((info.task, info.fingerprint)) or await asyncio.to_thread(self.tracer_for, info)
             decision = await tracer.aroute(info.text)
             _remember(kwargs, info, decision=decision)
             if not decision.handled or decision.label is None:
