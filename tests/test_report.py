@@ -174,8 +174,7 @@ def test_evolution_refits_prefixes_and_reuses_the_full_fit(built, fitted) -> Non
     assert evolution["prefixes"][-1]["coverage"] == cert["coverage"]
     assert evolution["series"] == "prefixes"
     assert evolution["plateau"]["over_traces"] == 640 and evolution["plateau"]["plateau"] is False
-    assert evolution["projection"]["n_traces"] == 1600 and 0.0 <= evolution["projection"]["coverage"] <= 1.0
-    assert "projection" in evolution["projection"]["message"]
+    assert evolution["projection"] is None  # only one fit handled anything: no curve to project
 
 
 def test_plateau_detector_and_projection() -> None:
@@ -190,6 +189,12 @@ def test_plateau_detector_and_projection() -> None:
     assert projected["method"].startswith("saturating")
     assert math.isclose(projected["coverage"], 0.95 - 3.0 * 16000 ** -0.5, abs_tol=0.01)
     assert project(rising[:2])["method"] == "log-linear fit"
+    refused = [{"n_traces": 100, "coverage": 0.0, "reason_code": "too_few_traces"}]
+    assert project(refused + rising[:1]) is None
+    assert plateau(rising[:1] + [{"n_traces": 9000, "coverage": 0.0, "reason_code": "not_certified"}]) == {
+        "plateau": False, "gain": None, "over_traces": None,
+        "message": "nothing certified yet at 9,000 traces (not_certified): more traces are needed",
+    }
 
 
 def test_html_report_opens_in_chromium_without_console_errors(built) -> None:
@@ -225,6 +230,8 @@ def test_refused_task_report_explains_the_refusal(tmp_path, banking_subset, embe
     assert facts["summary"]["verdict"] == f"refused: {cert['reason']} - every call goes to the LLM"
     assert facts["summary"]["policy_status"] == "refused" and facts["calibration"]["n"] == 0
     assert facts["summary"]["llm_calls_saved"] == 0 and facts["summary"]["dollars_saved"] == 0.0
+    assert facts["evolution"]["plateau"]["message"].startswith("nothing certified yet at 30 traces")
+    assert facts["evolution"]["projection"] is None
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["reason"] == cert["reason"]
     page = open_page(tmp_path / "r.html", tmp_path / "browser")
     assert page.console == []

@@ -64,7 +64,13 @@ def prefix_points(
 
 
 def plateau(points: list[dict]) -> dict:
-    """Did the last step of traces still raise coverage? Needs two fits with different sizes."""
+    """Did the last step of traces still raise coverage? Needs two fits of different sizes."""
+    if points and points[-1]["coverage"] == 0.0:
+        return {
+            "plateau": False, "gain": None, "over_traces": None,
+            "message": f"nothing certified yet at {points[-1]['n_traces']:,} traces "
+                       f"({points[-1]['reason_code']}): more traces are needed",
+        }
     if len(points) < 2 or points[-1]["n_traces"] <= points[-2]["n_traces"]:
         return {"plateau": None, "gain": None, "over_traces": None, "message": "not enough fits to judge a plateau"}
     gain = points[-1]["coverage"] - points[-2]["coverage"]
@@ -80,12 +86,16 @@ def plateau(points: list[dict]) -> dict:
 
 
 def project(points: list[dict], factor: float = 2.0) -> dict | None:
-    """Projected coverage at `factor` x the traces: saturating curve a - b*n^-c, else log-linear."""
-    n = np.array([p["n_traces"] for p in points], dtype=float)
-    cov = np.array([p["coverage"] for p in points], dtype=float)
+    """Coverage projected at `factor` x the traces from the fits that handled something.
+
+    A saturating curve a - b*n^-c with three or more such fits, a log-linear one with two, else None.
+    """
+    useful = [p for p in points if p["coverage"] > 0.0]
+    n = np.array([p["n_traces"] for p in useful], dtype=float)
+    cov = np.array([p["coverage"] for p in useful], dtype=float)
     if len(np.unique(n)) < 2:
         return None
-    target = float(n.max() * factor)
+    target = float(points[-1]["n_traces"] * factor)
     method, value = "log-linear fit", _log_linear(n, cov, target)
     if len(np.unique(n)) >= 3:
         saturating = _saturating(n, cov, target)
