@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 from tests.browser import open_page
 from tracer_core.cli_report import report, report_commands, status
-from tracer_core.fit import fit_policy
 from tracer_core.policy import Policy
 from tracer_core.report import build_report
 from tracer_core.report.evolution import plateau, project
 from tracer_core.store import TraceStore
 from tracer_core.trace import make_trace
+from tracer_core.tracer import Tracer
 
 TASK = "banking"
 ALPHA, DELTA = 0.9, 0.05
@@ -27,24 +27,18 @@ COSTS = (0.001, 0.002, 0.004)
 
 
 def record_and_fit(path: Path, rows: list[tuple[str, str]], embed) -> None:
-    """Record rows as teacher traces (deferred: no policy yet), fit, save the policy, then route live calls."""
+    """Record rows as teacher traces (deferred: no policy yet), fit with Tracer, then route live calls."""
     with TraceStore(path) as store:
         store.append_many([
             make_trace(TASK, text, label, cost_usd=COSTS[i % 3], metadata={"deferred_reason": "no_policy"})
             for i, (text, label) in enumerate(rows)
         ])
-        texts, labels, ids = store.teacher_examples(TASK, "")
-        policy, cert = fit_policy(texts, labels, alpha=ALPHA, delta=DELTA, embed=embed, ids=ids, task=TASK)
-        store.save_policy(
-            TASK, fingerprint="", certificate=cert.to_dict(), status="deployed" if policy else "refused",
-            artifact=policy.to_bytes() if policy else b"", n_traces=len(texts),
-        )
-        if policy is not None:
+        tracer = Tracer(TASK, db=store, alpha=ALPHA, delta=DELTA, embedder=embed, auto_refit=False)
+        if tracer.fit().deployed:
             live = [t for t, _ in rows[:40]]
-            decisions = policy.decide(live, embed(live))
             store.append_many([
                 make_trace(TASK, t, d.label, source="surrogate", metadata={"score": d.score, "policy_version": 1})
-                for t, d in zip(live, decisions) if d.handled
+                for t, d in zip(live, tracer.route_many(live)) if d.handled
             ])
 
 
