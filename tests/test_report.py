@@ -283,3 +283,10 @@ def test_cli_errors_are_one_line(fitted, tmp_path, args, message) -> None:
         assert result.output.startswith("Error: ") and message in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_cli_report_refuses_an_unwritable_output_before_any_work(fitted, tmp_path) -> None:
+    out = tmp_path / "no-such-dir" / "r.html"
+    result = CliRunner().invoke(report, ["--db", str(fitted), "--task", TASK, "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output == f"Error: cannot write report {str(out)!r}: directory {str(out.parent)!r} does not exist\n"

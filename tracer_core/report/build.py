@@ -42,6 +42,9 @@ def build_report(
     When the task has few policy versions, the evolution section refits (without saving) on the
     `refit_fractions` prefixes of the teacher traces; pass `()` to skip those refits.
     """
+    for path in (out_html, out_json):
+        if path is not None:
+            _check_writable(Path(path))
     if store.counts(task)["teacher"] == 0:
         raise ReportError(f"task {task!r} has no teacher traces in {str(store.path)!r}: nothing to report")
     fingerprint = pick_fingerprint(store, task, fingerprint)
@@ -101,10 +104,16 @@ def _finite(value):
     return value
 
 
-def _write(path: str | os.PathLike, text: str) -> None:
-    target = Path(path)
+def _check_writable(target: Path) -> None:
+    """Fail before the slow work if an output file cannot be written."""
     if not target.parent.is_dir():
         raise ReportError(f"cannot write report {str(target)!r}: directory {str(target.parent)!r} does not exist")
+    if target.is_dir():
+        raise ReportError(f"cannot write report {str(target)!r}: it is a directory")
+
+
+def _write(path: str | os.PathLike, text: str) -> None:
+    target = Path(path)
     try:
         target.write_text(text, encoding="utf-8")
     except OSError as exc:
