@@ -11,7 +11,7 @@ from pathlib import Path
 from tracer_core.embedder import EmbedFn, get_default_embedder
 from tracer_core.errors import TracerError
 from tracer_core.policy import Policy
-from tracer_core.report.calibration import route_calibration
+from tracer_core.report.calibration import CalibrationRouting, route_calibration
 from tracer_core.report.evolution import PREFIX_FRACTIONS, evolution_facts
 from tracer_core.report.html import render_html
 from tracer_core.report.sections import (
@@ -76,15 +76,16 @@ def build_report(
     return facts
 
 
-def _calibration_totals(routing) -> dict:
+def _calibration_totals(routing: CalibrationRouting | None) -> dict:
     """Coverage and agreement of the policy re-measured on its held-out calibration traces."""
+    source = "held-out calibration traces routed through the policy"
     if routing is None:
-        return {"n": 0, "handled": 0, "coverage": None, "agreement": None, "missing_ids": 0}
+        return {"source": source, "n": 0, "handled": 0, "coverage": None, "agreement": None, "missing_ids": 0}
     n = len(routing)
     handled = int(routing.handled.sum())
     agree = int((routing.agrees & routing.handled).sum())
     return {
-        "source": "held-out calibration traces routed through the policy",
+        "source": source,
         "n": n,
         "handled": handled,
         "coverage": handled / n if n else None,
