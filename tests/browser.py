@@ -28,7 +28,8 @@ def chromium_path() -> str:
     found = shutil.which("chromium")
     if found:
         return found
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, capture_output=True, timeout=600)
+    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        subprocess.run(step, check=True, capture_output=True, timeout=600)
     found = shutil.which("chromium")
     if not found:
         raise RuntimeError("chromium is not installed and apt-get could not install it")
