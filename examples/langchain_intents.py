@@ -5,7 +5,7 @@ chain is an ordinary `prompt | ChatOpenAI | StrOutputParser`, and `with_tracer` 
 change. Each round sends a batch of queries; tracer refits between rounds and answers the
 inputs its certified policy covers.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python examples/langchain_intents.py --rounds 8 --per-round 250
+    HF_HUB_OFFLINE=1 .venv/bin/python examples/langchain_intents.py --labels 10 --rounds 6 --per-round 200
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import json
 import random
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from langchain_core.output_parsers import StrOutputParser
@@ -26,21 +27,26 @@ from tracer_langchain import with_tracer
 DATA = Path(__file__).resolve().parents[1] / "tracer_core" / "data" / "banking77_demo.jsonl"
 
 
-def load_rows(path: Path) -> list[tuple[str, str]]:
+def load_rows(path: Path, n_labels: int) -> list[tuple[str, str]]:
+    """(query, intent) rows of the `n_labels` most frequent intents (all intents if 0), shuffled."""
     rows = [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
-    return [(row["input"], row["label"]) for row in rows]
+    counts = Counter(row["label"] for row in rows)
+    keep = {label for label, _ in counts.most_common(n_labels or None)}
+    pairs = [(row["input"], row["label"]) for row in rows if row["label"] in keep]
+    random.Random(0).shuffle(pairs)
+    return pairs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--per-round", type=int, default=250)
+    parser.add_argument("--labels", type=int, default=10, help="use the N most frequent intents (0: all 77)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--per-round", type=int, default=200)
     parser.add_argument("--alpha", type=float, default=0.95)
     parser.add_argument("--db", default=None, help="trace store (default: a temporary file)")
     args = parser.parse_args()
 
-    rows = load_rows(DATA)
-    random.Random(0).shuffle(rows)
+    rows = load_rows(DATA, args.labels)
     db = args.db or str(Path(tempfile.mkdtemp()) / "langchain-demo.db")
 
     with LocalTeacher(dict(rows)) as server:
