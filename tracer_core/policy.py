@@ -1,0 +1,120 @@
+"""A certified policy: surrogate + threshold + filters, stored as plain arrays and JSON.
+
+`Policy.to_bytes()` writes an `.npz` archive of numeric arrays plus one JSON document;
+`Policy.from_bytes()` reads it with `allow_pickle=False`, so loading a policy never runs code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracer_core import decision as reasons
+from tracer_core.certificate import Certificate
+from tracer_core.decision import Decision
+from tracer_core.errors import PolicyError
+from tracer_core.features import Tfidf, join_features
+from tracer_core.ood import MahalanobisOOD
+from tracer_core.surrogate import Surrogate, surrogate_from_arrays
+
+FORMAT = "tracer-policy/1"
+
+
+@dataclass
+class Policy:
+    """Everything `route()` needs, fixed before the calibration labels were looked at."""
+
+    labels: list[str]
+    surrogate: Surrogate
+    tfidf: Tfidf | None
+    ood: MahalanobisOOD
+    ood_threshold: float
+    threshold: float
+    excluded: set[str]  # labels never handed (validation or calibration evidence)
+    unseen_vectors: np.ndarray  # traces of labels too rare to train on
+    unseen_labels: list[str]
+    unseen_threshold: float
+    certificate: Certificate
+    version: int | None = None
+
+    def predict_proba(self, texts: list[str], vectors: np.ndarray) -> np.ndarray:
+        return self.surrogate.predict_proba(join_features(vectors, texts, self.tfidf))
+
+    def decide(self, texts: list[str], vectors: np.ndarray) -> list[Decision]:
+        """Route a batch: the first failing check names the reason; all checks pass -> handled."""
+        proba = self.predict_proba(texts, vectors)
+        predicted = proba.argmax(axis=1)
+        scores = proba[np.arange(len(predicted)), predicted]
+        far = self.ood.distance(vectors) > self.ood_threshold
+        near_unseen = self._near_unseen(vectors)
+        out = []
+        for i, (p, s) in enumerate(zip(predicted, scores)):
+            label = self.labels[p]
+            if near_unseen[i]:
+                reason = reasons.UNSEEN_LABEL
+            elif far[i]:
+                reason = reasons.OUT_OF_DISTRIBUTION
+            elif label in self.excluded:
+                reason = reasons.LABEL_NOT_CERTIFIED
+            elif s < self.threshold:
+                reason = reasons.LOW_CONFIDENCE
+            else:
+                reason = reasons.HANDLED
+            out.append(Decision(label, reason == reasons.HANDLED, float(s), reason, self.version))
+        return out
+
+    def _near_unseen(self, vectors: np.ndarray) -> np.ndarray:
+        if not len(self.unseen_vectors):
+            return np.zeros(len(vectors), dtype=bool)
+        return (vectors @ self.unseen_vectors.T).max(axis=1) >= self.unseen_threshold
+
+    # -- storage -------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        meta = {
+            "format": FORMAT,
+            "labels": self.labels,
+            "surrogate": self.surrogate.kind,
+            "tfidf_terms": self.tfidf.terms if self.tfidf else None,
+            "ood_threshold": self.ood_threshold,
+            "threshold": self.threshold,
+            "excluded": sorted(self.excluded),
+            "unseen_labels": self.unseen_labels,
+            "unseen_threshold": self.unseen_threshold,
+        }
+        arrays = {f"s_{k}": v for k, v in self.surrogate.arrays().items()}
+        arrays |= self.ood.arrays()
+        arrays["unseen_vectors"] = self.unseen_vectors
+        if self.tfidf:
+            arrays["tfidf_idf"] = self.tfidf.idf
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, certificate: Certificate, version: int | None = None) -> Policy:
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+        except Exception as exc:
+            raise PolicyError(f"stored policy is not a readable tracer policy: {exc}") from exc
+        if meta.get("format") != FORMAT:
+            raise PolicyError(f"stored policy has format {meta.get('format')!r}, expected {FORMAT!r}")
+        surrogate = surrogate_from_arrays(meta["surrogate"], {k[2:]: v for k, v in arrays.items() if k.startswith("s_")})
+        tfidf = Tfidf(meta["tfidf_terms"], arrays["tfidf_idf"]) if meta["tfidf_terms"] else None
+        ood = MahalanobisOOD(arrays["ood_means"], arrays["ood_whitener"])
+        return cls(
+            labels=meta["labels"], surrogate=surrogate, tfidf=tfidf, ood=ood,
+            ood_threshold=meta["ood_threshold"], threshold=meta["threshold"], excluded=set(meta["excluded"]),
+            unseen_vectors=arrays["unseen_vectors"], unseen_labels=meta["unseen_labels"],
+            unseen_threshold=meta["unseen_threshold"], certificate=certificate, version=version,
+        )
+
+    @classmethod
+    def from_row(cls, row: dict) -> Policy:
+        """Load a row of the store's `policies` table."""
+        return cls.from_bytes(row["artifact"], Certificate.from_dict(row["certificate"]), row["version"])

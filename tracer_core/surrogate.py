@@ -1,0 +1,117 @@
+"""Surrogate classifiers on embeddings, trained with scikit-learn and stored as plain arrays.
+
+Each candidate is fit with scikit-learn, then reduced to its weight arrays so that a stored
+policy predicts with numpy alone and loading it never executes code (no pickle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+@dataclass
+class LinearSurrogate:
+    """Multinomial logistic regression: softmax(X W^T + b)."""
+
+    weights: np.ndarray  # (n_labels, dim)
+    bias: np.ndarray  # (n_labels,)
+    kind: str = "logistic"
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return softmax(x @ self.weights.T + self.bias)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"w0": self.weights, "b0": self.bias}
+
+
+@dataclass
+class MLPSurrogate:
+    """One hidden ReLU layer and a softmax output."""
+
+    weights: list[np.ndarray]  # [(dim, hidden), (hidden, n_labels)]
+    biases: list[np.ndarray]
+    kind: str = "mlp"
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        h = x
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            h = np.maximum(h @ w + b, 0.0)
+        return softmax(h @ self.weights[-1] + self.biases[-1])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            out[f"w{i}"], out[f"b{i}"] = w, b
+        return out
+
+
+Surrogate = LinearSurrogate | MLPSurrogate
+
+
+def surrogate_from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> Surrogate:
+    """Rebuild a surrogate from the arrays `Surrogate.arrays()` returned."""
+    if kind == "logistic":
+        return LinearSurrogate(arrays["w0"], arrays["b0"])
+    if kind == "mlp":
+        n = len([k for k in arrays if k.startswith("w")])
+        return MLPSurrogate([arrays[f"w{i}"] for i in range(n)], [arrays[f"b{i}"] for i in range(n)])
+    raise ValueError(f"unknown surrogate kind {kind!r}")
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, c: float = 20.0) -> LinearSurrogate:
+    """Logistic regression on L2-normalised embeddings (C tuned for MiniLM-like encoders)."""
+    model = LogisticRegression(C=c, max_iter=200, random_state=seed)
+    model.fit(x, y)
+    weights = np.zeros((n_labels, x.shape[1]), dtype=np.float32)
+    bias = np.full(n_labels, -1e4, dtype=np.float32)
+    if len(model.classes_) == 2:
+        # binary sklearn models keep one row; expand to the two-row softmax form
+        weights[model.classes_[1]] = model.coef_[0] / 2
+        weights[model.classes_[0]] = -model.coef_[0] / 2
+        bias[model.classes_[1]] = model.intercept_[0] / 2
+        bias[model.classes_[0]] = -model.intercept_[0] / 2
+    else:
+        weights[model.classes_] = model.coef_
+        bias[model.classes_] = model.intercept_
+    return LinearSurrogate(weights, bias)
+
+
+def fit_mlp(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, hidden: int = 256) -> MLPSurrogate:
+    """A small MLP (one hidden layer, weight decay) with a fixed budget of epochs."""
+    model = MLPClassifier(
+        hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=30, batch_size=128,
+        learning_rate_init=2e-3, random_state=seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x, y)
+    w_out = np.zeros((hidden, n_labels), dtype=np.float32)
+    b_out = np.full(n_labels, -1e4, dtype=np.float32)
+    if len(model.classes_) == 2:
+        # binary MLPs have one logistic output: logit z -> softmax over [0, z]
+        w_out[:, model.classes_[1]] = model.coefs_[1][:, 0]
+        b_out[model.classes_[1]] = model.intercepts_[1][0]
+        b_out[model.classes_[0]] = 0.0
+    else:
+        w_out[:, model.classes_] = model.coefs_[1]
+        b_out[model.classes_] = model.intercepts_[1]
+    return MLPSurrogate(
+        [model.coefs_[0].astype(np.float32), w_out], [model.intercepts_[0].astype(np.float32), b_out]
+    )
+
+
+CANDIDATES = {"logistic": fit_logistic, "mlp": fit_mlp}
