@@ -1,4 +1,4 @@
-"""LangChain integration for tracer: wrap a classification chain, or just watch it.
+"""LangChain integration for tracer: wrap a classification chain, watch it, or short-circuit via the LLM cache.
 
     from tracer_langchain import with_tracer
     chain = with_tracer(prompt | llm | StrOutputParser(), task="support-intent", alpha=0.95)
@@ -7,6 +7,8 @@
 from tracer_langchain.codec import OutputCodec, learn_codec
 from tracer_langchain.errors import CodecError, IntegrationConfigError, TextExtractionError
 from tracer_langchain.fingerprint import chain_fingerprint
+from tracer_langchain.llm_cache import TracerLLMCache
+from tracer_langchain.observer import TracerObserver, observe, stop_observing
 from tracer_langchain.runnable import TracedRunnable, with_tracer
 from tracer_langchain.text import extract_text
 
@@ -16,8 +18,12 @@ __all__ = [
     "OutputCodec",
     "TextExtractionError",
     "TracedRunnable",
+    "TracerLLMCache",
+    "TracerObserver",
     "chain_fingerprint",
     "extract_text",
     "learn_codec",
+    "observe",
+    "stop_observing",
     "with_tracer",
 ]

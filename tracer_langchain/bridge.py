@@ -182,7 +182,9 @@ class TracerBridge:
             return self.codec
 
     # -- recording -----------------------------------------------------------------------
-    def record_teacher(self, route: Route, output: Any, latency_ms: float, usage: UsageCollector, run_id: Any) -> None:
+    def record_teacher(
+        self, route: Route, output: Any, latency_ms: float | None, usage: UsageCollector, run_id: Any
+    ) -> None:
         """Record a real chain answer as a training trace (skipped, logged once, if anything fails)."""
         if route.text is None:
             return

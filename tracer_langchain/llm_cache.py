@@ -85,7 +85,7 @@ class TracerLLMCache(BaseCache):
             message = return_val[0].message
             usage = UsageCollector()
             usage.on_llm_end(LLMResult(generations=[list(return_val)]))
-            bridge.record_teacher(Route(text, "llm_cache_miss"), message, 0.0, usage, "llm-cache")
+            bridge.record_teacher(Route(text, "llm_cache_miss"), message, None, usage, "llm-cache")
             label = bridge.output_codec(message).to_label(message)
             replay = message.model_copy(update={"id": None, "usage_metadata": None})
             self._replay[(fingerprint, label.strip())] = replay

@@ -325,7 +325,7 @@ def with_tracer(
             db=db,
             alpha=alpha,
             delta=delta,
-            fingerprint=fingerprint or chain_fingerprint(chain),
+            fingerprint=fingerprint or _fingerprint_of(chain),
             embedder=embedder,
             **tracer_options,
         )
@@ -352,6 +352,15 @@ def _check_arguments(
     for name, fn in (("to_label", to_label), ("from_label", from_label)):
         if fn is not None and not callable(fn):
             raise IntegrationConfigError(f"{name} must be callable, got {type(fn).__name__}")
+
+
+def _fingerprint_of(chain: Runnable) -> str:
+    try:
+        return chain_fingerprint(chain)
+    except Exception as exc:
+        raise IntegrationConfigError(
+            f"cannot derive a task fingerprint from this chain ({type(exc).__name__}: {exc}); pass fingerprint="
+        ) from exc
 
 
 def _collect(routes: list[Route], outputs: dict[int, Any], return_exceptions: bool) -> list[Any]:
