@@ -327,3 +327,16 @@ def test_bad_arguments_are_clear_errors(teacher, db_path):
         with_tracer(chain, task=TASK, db=db_path, to_label=str)
     with pytest.raises(IntegrationConfigError, match="text_fn"):
         with_tracer(chain, task=TASK, db=db_path, text_fn="text")
+
+
+def test_a_shared_tracer_must_be_for_the_same_task(teacher, db_path, embedder):
+    from tracer_core import Tracer
+
+    chain = make_chain(teacher)
+    with Tracer(task="other-task", db=db_path, embedder=embedder, auto_refit=False) as tracer:
+        with pytest.raises(IntegrationConfigError, match="differs"):
+            with_tracer(chain, task=TASK, tracer=tracer)
+        with pytest.raises(IntegrationConfigError, match="not both"):
+            with_tracer(chain, task="other-task", tracer=tracer, db=db_path)
+        shared = with_tracer(chain, task="other-task", tracer=tracer)
+        assert shared.tracer is tracer and shared.invoke({"text": "I lost my card"}) == "unknown"

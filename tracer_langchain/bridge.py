@@ -6,6 +6,7 @@ wrapped chain keeps working whatever happens to the store, embedder or policy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ class TracerBridge:
         except Exception as exc:
             self.warn_once("route", exc)
             return Route(text, "error")
+        if self.codec is None and not self._store_checked:
+            await asyncio.to_thread(self.answer_codec)  # a one-off store read, off the event loop
         return self.resolve(text, decision, chunk=chunk)
 
     def route_many(self, values: list[Any], configs: list[RunnableConfig]) -> list[Route]:
@@ -127,6 +130,8 @@ class TracerBridge:
         except Exception as exc:
             self.warn_once("route", exc)
             decisions = [None] * len(todo)
+        if self.codec is None and not self._store_checked:
+            await asyncio.to_thread(self.answer_codec)
         return self._merge(pending, todo, decisions)
 
     def _merge(self, pending: list[tuple[str | None, str]], todo: list[int], decisions: list[Any]) -> list[Route]:

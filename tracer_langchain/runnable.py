@@ -331,6 +331,8 @@ def with_tracer(
         )
     elif db is not None or fingerprint is not None or embedder is not None or tracer_options:
         raise IntegrationConfigError("pass either tracer= or the options to build one (db, fingerprint, ...), not both")
+    elif tracer.task != task:
+        raise IntegrationConfigError(f"task {task!r} differs from the given tracer's task {tracer.task!r}")
     codec = CustomCodec(to_label, from_label) if to_label is not None else None
     bridge = TracerBridge(tracer=tracer, text_fn=text_fn, input_key=input_key, codec=codec)
     return TracedRunnable(runnable=chain, bridge=bridge, owns_tracer=owns_tracer)
