@@ -6,25 +6,30 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# litellm otherwise tries to download its model price list at import
+export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: install test demo bench lock clean
+.PHONY: install sysdeps test demo bench lock clean
 
 install: $(STAMP)
 
 # torch 2.13.0 first (a local CPU wheel); everything else pinned by requirements.lock.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c requirements.lock -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q -x --durations=10
+# Debian packages the tests need: headless Chromium opens the HTML report.
+sysdeps:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: $(STAMP) sysdeps
+	$(PY) -m pytest -q --durations=15
 
 demo: $(STAMP)
-	$(PY) -m tracer_core.demo
+	$(PY) examples/demo.py
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -121,13 +121,12 @@ class Tracer:
         cert.version = version
         with self._state_lock:
             self._last_fit_at = time.time()
-            self._latest_any = version
             if policy is not None:
                 policy.version = version
-                self._policy = policy
-                self._refusal = None
+                self._policy, self._refusal, self._latest_any = policy, None, version
             else:
-                self._refusal = cert
+                # keep (or load, on the next route) the newest deployed policy
+                self._refusal, self._latest_any, self._checked_at = cert, None, 0.0
         if not cert.deployed:
             log.info("tracer task %r: fit refused (%s)", self.task, cert.reason)
         return cert

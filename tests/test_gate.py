@@ -1,0 +1,90 @@
+"""The parity gate's statistics: exact binomial p-values, fixed-sequence testing, validity."""
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from tracer_core.fit import _contradicted_labels, coverage_at, threshold_grid
+from tracer_core.gate import (
+    agreement_lower_bound,
+    binomial_p_value,
+    fixed_sequence_test,
+    min_handled_for,
+    significantly_below,
+)
+
+
+def test_p_value_is_the_exact_binomial_tail():
+    assert binomial_p_value(3, 100, 0.95) == pytest.approx(binom.cdf(3, 100, 0.05))
+    assert binomial_p_value(0, 0, 0.95) == 1.0
+    # 0 errors in 59 inputs is the fewest that certifies 0.95 at delta 0.05
+    assert binomial_p_value(0, 59, 0.95) <= 0.05 < binomial_p_value(0, 58, 0.95)
+    assert min_handled_for(0.95, 0.05) == 59
+
+
+def test_lower_bound_is_below_the_empirical_rate_and_tightens_with_n():
+    small = agreement_lower_bound(95, 100, 0.05)
+    large = agreement_lower_bound(950, 1000, 0.05)
+    assert small < large < 0.95
+    assert agreement_lower_bound(0, 0, 0.05) == 0.0
+
+
+def test_fixed_sequence_stops_at_the_first_non_rejection():
+    # 300 confident correct, then 100 wrong, then 300 correct again with lower scores
+    scores = np.concatenate([np.linspace(1.0, 0.8, 300), np.linspace(0.79, 0.6, 100), np.linspace(0.59, 0.1, 300)])
+    agrees = np.concatenate([np.ones(300, bool), np.zeros(100, bool), np.ones(300, bool)])
+    grid = np.array([0.9, 0.8, 0.6, 0.2, 0.0])
+    result = fixed_sequence_test(grid, scores, agrees, np.ones(700, bool), alpha=0.9, delta=0.05)
+    assert result.certified_index == 1  # 0.6 fails (300 of 400 agree): 0.2 and 0.0 are never tested
+    assert result.n_tested == 3
+    assert result.handled == 300 and result.agree == 300
+
+
+def test_grid_must_descend():
+    with pytest.raises(ValueError, match="descending"):
+        fixed_sequence_test(np.array([0.1, 0.5]), np.ones(3), np.ones(3, bool), np.ones(3, bool), 0.9, 0.05)
+
+
+def test_threshold_grid_is_descending_within_unit_interval_and_ends_at_zero():
+    grid = threshold_grid(np.random.default_rng(0).random(500), 300, 0.95, 0.05)
+    assert np.all(np.diff(grid) < 0) and grid[-1] == 0.0 and grid[0] <= 1.0
+    assert threshold_grid(np.random.default_rng(0).random(50), 10, 0.99, 0.05)[-1] == 0.0
+
+
+def test_coverage_at_alpha():
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    agrees = np.array([True, True, False, False])
+    assert coverage_at(scores, agrees, 0.6) == 0.75
+    assert coverage_at(scores, agrees, 1.0) == 0.5
+    assert coverage_at(np.array([]), np.array([], bool), 0.9) == 0.0
+
+
+def test_a_label_whose_evidence_contradicts_alpha_is_excluded():
+    pred = np.array([0] * 200 + [1] * 200)
+    agrees = np.array([True] * 198 + [False] * 2 + [True] * 150 + [False] * 50)
+    excluded = _contradicted_labels(pred, agrees, np.ones(400, bool), 0.95, ["good", "bad"])
+    assert excluded == {"bad"}
+    assert not significantly_below(0, 0, 0.95)
+
+
+def test_gate_is_valid_over_many_simulated_calibrations():
+    """With a surrogate whose true agreement falls with the threshold, the certified set's
+    true agreement is below alpha in at most ~delta of the runs."""
+    rng = np.random.default_rng(1)
+    alpha, delta, n = 0.9, 0.1, 400
+    grid = np.linspace(1.0, 0.0, 41)
+
+    def true_agreement(threshold: float) -> float:
+        # inputs have score s ~ U(0,1) and agree with probability 0.6 + 0.4 s
+        s = np.linspace(threshold, 1.0, 2001)
+        return float(np.mean(0.6 + 0.4 * s))
+
+    failures = 0
+    runs = 300
+    for _ in range(runs):
+        scores = rng.random(n)
+        agrees = rng.random(n) < 0.6 + 0.4 * scores
+        result = fixed_sequence_test(grid, scores, agrees, np.ones(n, bool), alpha, delta)
+        if result.certified_index is not None and true_agreement(grid[result.certified_index]) < alpha:
+            failures += 1
+    assert failures / runs <= delta + 0.03
