@@ -1,0 +1,148 @@
+"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity] [--validity-runs N] [--quick]`.
+
+Prints each table as soon as it is ready and writes every table to bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity")
+RESULTS = Path(__file__).resolve().parent / "results.md"
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    for row in rows[1:]:
+        cols += [c for c in row if c not in cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        cells = []
+        for c in cols:
+            v = row.get(c, "")
+            if isinstance(v, bool):
+                v = "yes" if v else "NO"
+            elif isinstance(v, int) and not isinstance(v, bool):
+                v = f"{v:,}"
+            cells.append(str(v).replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"nproc {os.cpu_count()}, CPU {cpu}, Python {platform.python_version()} ({platform.system()} "
+            f"{platform.release()}), load average at start {load}")
+
+
+class Report:
+    def __init__(self, header: list[str]):
+        self.header = header
+        self.sections: list[str] = []
+
+    def add(self, title: str, rows: list[dict], note: str = "") -> None:
+        text = f"## {title}\n\n{markdown(rows)}\n" + (f"\n{note}\n" if note else "")
+        self.sections.append(text)
+        print("\n" + text, flush=True)
+
+    def write(self, footer: str = "") -> None:
+        RESULTS.write_text("\n".join(self.header) + "\n\n" + "\n".join(self.sections) + (f"\n{footer}\n" if footer else ""),
+                           encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import routing as rb
+    from bench.fits import FitCache
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--validity-runs", type=int, default=None,
+                        help="re-splits for the validity benchmark (default $TRACER_BENCH_VALIDITY_RUNS or 50)")
+    parser.add_argument("--quick", action="store_true", help="10 validity runs")
+    parser.add_argument("--workers", type=int, default=None, help="fit processes (default $TRACER_BENCH_WORKERS or 2)")
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    runs = args.validity_runs if args.validity_runs is not None else (10 if args.quick else rb.validity_runs())
+
+    started = time.time()
+    report = Report([
+        "# tracer benchmarks",
+        "",
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {machine()}",
+        f"- command: `python -m bench {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip() + "",
+        f"- benchmarks: {', '.join(only)}; validity runs: {runs}; delta 0.05",
+        "- fits read embeddings from the on-disk cache; fit times marked * ran in a pool of 2 single-BLAS-thread "
+        "worker processes beside another fit (other work on the machine also adds noise).",
+    ])
+    cache = FitCache(args.workers)
+    try:
+        if "store" in only:
+            from bench.store_bench import run as store_run
+
+            report.add("Store", store_run())
+            report.write()
+        if "speed" in only:  # before the pool starts, so the fit and the latencies run alone
+            from bench.speed import speed
+
+            report.add("Speed", speed(cache), "Fit timed alone in the main process; decide() = "
+                       "`policy.decide([text], vec[None])` (surrogate + OOD + unseen-label checks); "
+                       "Tracer.route() includes embedding and the store's policy check.")
+            report.write()
+        keys = rb.fit_keys(only, runs)
+        cache.submit(keys)  # queue every fit now; the tables below wait for their own
+
+        if "routing" in only:
+            for dataset, teacher in rb.ROUTING_SETS:
+                report.add(f"Routing quality: {rb.NAMES[dataset]} {teacher}", rb.routing(cache, dataset, teacher),
+                           "test agreement = agreement with the teacher's test labels on handled inputs; "
+                           "sig. below = exact one-sided binomial p < 0.05; deferrals count test decisions by reason.")
+                report.write()
+        if "curve" in only:
+            report.add("Learning curve: Banking77 T1, alpha 0.90, first N traces", rb.learning_curve(cache))
+            report.write()
+        if "oos" in only:
+            report.add("Out-of-scope: CLINC150 oos_test", rb.out_of_scope(cache))
+            report.write()
+        if "nli" in only:
+            report.add("NLI: SICK (train -> test)", rb.nli(cache),
+                       "shuffled = train labels permuted at random against the texts (test agreement "
+                       "still against the real test labels).")
+            report.write()
+        if "validity" in only:
+            report.add(f"Validity: Banking77 T1, alpha {rb.VALIDITY_ALPHA}, {runs} random re-splits (fit seed 0..{runs - 1})",
+                       rb.validity(cache, runs),
+                       "below alpha = raw test agreement on handled inputs < alpha; refused runs count as not below.")
+            report.write()
+    finally:
+        cache.close()
+    report.write(f"Total wall time {time.time() - started:.0f} s.")
+    print(f"\nTotal wall time {time.time() - started:.0f} s; wrote {RESULTS}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Routing quality: fit on teacher traces, route a held-out test split, compare with targets.
+
+Each function returns rows (dicts whose keys are the table's columns, in order).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binom
+
+from bench.data import clinc_oos_test, load
+from bench.fits import DELTA, FitCache, FitKey
+
+ALPHAS = (0.90, 0.95, 0.99)
+ROUTING_SETS = (("banking77", "T1"), ("clinc150", "T1"), ("banking77", "T2"), ("clinc150", "T2"))
+NAMES = {"banking77": "Banking77", "clinc150": "CLINC150"}
+
+# Target per (data set, teacher, alpha): minimum test coverage or "refused", and the published
+# reference implementation's result.
+TARGETS = {
+    ("banking77", "T1"): {0.90: (0.99, "0.97"), 0.95: (0.93, "0.86"), 0.99: (0.70, "refused")},
+    ("clinc150", "T1"): {0.90: (0.99, "0.998"), 0.95: (0.98, "0.998, agreement 0.939 < 0.95"),
+                         0.99: (0.85, "0.84, agreement 0.987 < 0.99")},
+    ("banking77", "T2"): {0.90: (0.50, "0.34"), 0.95: ("refused", "-"), 0.99: ("refused", "-")},
+    ("clinc150", "T2"): {0.90: (0.65, "0.56"), 0.95: ("refused", "-"), 0.99: ("refused", "-")},
+}
+CURVE = ((1000, 0.80, "0.77, agreement below alpha"), (3000, 0.92, "0.87"))
+CURVE_ALPHA = 0.90
+OOS_ALPHA, OOS_MAX, OOS_REF = 0.95, 0.05, "0.65"
+VALIDITY_ALPHA = 0.95
+
+SHORT = {"low_confidence": "low_conf", "out_of_distribution": "ood", "label_not_certified": "label_excl",
+         "unseen_label": "unseen", "no_policy": "no_policy", "error": "error"}
+
+
+def teacher_key(dataset: str, teacher: str, n: int | None = None) -> tuple:
+    return ("teacher", dataset, teacher, n)
+
+
+def validity_runs(default: int = 50) -> int:
+    return int(os.environ.get("TRACER_BENCH_VALIDITY_RUNS", default))
+
+
+@dataclass
+class Evaluation:
+    n: int
+    handled: int
+    agree: int
+    reasons: Counter
+
+    @property
+    def coverage(self) -> float:
+        return self.handled / self.n if self.n else 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.handled if self.handled else None
+
+    def significantly_below(self, alpha: float) -> bool:
+        """Exact one-sided binomial: P(Binom(handled, alpha) <= agree) < 0.05."""
+        return bool(self.handled) and float(binom.cdf(self.agree, self.handled, alpha)) < 0.05
+
+    def deferrals(self) -> str:
+        parts = [f"{SHORT.get(r, r)} {c}" for r, c in self.reasons.most_common() if r != "handled"]
+        return ", ".join(parts) if parts else "-"
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    from tracer_core.embedder import get_default_embedder
+
+    return get_default_embedder()(texts)
+
+
+def evaluate(policy, texts: list[str], labels: list[str] | None = None) -> Evaluation:
+    """Route `texts` with `policy.decide`; agreement is against `labels` (the teacher's)."""
+    if policy is None:
+        return Evaluation(len(texts), 0, 0, Counter({"no_policy": len(texts)}))
+    decisions = policy.decide(list(texts), embed(list(texts)))
+    handled = np.array([d.handled for d in decisions])
+    agree = 0
+    if labels is not None:
+        agree = int(sum(d.label == t for d, t in zip(decisions, labels) if d.handled))
+    return Evaluation(len(texts), int(handled.sum()), agree, Counter(d.reason for d in decisions))
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _deployed(cert) -> str:
+    return "yes" if cert.deployed else f"no ({cert.reason_code})"
+
+
+def _quality_row(result, ev: Evaluation, alpha: float) -> dict:
+    cert = result.cert
+    return {
+        "alpha": f"{alpha:.2f}",
+        "deployed": _deployed(cert),
+        "cert. coverage": _fmt(cert.coverage if cert.deployed else None),
+        "test coverage": _fmt(ev.coverage),
+        "test agreement (handled)": f"{_fmt(ev.agreement, 4)} ({ev.handled})",
+        "sig. below alpha": "YES" if ev.significantly_below(alpha) else "no",
+        "model": cert.model or "-",
+        "fit s": f"{result.seconds:.1f}" + ("*" if result.pooled else ""),
+        "test deferrals": ev.deferrals(),
+    }
+
+
+def fit_keys(sections: list[str], runs: int) -> list[FitKey]:
+    """Every fit the chosen benchmarks need, so that they can all be queued at once."""
+    keys = []
+    if "routing" in sections:
+        keys += [FitKey(teacher_key(d, t), a) for d, t in ROUTING_SETS for a in ALPHAS]
+    if "curve" in sections:
+        keys += [FitKey(teacher_key("banking77", "T1", n), CURVE_ALPHA) for n, _, _ in CURVE]
+        keys.append(FitKey(teacher_key("banking77", "T1"), CURVE_ALPHA))
+    if "oos" in sections:
+        keys.append(FitKey(teacher_key("clinc150", "T1"), OOS_ALPHA))
+    if "nli" in sections:
+        keys += [FitKey(("sick", s), a) for s in (False, True) for a in ALPHAS]
+    if "validity" in sections:
+        keys += [FitKey(teacher_key("banking77", "T1"), VALIDITY_ALPHA, s) for s in range(runs)]
+    return list(dict.fromkeys(keys))
+
+
+def routing(cache: FitCache, dataset: str, teacher: str) -> list[dict]:
+    """One data set with one teacher at alphas 0.90 / 0.95 / 0.99."""
+    split = load(teacher_key(dataset, teacher))
+    keys = [FitKey(teacher_key(dataset, teacher), a) for a in ALPHAS]
+    results = {r.key.alpha: r for r in cache.many(keys)}
+    rows = []
+    for alpha in ALPHAS:
+        result = results[alpha]
+        ev = evaluate(result.policy, split.test_texts, split.test_labels)
+        target, reference = TARGETS[(dataset, teacher)][alpha]
+        row = _quality_row(result, ev, alpha)
+        if target == "refused":
+            row["target"] = "refused"
+            ok = not result.cert.deployed
+        else:
+            row["target"] = f"coverage >= {target:.2f}, not sig. below"
+            ok = result.cert.deployed and ev.coverage >= target and not ev.significantly_below(alpha)
+        row["reference"] = reference
+        row["ok"] = "met" if ok else "NOT met"
+        rows.append(row)
+    return rows
+
+
+def learning_curve(cache: FitCache) -> list[dict]:
+    """Banking77 T1 at alpha 0.90 with the first 1,000 / 3,000 traces (and all, for reference)."""
+    split = load(teacher_key("banking77", "T1"))
+    rows = []
+    for n, target, reference in (*CURVE, (len(split.train_texts), None, "0.97")):
+        key = FitKey(teacher_key("banking77", "T1", n if target is not None else None), CURVE_ALPHA)
+        result = cache.get(key)
+        ev = evaluate(result.policy, split.test_texts, split.test_labels)
+        row = {"traces": n, **_quality_row(result, ev, CURVE_ALPHA)}
+        if target is None:
+            row.update(target="-", reference=reference, ok="-")
+        else:
+            ok = result.cert.deployed and ev.coverage >= target and not ev.significantly_below(CURVE_ALPHA)
+            row.update(target=f"coverage >= {target:.2f}", reference=reference, ok="met" if ok else "NOT met")
+        rows.append(row)
+    return rows
+
+
+def out_of_scope(cache: FitCache) -> list[dict]:
+    """CLINC150's 1,000 oos_test inputs routed by the CLINC150 T1 policy certified at alpha 0.95."""
+    result = cache.get(FitKey(teacher_key("clinc150", "T1"), OOS_ALPHA))
+    texts = clinc_oos_test()
+    ev = evaluate(result.policy, texts)
+    return [{
+        "policy": f"CLINC150 T1, alpha {OOS_ALPHA}",
+        "deployed": _deployed(result.cert),
+        "oos inputs": ev.n,
+        "handled": ev.handled,
+        "share handled": _fmt(ev.coverage),
+        "deferrals": ev.deferrals(),
+        "target": f"<= {OOS_MAX:.2f}",
+        "reference": OOS_REF,
+        "ok": "met" if result.cert.deployed and ev.coverage <= OOS_MAX else "NOT met",
+    }]
+
+
+def nli(cache: FitCache) -> list[dict]:
+    """SICK: whatever deploys is not significantly below alpha; shuffled labels: refused everywhere."""
+    rows = []
+    for shuffled in (False, True):
+        split = load(("sick", shuffled))
+        results = {r.key.alpha: r for r in cache.many(FitKey(("sick", shuffled), a) for a in ALPHAS)}
+        for alpha in ALPHAS:
+            result = results[alpha]
+            ev = evaluate(result.policy, split.test_texts, split.test_labels)
+            row = {"labels": "shuffled" if shuffled else "real", **_quality_row(result, ev, alpha)}
+            if shuffled:
+                ok = not result.cert.deployed
+                row["target"] = "refused"
+            else:
+                ok = not ev.significantly_below(alpha)
+                row["target"] = "not sig. below alpha"
+            row["ok"] = "met" if ok else "NOT met"
+            rows.append(row)
+    return rows
+
+
+def validity(cache: FitCache, runs: int) -> list[dict]:
+    """Re-split Banking77 T1 `runs` times (fit seed s) at alpha 0.95; count runs below alpha on test."""
+    split = load(teacher_key("banking77", "T1"))
+    keys = [FitKey(teacher_key("banking77", "T1"), VALIDITY_ALPHA, s) for s in range(runs)]
+    evals = []
+    for result in cache.many(keys):
+        evals.append((result, evaluate(result.policy, split.test_texts, split.test_labels)))
+    deployed = [ev for r, ev in evals if r.cert.deployed]
+    below = sum(1 for ev in deployed if ev.agreement is not None and ev.agreement < VALIDITY_ALPHA)
+    sig = sum(1 for ev in deployed if ev.significantly_below(VALIDITY_ALPHA))
+    agreements = [ev.agreement for ev in deployed if ev.agreement is not None]
+    share = below / runs if runs else 0.0
+    return [{
+        "runs": runs,
+        "deployed": len(deployed),
+        "runs below alpha on test": below,
+        "share below alpha": _fmt(share),
+        "runs sig. below": sig,
+        "mean test coverage": _fmt(float(np.mean([ev.coverage for ev in deployed])) if deployed else None),
+        "min test agreement": _fmt(min(agreements) if agreements else None, 4),
+        "mean test agreement": _fmt(float(np.mean(agreements)) if agreements else None, 4),
+        "mean cert. coverage": _fmt(float(np.mean([r.cert.coverage for r, _ in evals if r.cert.deployed]))
+                                    if deployed else None),
+        "target": f"share <= delta ({DELTA})",
+        "ok": "met" if share <= DELTA else "NOT met",
+    }]
