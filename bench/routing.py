@@ -51,6 +51,17 @@ class Evaluation:
     handled: int
     agree: int
     reasons: Counter
+    scores: np.ndarray | None = None  # surrogate confidence on every input
+    agrees: np.ndarray | None = None  # surrogate label == teacher label, every input
+
+    def ceiling(self, alpha: float) -> float | None:
+        """Best test coverage at alpha if the most confident inputs were handled, no filters, no
+        certification slack: what the surrogate's ranking allows on this test split."""
+        if self.scores is None or self.agrees is None:
+            return None
+        from tracer_core.fit import coverage_at
+
+        return coverage_at(self.scores, self.agrees, alpha)
 
     @property
     def coverage(self) -> float:
@@ -81,10 +92,12 @@ def evaluate(policy, texts: list[str], labels: list[str] | None = None) -> Evalu
         return Evaluation(len(texts), 0, 0, Counter({"no_policy": len(texts)}))
     decisions = policy.decide(list(texts), embed(list(texts)))
     handled = np.array([d.handled for d in decisions])
-    agree = 0
+    scores = np.array([d.score for d in decisions])
+    agree, agrees = 0, None
     if labels is not None:
-        agree = int(sum(d.label == t for d, t in zip(decisions, labels) if d.handled))
-    return Evaluation(len(texts), int(handled.sum()), agree, Counter(d.reason for d in decisions))
+        agrees = np.array([d.label == t for d, t in zip(decisions, labels)])
+        agree = int(agrees[handled].sum())
+    return Evaluation(len(texts), int(handled.sum()), agree, Counter(d.reason for d in decisions), scores, agrees)
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -104,6 +117,7 @@ def _quality_row(result, ev: Evaluation, alpha: float) -> dict:
         "test coverage": _fmt(ev.coverage),
         "test agreement (handled)": f"{_fmt(ev.agreement, 4)} ({ev.handled})",
         "sig. below alpha": "YES" if ev.significantly_below(alpha) else "no",
+        "ceiling": _fmt(ev.ceiling(alpha)),
         "model": cert.model or "-",
         "fit s": f"{result.seconds:.1f}" + ("*" if result.pooled else ""),
         "test deferrals": ev.deferrals(),
@@ -173,6 +187,7 @@ def out_of_scope(cache: FitCache) -> list[dict]:
     result = cache.get(FitKey(teacher_key("clinc150", "T1"), OOS_ALPHA))
     texts = clinc_oos_test()
     ev = evaluate(result.policy, texts)
+    diag = _oos_diagnostics(result.policy, texts, load(teacher_key("clinc150", "T1")).test_texts)
     return [{
         "policy": f"CLINC150 T1, alpha {OOS_ALPHA}",
         "deployed": _deployed(result.cert),
@@ -180,10 +195,35 @@ def out_of_scope(cache: FitCache) -> list[dict]:
         "handled": ev.handled,
         "share handled": _fmt(ev.coverage),
         "deferrals": ev.deferrals(),
+        **diag,
         "target": f"<= {OOS_MAX:.2f}",
         "reference": OOS_REF,
         "ok": "met" if result.cert.deployed and ev.coverage <= OOS_MAX else "NOT met",
     }]
+
+
+def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties half."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _oos_diagnostics(policy, oos: list[str], in_domain: list[str]) -> dict:
+    """How well the policy's OOD distance and surrogate confidence separate oos from in-domain test inputs."""
+    if policy is None:
+        return {}
+    vo, vi = embed(oos), embed(in_domain)
+    do, di = policy.ood.distance(vo), policy.ood.distance(vi)
+    so = policy.predict_proba(oos, vo).max(axis=1)
+    si = policy.predict_proba(in_domain, vi).max(axis=1)
+    return {
+        "AUROC OOD distance": f"{_auroc(do, di):.3f}",
+        "AUROC 1-confidence": f"{_auroc(-so, -si):.3f}",
+        "in-domain test kept at OOD cut admitting 5% oos": _fmt(float((di <= np.quantile(do, 0.05)).mean())),
+        "oos median dist / ood_threshold": f"{np.median(do):.2f} / {policy.ood_threshold:.2f}",
+    }
 
 
 def nli(cache: FitCache) -> list[dict]:
