@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -46,7 +47,7 @@ class TracerCallback(CustomLogger):
         alpha: float = 0.95,
         delta: float = 0.05,
         *,
-        db: str = "tracer.db",
+        db: str | None = None,
         task: str | None = None,
         mode: str = "on",
         refit_every: int = 200,
@@ -56,7 +57,8 @@ class TracerCallback(CustomLogger):
     ) -> None:
         super().__init__()
         self.settings = settings or TracerSettings(
-            db=db, alpha=alpha, delta=delta, refit_every=refit_every, task=task, mode=mode
+            db=db or os.environ.get("TRACER_DB") or "tracer.db",
+            alpha=alpha, delta=delta, refit_every=refit_every, task=task, mode=mode
         )
         self.embedder = embedder
         self._tracers: dict[tuple[str, str], Tracer] = {}
