@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 from scipy.sparse import csr_matrix, hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -10,25 +12,47 @@ TFIDF_PARAMS = {"ngram_range": (1, 2), "sublinear_tf": True, "lowercase": True}
 
 
 class Tfidf:
-    """Word 1-2 gram TF-IDF rebuilt from its vocabulary and idf weights (no pickle)."""
+    """Word 1-2 gram TF-IDF (sublinear tf, l2 norm) rebuilt from its vocabulary and idf weights.
+
+    `transform` equals scikit-learn's `TfidfVectorizer.transform` but skips its per-call
+    overhead, which dominates when routing one input at a time.
+    """
 
     def __init__(self, terms: list[str], idf: np.ndarray):
         self.terms = terms
-        self.idf = idf
-        self._vectorizer = TfidfVectorizer(vocabulary=terms, **TFIDF_PARAMS)
-        self._vectorizer.idf_ = idf
+        self.idf = idf.astype(np.float32)
+        self._index = {term: i for i, term in enumerate(terms)}
+        self._analyze = TfidfVectorizer(**TFIDF_PARAMS).build_analyzer()
 
     @classmethod
     def fit(cls, texts: list[str], min_df: int = 2) -> Tfidf:
         vectorizer = TfidfVectorizer(min_df=min_df, **TFIDF_PARAMS).fit(texts)
-        return cls(vectorizer.get_feature_names_out().tolist(), vectorizer.idf_.astype(np.float32))
+        return cls(vectorizer.get_feature_names_out().tolist(), vectorizer.idf_)
 
     def transform(self, texts: list[str]) -> csr_matrix:
-        return self._vectorizer.transform(texts).astype(np.float32)
+        indptr, cols, counts = [0], [], []
+        for text in texts:
+            found = Counter(i for i in map(self._index.get, self._analyze(text)) if i is not None)
+            cols.extend(found.keys())
+            counts.extend(found.values())
+            indptr.append(len(cols))
+        cols_arr = np.asarray(cols, dtype=np.int32)
+        vals = (1.0 + np.log(np.asarray(counts, dtype=np.float32))) * self.idf[cols_arr]
+        row_of = np.repeat(np.arange(len(texts)), np.diff(indptr))
+        norms = np.sqrt(np.bincount(row_of, weights=vals**2, minlength=len(texts))).astype(np.float32)
+        vals /= np.where(norms > 0, norms, 1.0)[row_of]
+        return csr_matrix((vals, cols_arr, indptr), shape=(len(texts), len(self.terms)), dtype=np.float32)
 
 
 def join_features(vectors: np.ndarray, texts: list[str], tfidf: Tfidf | None):
-    """Embeddings alone, or embeddings next to TF-IDF as one sparse matrix."""
+    """Training matrix: embeddings alone, or embeddings next to TF-IDF as one sparse matrix."""
     if tfidf is None:
         return vectors
     return hstack([csr_matrix(vectors), tfidf.transform(texts)]).tocsr()
+
+
+def predict_proba(surrogate, vectors: np.ndarray, texts: list[str], tfidf: Tfidf | None) -> np.ndarray:
+    """Label probabilities without building the joined matrix (the fast path for routing)."""
+    if tfidf is None:
+        return surrogate.predict_proba(vectors)
+    return surrogate.predict_proba(vectors, tfidf.transform(texts))

@@ -21,7 +21,7 @@ import numpy as np
 from tracer_core import certificate as codes
 from tracer_core.certificate import Certificate
 from tracer_core.embedder import embed_checked
-from tracer_core.features import Tfidf, join_features
+from tracer_core.features import Tfidf, join_features, predict_proba
 from tracer_core.gate import (
     agreement_lower_bound,
     fixed_sequence_test,
@@ -160,7 +160,7 @@ def fit_policy(
     for cand in CANDIDATES:
         tfidf = Tfidf.fit(list(text_arr[train])) if cand.use_tfidf else None
         model = cand.fit(join_features(vectors[train], list(text_arr[train]), tfidf), y[train], len(label_names), seed=seed)
-        proba = model.predict_proba(join_features(vectors[split.val], list(text_arr[split.val]), tfidf))
+        proba = predict_proba(model, vectors[split.val], list(text_arr[split.val]), tfidf)
         pred = proba.argmax(axis=1)
         agrees = pred == y[split.val]
         results[cand.name] = (cand, proba.max(axis=1), pred, agrees)

@@ -16,7 +16,7 @@ from tracer_core import decision as reasons
 from tracer_core.certificate import Certificate
 from tracer_core.decision import Decision
 from tracer_core.errors import PolicyError
-from tracer_core.features import Tfidf, join_features
+from tracer_core.features import Tfidf, predict_proba
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.surrogate import Surrogate, surrogate_from_arrays
 
@@ -41,7 +41,7 @@ class Policy:
     version: int | None = None
 
     def predict_proba(self, texts: list[str], vectors: np.ndarray) -> np.ndarray:
-        return self.surrogate.predict_proba(join_features(vectors, texts, self.tfidf))
+        return predict_proba(self.surrogate, vectors, texts, self.tfidf)
 
     def decide(self, texts: list[str], vectors: np.ndarray) -> list[Decision]:
         """Route a batch: the first failing check names the reason; all checks pass -> handled."""

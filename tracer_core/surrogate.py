@@ -31,8 +31,13 @@ class LinearSurrogate:
     bias: np.ndarray  # (n_labels,)
     kind: str = "logistic"
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return softmax(x @ self.weights.T + self.bias)
+    def predict_proba(self, x: np.ndarray, sparse_extra=None) -> np.ndarray:
+        """`x` dense features; `sparse_extra` the sparse columns that follow them, if any."""
+        d = x.shape[1]
+        logits = x @ self.weights[:, :d].T + self.bias
+        if sparse_extra is not None:
+            logits += sparse_extra @ self.weights[:, d:].T
+        return softmax(logits)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"w0": self.weights, "b0": self.bias}
@@ -46,7 +51,9 @@ class MLPSurrogate:
     biases: list[np.ndarray]
     kind: str = "mlp"
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, sparse_extra=None) -> np.ndarray:
+        if sparse_extra is not None:
+            raise ValueError("the MLP surrogate takes embeddings only")
         h = x
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             h = np.maximum(h @ w + b, 0.0)
