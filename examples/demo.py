@@ -1,0 +1,288 @@
+"""tracer end to end: a LangChain chain and LiteLLM calls share one task while tracer takes over the easy queries.
+
+`make demo` needs no API key and no network. A local OpenAI-compatible server plays the teacher
+LLM: it answers every Banking77 query with its gold intent (a stand-in for a real LLM). The demo
+sends a stream of queries drawn from the bundled train file, alternating between a LangChain
+chain (`with_tracer`) and `litellm.completion` (`TracerCallback`). tracer records every teacher
+answer, refits in the background every `--refit-every` traces and, once the parity gate certifies
+a policy (agreement with the teacher >= alpha with probability >= 1 - delta), answers the queries
+that policy covers without calling the LLM. It prints a table as it goes, the totals (calls and
+dollars saved) and writes the HTML/JSON report.
+
+    HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python examples/demo.py [--queries 4000]
+
+A real model instead of the stand-in: TRACER_DEMO_MODEL=openai/gpt-4o-mini (with OPENAI_API_KEY set),
+or any LiteLLM model name with its provider's key; the model is prompted with the label list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import litellm  # noqa: E402
+from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
+from langchain_core.output_parsers import StrOutputParser  # noqa: E402
+from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from demo_parts import table  # noqa: E402
+from demo_parts.pricing import teacher_call_cost  # noqa: E402
+from demo_parts.teacher import make_teacher, system_prompt  # noqa: E402
+from tracer_core.report.build import build_report  # noqa: E402
+from tracer_langchain import with_tracer  # noqa: E402
+from tracer_litellm import TracerCallback  # noqa: E402
+from tracer_litellm.request import describe_call  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "tracer_core" / "data" / "banking77_demo.jsonl"
+TASK = "banking77-intent"
+
+
+def parse_args() -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=int(env("TRACER_DEMO_QUERIES", 4000)),
+                        help="queries to send, drawn from the train file in a seeded order (default 4000)")
+    parser.add_argument("--refit-every", type=int, default=int(env("TRACER_DEMO_REFIT_EVERY", 450)),
+                        help="background refit after this many new teacher traces (default 450)")
+    parser.add_argument("--alpha", type=float, default=0.90, help="required agreement with the teacher (default 0.90)")
+    parser.add_argument("--delta", type=float, default=0.05, help="allowed probability the certificate is wrong")
+    parser.add_argument("--every", type=int, default=int(env("TRACER_DEMO_EVERY", 250)),
+                        help="print a table row every N queries (default 250)")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="stand-in teacher latency per call (default 20)")
+    parser.add_argument("--labels", type=int, default=0,
+                        help="keep only the N most frequent intents (default 0: all 77; the tests use a few)")
+    parser.add_argument("--seed", type=int, default=0, help="order of the queries (default 0)")
+    parser.add_argument("--out", default="demo-out", help="output directory (default demo-out/)")
+    args = parser.parse_args()
+    if args.queries < 1 or args.refit_every < 1 or args.every < 1:
+        parser.error("--queries, --refit-every and --every must be positive")
+    return args
+
+
+class RouteWatcher(BaseCallbackHandler):
+    """Reads whether tracer answered a LangChain call from the wrapper run's `tracer_handled` metadata."""
+
+    def __init__(self) -> None:
+        self.handled: bool | None = None
+
+    def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, tags=None, metadata=None, **kwargs):
+        if parent_run_id is None and metadata and "tracer_handled" in metadata:
+            self.handled = bool(metadata["tracer_handled"])
+
+
+def fresh_dir(out: Path) -> Path:
+    """`out/` with no trace store from an earlier run (the db, its WAL files, spill and lock files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in out.glob("tracer.db*"):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return out
+
+
+def load_rows(seed: int, n_labels: int) -> tuple[list[dict], list[str]]:
+    """The train rows in a seeded order (only the `n_labels` most frequent intents, if > 0) and the label list."""
+    rows = [json.loads(line) for line in DATA.open(encoding="utf-8") if line.strip()]
+    if n_labels > 0:
+        keep = {label for label, _ in Counter(row["label"] for row in rows).most_common(n_labels)}
+        rows = [row for row in rows if row["label"] in keep]
+    labels = sorted({row["label"] for row in rows})
+    random.Random(seed).shuffle(rows)
+    return rows, labels
+
+
+def main() -> int:
+    args = parse_args()
+    started = time.perf_counter()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    litellm.suppress_debug_info = True
+    # scikit-learn's MLP warns when a small fit clips its batch size; harmless, and noisy mid-table
+    warnings.filterwarnings("ignore", message="Got `batch_size` less than 1")
+    out = fresh_dir(Path(args.out))
+    db = out / "tracer.db"
+    rows, labels = load_rows(args.seed, args.labels)
+    queries = rows[: args.queries]
+
+    teacher = make_teacher({row["input"]: row["label"] for row in rows}, args.latency_ms / 1000.0)
+    system = system_prompt(labels)
+    print(f"teacher: {teacher.description}")
+    for note in teacher.notes:
+        print(f"note: {note}")
+
+    # -- the two integrations --------------------------------------------------------------
+    callback = TracerCallback(alpha=args.alpha, delta=args.delta, db=str(db), refit_every=args.refit_every)
+    litellm.callbacks = [callback]  # the one line a LiteLLM user adds
+
+    def litellm_call(text: str):
+        return litellm.completion(
+            **teacher.litellm_kwargs,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
+            metadata={"tracer_task": TASK},
+        )
+
+    # One trace set for both integrations. LangChain's default fingerprint hashes the serialised
+    # chain, LiteLLM's hashes model + system prompt + schema, so by default the same task name
+    # would still give two trace sets. Both send the teacher the very same request, so the chain
+    # joins the Tracer the LiteLLM callback keeps for this (task, fingerprint).
+    probe = describe_call({**teacher.litellm_kwargs, "messages": [{"role": "system", "content": system},
+                                                                   {"role": "user", "content": "probe"}],
+                           "metadata": {"tracer_task": TASK}})
+    tracer = callback.tracer_for(probe)
+    chain = None
+    if teacher.langchain_llm is not None:
+        prompt = ChatPromptTemplate([("system", "{labels_prompt}"), ("human", "{text}")]).partial(labels_prompt=system)
+        chain = with_tracer(prompt | teacher.langchain_llm | StrOutputParser(), task=TASK, tracer=tracer)
+        print(
+            f"task {TASK!r}: LangChain (with_tracer) and LiteLLM (TracerCallback, metadata tracer_task) share one "
+            f"Tracer and one trace set (fingerprint {tracer.fingerprint}).\n"
+            "  By default they would not: LangChain fingerprints the serialised chain, LiteLLM the model + prompt,\n"
+            "  so the same task name would split into two trace sets. Both send the teacher the same request,\n"
+            "  so the chain is given the LiteLLM call's Tracer (with_tracer(..., tracer=callback.tracer_for(...)))."
+        )
+    print(
+        f"{len(queries):,} queries over {len(labels)} intents from {DATA.name} (seed {args.seed}), "
+        f"{'alternating LangChain / LiteLLM' if chain is not None else 'all through LiteLLM'}; "
+        f"alpha {args.alpha}, delta {args.delta}, background refit every {args.refit_every} teacher traces\n"
+        f"trace store: {db}"
+    )
+
+    # -- the stream ------------------------------------------------------------------------
+    print("loading the embedding model (all-MiniLM-L6-v2)...", flush=True)
+    tracer.embed(["warm-up"])  # the model loads once, before the clock of the stream starts
+    total, window = table.Counts.empty(), table.Counts.empty()
+    watcher = RouteWatcher()
+    seen_versions: set[int] = set()
+    print(table.header())
+    print(table.LEGEND)
+    stream_started = time.perf_counter()
+    bar = tqdm(total=len(queries), unit="q", desc="queries", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def emit(line: str) -> None:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+
+    last_poll = 0.0
+    for i, row in enumerate(queries):
+        use_langchain = chain is not None and i % 2 == 0
+        if use_langchain:
+            watcher.handled = None
+            answer = chain.invoke({"text": row["input"]}, {"callbacks": [watcher]})
+            hit = bool(watcher.handled)
+        else:
+            response = litellm_call(row["input"])
+            hidden = getattr(response, "_hidden_params", {}) or {}
+            hit = bool(hidden.get("cache_hit") or hidden.get("tracer_surrogate"))
+            answer = response.choices[0].message.content or ""
+        agrees = answer.strip() == row["label"]
+        for counts in (total, window):
+            counts.add("langchain" if use_langchain else "litellm", hit, agrees)
+        bar.update(1)
+        now = time.perf_counter()
+        if now - last_poll > 0.5:
+            last_poll = now
+            report_fits(tracer, seen_versions, emit)
+        if (i + 1) % args.every == 0 or i + 1 == len(queries):
+            tracer.flush()
+            report_fits(tracer, seen_versions, emit)
+            cert = tracer.certificate
+            emit(table.row(
+                total=total, window=window, traces=tracer.store.counts(TASK)["teacher"],
+                policy=tracer.policy_version, cert_coverage=cert.coverage if cert and cert.deployed else None,
+                elapsed_s=now - stream_started,
+            ))
+            window = table.Counts.empty()
+    bar.close()
+    stream_s = time.perf_counter() - stream_started
+
+    # -- totals ------------------------------------------------------------------------------
+    print("stream done; letting a background refit still running finish...", flush=True)
+    tracer.wait_for_refit()
+    time.sleep(0.2)  # LiteLLM's logging thread delivers the last traces
+    callback.flush()
+    report_fits(tracer, seen_versions, print)
+    print_totals(args, teacher, tracer, total, stream_s)
+
+    # -- report ------------------------------------------------------------------------------
+    html, js = out / "report.html", out / "report.json"
+    print("building the report...", flush=True)
+    facts = build_report(tracer.store, TASK, fingerprint=tracer.fingerprint, out_html=html, out_json=js,
+                         embed=tracer.embed, refit_fractions=(0.5,))
+    calibration = facts.get("calibration") or {}
+    if calibration.get("coverage") is not None:
+        agreement = calibration.get("agreement")
+        print(f"report: the deployed policy on its held-out calibration traces: coverage {calibration['coverage']:.1%}, "
+              f"agreement {'-' if agreement is None else f'{agreement:.1%}'} (n={calibration['n']})")
+    print(f"report: {html.resolve()}")
+    print(f"report data: {js.resolve()}")
+    if chain is not None:
+        chain.close()
+    callback.close()
+    teacher.close()
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def report_fits(tracer, seen: set[int], emit) -> None:
+    """Print each new fit (deployed or refused) once, as it lands."""
+    for row in sorted(tracer.store.policies(tracer.task, fingerprint=tracer.fingerprint), key=lambda r: r["version"]):
+        if row["version"] in seen:
+            continue
+        seen.add(row["version"])
+        cert = row["certificate"]
+        if row["status"] == "deployed":
+            verdict = (f"deployed: handles {cert['coverage']:.0%} of held-out traces at >= {cert['alpha']:.0%} agreement "
+                       f"(certified lower bound {cert['agreement_lower_bound']:.3f})")
+        else:
+            verdict = f"refused ({cert.get('reason')}); the previous policy stays"
+        emit(f"  -> fit v{row['version']} on {cert['n_traces']:,} traces in {cert.get('fit_seconds', 0):.0f} s: {verdict}")
+
+
+def print_totals(args, teacher, tracer, total: table.Counts, stream_s: float) -> None:
+    cost = teacher_call_cost(tracer.store, tracer.task, tracer.fingerprint, teacher.price,
+                             recorded_cost=not teacher.stand_in)
+    llm_calls = total.n - total.n_hits
+    saved = total.n_hits
+    print()
+    print(f"{total.n:,} queries in {stream_s:.0f} s ({total.queries['langchain']:,} through LangChain, "
+          f"{total.queries['litellm']:,} through LiteLLM)")
+    print(f"  answered by the teacher LLM:   {llm_calls:6,} ({llm_calls / total.n:.1%})"
+          + (f"  [the stand-in counted {teacher.requests:,} requests]" if teacher.requests is not None else ""))
+    agreement = total.agreement()
+    print(f"  answered by tracer's surrogate: {saved:5,} ({saved / total.n:.1%}: LangChain "
+          f"{total.hits['langchain']:,}, LiteLLM {total.hits['litellm']:,}); agreement with the teacher on them: "
+          + ("-" if agreement is None else f"{total.n_agree:,}/{saved:,} = {agreement:.1%}"))
+    if cost.calls:
+        basis = ("the recorded token usage priced at " + teacher.price.describe()) if teacher.stand_in else \
+            "the cost LiteLLM recorded per call (else its tokens at " + teacher.price.describe() + ")"
+        print(f"  cost of a teacher call: ${cost.per_call:.7f} on average ({cost.prompt_tokens / cost.calls:.0f} prompt + "
+              f"{cost.completion_tokens / cost.calls:.0f} completion tokens), from {basis}")
+    spent, saved_usd = llm_calls * cost.per_call, saved * cost.per_call
+    print(f"  dollars: spent ${spent:.4f} on the LLM, saved ${saved_usd:.4f} "
+          f"({saved_usd / (spent + saved_usd):.1%} of ${spent + saved_usd:.4f})" if spent + saved_usd else "  dollars: -")
+    cert = tracer.certificate
+    if cert is not None and cert.deployed:
+        per_million = 1_000_000 * cert.coverage * cost.per_call
+        print(f"  at the final policy v{cert.version}'s certified coverage ({cert.coverage:.1%}), "
+              f"1M such queries would save ${per_million:,.2f}")
+    print(f"TOTAL: {total.n} queries, {saved} LLM calls saved ({saved / total.n:.1%}), ${saved_usd:.4f} saved, "
+          f"surrogate agreement {'-' if agreement is None else f'{agreement:.1%}'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`examples/demo.py` end to end in a subprocess, on a small configuration (a few intents, a short stream).
+
+The surrogate answering at all depends on a background fit landing before the stream ends;
+the configuration leaves it ~600 queries (~30 s) for a fit that takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+    out = tmp_path / "demo-out"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    env.pop("TRACER_DEMO_MODEL", None)  # always the local stand-in teacher
+    # 6 intents: the first background fit (300 traces) certifies, and 600 more queries give it time to land
+    args = ["--queries", "900", "--refit-every", "300", "--every", "300", "--labels", "6", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py"), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = proc.stdout
+    assert proc.returncode == 0, f"stdout:\n{output}\nstderr:\n{proc.stderr[-4000:]}"
+
+    # both integrations share one task and one trace set
+    assert "share one Tracer and one trace set" in output
+
+    # the header and one row per 200 queries
+    assert re.search(r"queries\s+traces\s+policy\s+cert\.cov\s+coverage\s+LangChain\s+LiteLLM", output)
+    rows = re.findall(r"^\s+(\d[\d,]*)\s+(\d[\d,]*)\s+(v\d+|-)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d[\d,]*)\s+(\S+)\s+\d+s$",
+                      output, re.MULTILINE)
+    assert [int(r[0].replace(",", "")) for r in rows] == [300, 600, 900], output
+    assert any(r[2] != "-" for r in rows), "no policy was deployed during the stream:\n" + output
+    assert re.search(r"-> fit v1 on [\d,]+ traces", output)
+
+    # totals: at least one query answered by the surrogate, with its agreement reported
+    totals = re.search(r"^TOTAL: (\d+) queries, (\d+) LLM calls saved \(.*\), \$([\d.]+) saved, "
+                       r"surrogate agreement ([\d.]+)%$", output, re.MULTILINE)
+    assert totals, output
+    assert int(totals.group(1)) == 900
+    saved = int(totals.group(2))
+    assert saved >= 1
+    assert 0.0 <= float(totals.group(4)) <= 100.0
+    assert re.search(r"answered by tracer's surrogate:\s+[\d,]+ .*agreement with the teacher on them: [\d,]+/[\d,]+ = ", output)
+    assert re.search(r"cost of a teacher call: \$[\d.]+ .*gpt-4o-mini", output)
+    assert re.search(r"answered by the teacher LLM:\s+[\d,]+ .*the stand-in counted [\d,]+ requests", output)
+
+    # the report, at the printed paths
+    html, js = out / "report.html", out / "report.json"
+    assert f"report: {html.resolve()}" in output
+    assert html.is_file() and html.stat().st_size > 1000
+    facts = json.loads(js.read_text(encoding="utf-8"))
+    assert facts["summary"]
+    assert (out / "tracer.db").is_file()
