@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import beta, binom
 
 from tracer_core import certificate as codes
 from tracer_core.certificate import Certificate
@@ -34,10 +35,11 @@ from tracer_core.surrogate import Surrogate, fit_logistic, fit_mlp
 
 CAL_FRACTION = 0.30
 VAL_FRACTION = 0.15
-MIN_LABEL_TRACES = 5  # labels with fewer traces are not trained on ("unseen")
+MIN_LABEL_TRACES = 3  # labels with fewer traces are not trained on ("unseen")
 OOD_QUANTILE = 0.99  # validation inputs farther than this quantile count as out-of-distribution
-UNSEEN_QUANTILE = 0.10
+UNSEEN_QUANTILE = 0.50
 GRID_STEP = 0.0025
+MIN_PREDICTION_INPUTS = 200  # validation inputs behind a predicted p-value that may start the grid
 FREE_TEXT_RATIO = 0.5
 FRONTIER_ALPHAS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
 
@@ -80,11 +82,32 @@ def coverage_at(scores: np.ndarray, agrees: np.ndarray, alpha: float) -> float:
     return float((ok.max() + 1) / len(order)) if len(ok) else 0.0
 
 
-def threshold_grid(val_scores: np.ndarray, n_calibration: int, alpha: float, delta: float) -> np.ndarray:
-    """Descending thresholds at validation-coverage steps, from the smallest testable share to all."""
-    start = min(1.0, max(GRID_STEP, 1.5 * min_handled_for(alpha, delta) / max(n_calibration, 1)))
-    shares = np.arange(start, 1.0, GRID_STEP)
-    grid = np.quantile(val_scores, np.clip(1.0 - shares, 0.0, 1.0)) if len(val_scores) else np.array([])
+def threshold_grid(
+    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
+) -> np.ndarray:
+    """Descending thresholds at validation-coverage steps, ending at 0 (handle all).
+
+    The sequence starts at the step where validation predicts the strongest calibration
+    evidence: the smallest predicted p-value, computed from the lower confidence bound of
+    validation agreement (level delta, at least 200 validation inputs) and the expected number
+    of handled calibration inputs. Higher thresholds are skipped (they could only certify less
+    coverage); lower ones are tested in order. Only validation data decide this.
+    """
+    if not len(val_scores):
+        return np.array([0.0])
+    order = np.argsort(-val_scores, kind="stable")
+    running = np.cumsum(val_agrees[order]) / np.arange(1, len(order) + 1)
+    shares = np.append(np.arange(GRID_STEP, 1.0, GRID_STEP), 1.0)
+    taken = np.maximum(np.ceil(shares * len(order)).astype(int), 1)
+    expected_n = np.maximum(np.round(shares * n_calibration).astype(int), 1)
+    agreed = np.round(running[taken - 1] * taken)
+    pessimistic = np.nan_to_num(beta.ppf(delta, agreed, taken - agreed + 1))  # lower bound on validation agreement
+    expected_errors = np.floor((1.0 - pessimistic) * expected_n)
+    predicted_p = binom.cdf(expected_errors, expected_n, 1.0 - alpha)
+    # steps with few validation inputs predict noisily: never start on one
+    predicted_p[taken < min(MIN_PREDICTION_INPUTS, len(order))] = 1.0
+    start = int(np.argmin(predicted_p))
+    grid = np.quantile(val_scores, np.clip(1.0 - shares[start:], 0.0, 1.0))
     return np.unique(np.append(grid, 0.0))[::-1]
 
 
@@ -195,9 +218,10 @@ def fit_policy(
     cal_agrees = cal_pred == y[cal]
     cal_eligible = np.array([d.reason in ("handled", "low_confidence") for d in decisions])
     frontier = [
-        _frontier_point(a, delta, val_scores[val_eligible], cal_scores, cal_agrees, cal_eligible) for a in FRONTIER_ALPHAS
+        _frontier_point(a, delta, val_scores[val_eligible], val_agrees[val_eligible], cal_scores, cal_agrees, cal_eligible)
+        for a in FRONTIER_ALPHAS
     ]
-    grid = threshold_grid(val_scores[val_eligible], len(cal), alpha, delta)
+    grid = threshold_grid(val_scores[val_eligible], val_agrees[val_eligible], len(cal), alpha, delta)
     result = fixed_sequence_test(grid, cal_scores, cal_agrees, cal_eligible, alpha, delta)
     common = dict(
         **sizes, model=best, candidates=candidates, frontier=frontier, ood_threshold=ood_threshold,
@@ -255,15 +279,15 @@ def _contradicted_labels(pred, agrees, handled, alpha: float, label_names: list[
 
 
 def _unseen_threshold(vectors, y, train, val_known) -> float:
-    """Similarity at which an input counts as 'near' a trace: the 10% quantile of own-label nearest similarity."""
+    """Similarity at which an input counts as 'near' a trace: the median similarity of validation inputs to their own label's nearest trace."""
     sims = vectors[val_known] @ vectors[train].T
     same = y[val_known][:, None] == y[train][None, :]
     nearest_same = np.where(same, sims, -1.0).max(axis=1)
     return float(np.quantile(nearest_same, UNSEEN_QUANTILE))
 
 
-def _frontier_point(alpha, delta, val_scores, cal_scores, cal_agrees, cal_eligible) -> dict:
-    grid = threshold_grid(val_scores, len(cal_scores), alpha, delta)
+def _frontier_point(alpha, delta, val_scores, val_agrees, cal_scores, cal_agrees, cal_eligible) -> dict:
+    grid = threshold_grid(val_scores, val_agrees, len(cal_scores), alpha, delta)
     result = fixed_sequence_test(grid, cal_scores, cal_agrees, cal_eligible, alpha, delta)
     certified = result.certified_index is not None
     return {
