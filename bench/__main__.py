@@ -41,6 +41,21 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def revision() -> str:
+    """The git commit the benchmark ran against, and whether tracer_core/ had local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "tracer_core"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit or 'unknown'}" + (" (tracer_core has uncommitted changes)" if dirty else "")
+
+
 def machine() -> str:
     cpu = platform.processor() or "?"
     try:
@@ -93,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {machine()}",
+        f"- code: commit {revision()}",
         f"- command: `python -m bench {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip() + "",
         f"- benchmarks: {', '.join(only)}; validity runs: {runs}; delta 0.05",
         "- fits read embeddings from the on-disk cache; fit times marked * ran in a pool of 2 single-BLAS-thread "
@@ -139,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             report.write()
     finally:
         cache.close()
-    report.write(f"Total wall time {time.time() - started:.0f} s.")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    report.write(f"Total wall time {time.time() - started:.0f} s; load average at the end {load} "
+                 f"(on {os.cpu_count()} cores: timings above {'are inflated by other work' if os.getloadavg()[0] > (os.cpu_count() or 1) else 'ran on a quiet machine'}).")
     print(f"\nTotal wall time {time.time() - started:.0f} s; wrote {RESULTS}", flush=True)
     return 0
 
