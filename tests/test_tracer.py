@@ -218,3 +218,15 @@ def test_cli_route_and_fit_errors(fitted_db, tmp_path):
     corrupt.write_bytes(b"not a database at all" * 100)
     bad = runner.invoke(cli, ["fit", "--task", TASK, "--db", str(corrupt)])
     assert bad.exit_code == 1 and "Traceback" not in bad.output and "SQLite" in bad.output
+
+
+def test_only_one_process_refits_at_a_time(fitted_copy, embedder):
+    """While another process holds the task's refit lock, a refit is skipped, not run twice."""
+    import fcntl
+
+    with Tracer(TASK, fitted_copy, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
+        with open(tracer._lock_path(), "a+") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tracer._refit()
+            assert len(tracer.store.policies(TASK)) == 1
+        assert tracer._lock_path().name.startswith("copy.db.refit-")
