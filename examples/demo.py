@@ -35,6 +35,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import litellm  # noqa: E402
+import torch  # noqa: E402
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
@@ -112,6 +113,10 @@ def main() -> int:
     started = time.perf_counter()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     litellm.suppress_debug_info = True
+    # One intra-op thread per embedding call: the query path embeds one short text at a time while a
+    # background refit runs beside it, and on 2 cores two torch threads per call oversubscribe the
+    # CPU (measured: a single-text encode went from ~80 ms to ~700 ms with 2 threads on a busy box).
+    torch.set_num_threads(int(os.environ.get("TRACER_DEMO_TORCH_THREADS", "1")))
     # scikit-learn's MLP warns when a small fit clips its batch size; harmless, and noisy mid-table
     warnings.filterwarnings("ignore", message="Got `batch_size` less than 1")
     out = fresh_dir(Path(args.out))
@@ -168,8 +173,8 @@ def main() -> int:
     total, window = table.Counts.empty(), table.Counts.empty()
     watcher = RouteWatcher()
     seen_versions: set[int] = set()
+    print(table.legend(teacher.stand_in))
     print(table.header())
-    print(table.LEGEND)
     stream_started = time.perf_counter()
     bar = tqdm(total=len(queries), unit="q", desc="queries", file=sys.stderr, disable=None, dynamic_ncols=True)
 
@@ -193,6 +198,10 @@ def main() -> int:
         for counts in (total, window):
             counts.add("langchain" if use_langchain else "litellm", hit, agrees)
         bar.update(1)
+        if (i + 1) % 25 == 0:
+            policy = tracer.policy_version
+            bar.set_postfix_str(f"policy {'-' if policy is None else f'v{policy}'}, {total.n_hits:,} LLM calls saved",
+                                refresh=False)
         now = time.perf_counter()
         if now - last_poll > 0.5:
             last_poll = now
@@ -265,7 +274,8 @@ def print_totals(args, teacher, tracer, total: table.Counts, stream_s: float) ->
           + (f"  [the stand-in counted {teacher.requests:,} requests]" if teacher.requests is not None else ""))
     agreement = total.agreement()
     print(f"  answered by tracer's surrogate: {saved:5,} ({saved / total.n:.1%}: LangChain "
-          f"{total.hits['langchain']:,}, LiteLLM {total.hits['litellm']:,}); agreement with the teacher on them: "
+          f"{total.hits['langchain']:,}, LiteLLM {total.hits['litellm']:,}); agreement with "
+          f"{'the teacher' if teacher.stand_in else 'the gold intent'} on them: "
           + ("-" if agreement is None else f"{total.n_agree:,}/{saved:,} = {agreement:.1%}"))
     if cost.calls:
         basis = ("the recorded token usage priced at " + teacher.price.describe()) if teacher.stand_in else \

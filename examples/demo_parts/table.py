@@ -52,12 +52,16 @@ COLUMNS = [
     ("saved", 7), ("agree.all", 10), ("time", 7),
 ]
 
-LEGEND = (
-    "  traces: teacher traces recorded | policy: deployed policy version | cert.cov: coverage its certificate\n"
-    "  claims on held-out traces | coverage (LangChain, LiteLLM): share of this window's queries answered by the\n"
-    "  surrogate | agree: the surrogate's answers in this window that match the teacher's (the gold intent) |\n"
-    "  saved: LLM calls saved so far | agree.all: agreement over every surrogate answer so far"
-)
+def legend(stand_in: bool) -> str:
+    checked = "the teacher's answer (the stand-in answers the gold intent)" if stand_in else "the gold Banking77 intent"
+    return "\n".join([
+        "  traces     teacher traces recorded so far",
+        "  policy     deployed policy version (fits run in the background while queries flow)",
+        "  cert.cov   coverage the policy's certificate claims on its held-out traces",
+        "  coverage   share of this window's queries answered by the surrogate (then per integration)",
+        f"  agree      share of this window's surrogate answers that match {checked}",
+        "  saved      LLM calls saved so far; agree.all: agreement over every surrogate answer so far",
+    ])
 
 
 def header() -> str:
