@@ -54,14 +54,14 @@ def test_threshold_grid_is_descending_within_unit_interval_and_ends_at_zero():
 
 def test_threshold_grid_starts_where_validation_predicts_the_strongest_evidence():
     """Agreement falling with confidence: start inside the region that reaches alpha. A noisy
-    teacher (agreement ~0.93 everywhere): start at a large share, where 0.9 can be certified."""
+    teacher (agreement ~0.93 everywhere): skip the small shares that could never pass."""
     rng = np.random.default_rng(0)
     scores = rng.random(2000)
     falling = rng.random(2000) < 0.5 + 0.5 * scores
     share = lambda grid: float((scores >= grid[0]).mean())  # noqa: E731
     start = share(threshold_grid(scores, falling, 3000, 0.9, 0.05))
     assert 0.05 < start < coverage_at(scores, falling, 0.9)
-    assert share(threshold_grid(scores, rng.random(2000) < 0.93, 3000, 0.9, 0.05)) > 0.5
+    assert share(threshold_grid(scores, rng.random(2000) < 0.93, 3000, 0.9, 0.05)) > 0.1
 
 
 def test_coverage_at_alpha():

@@ -19,16 +19,16 @@ from tracer_core.errors import InvalidTraceError, PolicyError, TracerError
 from tracer_core.policy import Policy
 
 TASK = "intents"
-RARE = ["can I buy bitcoin with my balance", "do you support crypto wallets", "how do I sell my ethereum"]
+RARE = ["can I buy bitcoin with my balance", "do you support crypto wallets"]
 FAR_AWAY = ["A man is playing a guitar on stage", "The dog is running through the snow"]
 
 
 @pytest.fixture(scope="session")
 def fitted_db(tmp_path_factory, banking_subset, embedder):
-    """A store with the 800-row subset plus 3 traces of a rare label, fitted once at alpha 0.9."""
+    """A store with the 800-row subset plus 2 traces of a rare label, fitted once at alpha 0.9."""
     path = tmp_path_factory.mktemp("fitted") / "tracer.db"
     with Tracer(TASK, path, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
-        tracer.record_many([t for t, _ in banking_subset] + RARE, [l for _, l in banking_subset] + ["crypto"] * 3)
+        tracer.record_many([t for t, _ in banking_subset] + RARE, [l for _, l in banking_subset] + ["crypto"] * 2)
         cert = tracer.fit()
     assert cert.deployed, cert.reason
     return path
@@ -45,7 +45,7 @@ def test_fit_certifies_and_reports_its_evidence(fitted_db, embedder, banking_sub
     with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
         cert = tracer.certificate
         assert cert.deployed and cert.version == 1
-        assert cert.n_traces == 803 and cert.n_calibration == round(0.3 * 803)
+        assert cert.n_traces == 802 and cert.n_calibration == round(0.3 * 802)
         assert 0.0 < cert.coverage <= 1.0
         assert cert.agreement >= cert.agreement_lower_bound >= 0.9
         assert cert.model in cert.candidates and {"logistic", "mlp", "logistic+tfidf"} <= set(cert.candidates)
@@ -203,7 +203,7 @@ def test_bad_input_gets_clear_errors(db_path, fitted_db, embedder):
             tracer.record("I lost my card", 5)
         with pytest.raises(InvalidTraceError, match="2 texts but 1 labels"):
             tracer.record_many(["a", "b"], ["x"])
-        assert tracer.store.counts(TASK)["teacher"] == 803
+        assert tracer.store.counts(TASK)["teacher"] == 802
 
 
 def test_cli_route_and_fit_errors(fitted_db, tmp_path):

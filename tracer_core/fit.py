@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, binom
+from scipy.stats import binom
 
 from tracer_core import certificate as codes
 from tracer_core.certificate import Certificate
@@ -87,11 +87,12 @@ def threshold_grid(
 ) -> np.ndarray:
     """Descending thresholds at validation-coverage steps, ending at 0 (handle all).
 
-    The sequence starts at the step where validation predicts the strongest calibration
-    evidence: the smallest predicted p-value, computed from the lower confidence bound of
-    validation agreement (level delta, at least 200 validation inputs) and the expected number
-    of handled calibration inputs. Higher thresholds are skipped (they could only certify less
-    coverage); lower ones are tested in order. Only validation data decide this.
+    The sequence starts at the first step where validation predicts the calibration test will
+    pass comfortably: with the validation agreement at that step (measured on at least 200
+    validation inputs or a quarter of them) and the expected number of handled calibration
+    inputs, the predicted p-value is <= delta / 10 (else at the smallest predicted
+    p-value). Steps too small to ever pass are skipped instead of stopping the sequence at once.
+    Only validation data decide this.
     """
     if not len(val_scores):
         return np.array([0.0])
@@ -100,13 +101,12 @@ def threshold_grid(
     shares = np.append(np.arange(GRID_STEP, 1.0, GRID_STEP), 1.0)
     taken = np.maximum(np.ceil(shares * len(order)).astype(int), 1)
     expected_n = np.maximum(np.round(shares * n_calibration).astype(int), 1)
-    agreed = np.round(running[taken - 1] * taken)
-    pessimistic = np.nan_to_num(beta.ppf(delta, agreed, taken - agreed + 1))  # lower bound on validation agreement
-    expected_errors = np.floor((1.0 - pessimistic) * expected_n)
+    expected_errors = np.floor((1.0 - running[taken - 1]) * expected_n)
     predicted_p = binom.cdf(expected_errors, expected_n, 1.0 - alpha)
     # steps with few validation inputs predict noisily: never start on one
-    predicted_p[taken < min(MIN_PREDICTION_INPUTS, len(order))] = 1.0
-    start = int(np.argmin(predicted_p))
+    predicted_p[taken < min(MIN_PREDICTION_INPUTS, len(order) // 4)] = 1.0
+    passing = np.nonzero(predicted_p <= delta / 10)[0]
+    start = int(passing[0]) if len(passing) else int(np.argmin(predicted_p))
     grid = np.quantile(val_scores, np.clip(1.0 - shares[start:], 0.0, 1.0))
     return np.unique(np.append(grid, 0.0))[::-1]
 
