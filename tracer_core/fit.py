@@ -41,6 +41,7 @@ UNSEEN_QUANTILE = 0.50
 GRID_STEP = 0.0025
 MIN_PREDICTION_INPUTS = 200  # validation inputs behind a predicted p-value that may start the grid
 FREE_TEXT_RATIO = 0.5
+NO_SEPARATION_AGREEMENT = 0.5  # below this overall agreement, more traces of the same kind will not help
 FRONTIER_ALPHAS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
 
 
@@ -303,14 +304,15 @@ def _refusal_reason(grid, scores, agrees, eligible, alpha, delta, n) -> tuple[st
     top = eligible & (scores >= grid[0]) if len(grid) else eligible
     top_n = int(top.sum())
     top_agree = float(agrees[top].mean()) if top_n else 0.0
-    if top_agree < alpha:
+    if overall < NO_SEPARATION_AGREEMENT and top_agree < alpha:
         return codes.NO_SEPARATION, (
             f"surrogate agreement {overall:.2f} on calibration (its most confident {top_n} inputs: {top_agree:.2f} "
-            f"< alpha {alpha}): the embedding does not separate these labels well enough"
+            f"< alpha {alpha}): the embedding does not separate these labels"
         )
     return codes.NOT_CERTIFIED, (
-        f"the most confident {top_n} calibration inputs agree at {top_agree:.3f}, but that is not enough evidence "
-        f"for alpha {alpha} at delta {delta} with {n} traces; more traces are needed"
+        f"surrogate agreement {overall:.2f} on calibration; its most confident {top_n} inputs agree at "
+        f"{top_agree:.3f}, not enough evidence for alpha {alpha} at delta {delta} with {n} traces; "
+        "more traces are needed"
     )
 
 

@@ -100,7 +100,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, c: 
 def fit_mlp(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, hidden: int = 256) -> MLPSurrogate:
     """A small MLP (one hidden layer, weight decay) with a fixed budget of epochs."""
     model = MLPClassifier(
-        hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=30, batch_size=128,
+        hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=30, batch_size=min(128, len(y)),
         learning_rate_init=2e-3, random_state=seed,
     )
     with warnings.catch_warnings():
