@@ -36,7 +36,7 @@ from tracer_core.surrogate import Surrogate, fit_logistic, fit_mlp
 CAL_FRACTION = 0.30
 VAL_FRACTION = 0.15
 MIN_LABEL_TRACES = 3  # labels with fewer traces are not trained on ("unseen")
-OOD_QUANTILE = 0.99  # validation inputs farther than this quantile count as out-of-distribution
+OOD_QUANTILE = 0.995  # validation inputs farther than this quantile count as out-of-distribution
 UNSEEN_QUANTILE = 0.50
 GRID_STEP = 0.0025
 MIN_PREDICTION_INPUTS = 200  # validation inputs behind a predicted p-value that may start the grid

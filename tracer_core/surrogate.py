@@ -31,12 +31,16 @@ class LinearSurrogate:
     bias: np.ndarray  # (n_labels,)
     kind: str = "logistic"
 
+    def __post_init__(self) -> None:
+        # (dim, n_labels), contiguous: a sparse product against a transposed view copies it per call
+        self._columns = np.ascontiguousarray(self.weights.T)
+
     def predict_proba(self, x: np.ndarray, sparse_extra=None) -> np.ndarray:
         """`x` dense features; `sparse_extra` the sparse columns that follow them, if any."""
         d = x.shape[1]
-        logits = x @ self.weights[:, :d].T + self.bias
+        logits = x @ self._columns[:d] + self.bias
         if sparse_extra is not None:
-            logits += sparse_extra @ self.weights[:, d:].T
+            logits += sparse_extra @ self._columns[d:]
         return softmax(logits)
 
     def arrays(self) -> dict[str, np.ndarray]:
