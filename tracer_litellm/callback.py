@@ -84,11 +84,8 @@ class TracerCallback(CustomLogger):
         if self.settings.mode != "on" or call_type not in (CallTypes.acompletion, CallTypes.completion):
             return None
         try:
-            info = describe_call(kwargs, self.settings.task)
+            info = self._routable(kwargs)
             if info is None:
-                return None
-            if not info.routable:
-                _remember(kwargs, info, reason=info.reason)
                 return None
             tracer = self._tracers.get((info.task, info.fingerprint)) or await asyncio.to_thread(self.tracer_for, info)
             decision = await tracer.aroute(info.text)
@@ -108,11 +105,8 @@ class TracerCallback(CustomLogger):
         if self.settings.mode != "on":
             return None
         try:
-            info = describe_call(kwargs, self.settings.task)
+            info = self._routable(kwargs)
             if info is None:
-                return None
-            if not info.routable:
-                _remember(kwargs, info, reason=info.reason)
                 return None
             decision = self.tracer_for(info).route(info.text)
             _remember(kwargs, info, decision=decision)
@@ -125,6 +119,14 @@ class TracerCallback(CustomLogger):
         except Exception as exc:
             self._warn_once("gate", exc)
             return None
+
+    def _routable(self, kwargs: dict[str, Any]) -> CallInfo | None:
+        """The call's description when the surrogate may answer it; else None (remembering why)."""
+        info = describe_call(kwargs, self.settings.task)
+        if info is not None and not info.routable:
+            _remember(kwargs, info, reason=info.reason)
+            return None
+        return info
 
     # --- recording ----------------------------------------------------------------------------
 
