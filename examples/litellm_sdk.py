@@ -58,7 +58,7 @@ def main() -> None:
             if i % 250 == 0 or i == len(rows):
                 print(
                     f"{i:5d} calls | to the LLM: {teacher.request_count:5d} | surrogate: {surrogate:5d} "
-                    f"(agrees with the LLM label on {agree}/{max(surrogate, 1)}) | {time.perf_counter() - started:6.1f} s"
+                    f"(agrees with the LLM label on {agree}/{surrogate}) | {time.perf_counter() - started:6.1f} s"
                 )
     callback.close()
     print(f"traces and policies: {args.db}")
