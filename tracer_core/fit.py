@@ -175,7 +175,8 @@ def fit_policy(
     trained_train = train[y[train] >= 0]
     ood_probe = MahalanobisOOD.fit(vectors[trained_train], y[trained_train])
     val_known = split.val[y[split.val] >= 0]
-    ood_threshold = float(np.quantile(ood_probe.distance(vectors[val_known]), OOD_QUANTILE)) if len(val_known) else math.inf
+    val_distance = ood_probe.distance(vectors[split.val])
+    ood_threshold = float(np.quantile(val_distance[y[split.val] >= 0], OOD_QUANTILE)) if len(val_known) else math.inf
     unseen_rows = np.array([i for i in np.concatenate([split.train, split.val]) if label_arr[i] in rare], dtype=int)
     unseen_threshold = _unseen_threshold(vectors, y, train, val_known) if len(unseen_rows) else 1.0
 
@@ -196,7 +197,7 @@ def fit_policy(
     cand, val_scores, val_pred, val_agrees = results[best]
 
     # 3. Validation evidence: labels whose own agreement contradicts alpha are never handed.
-    val_ok = ood_probe.distance(vectors[split.val]) <= ood_threshold
+    val_ok = val_distance <= ood_threshold
     val_threshold = _threshold_for(val_scores[val_ok], val_agrees[val_ok], alpha)
     excluded_val = _contradicted_labels(val_pred, val_agrees, val_ok & (val_scores >= val_threshold), alpha, label_names)
     val_eligible = val_ok & ~np.isin(val_pred, [index[label] for label in excluded_val])

@@ -48,7 +48,7 @@ def validate(trace: Trace) -> Trace:
     if not isinstance(trace, Trace):
         raise InvalidTraceError(f"expected a Trace, got {type(trace).__name__}")
     _check_text("task", trace.task, max_chars=MAX_LABEL_CHARS)
-    trace.input = _normalise_input(trace.input)
+    trace.input = normalise_input(trace.input)
     trace.label = _normalise_label(trace.label)
     if trace.source not in SOURCES:
         raise InvalidTraceError(f"source must be one of {', '.join(SOURCES)}; got {trace.source!r}")
@@ -65,7 +65,8 @@ def validate(trace: Trace) -> Trace:
     return trace
 
 
-def _normalise_input(value: object) -> str:
+def normalise_input(value: object) -> str:
+    """An input text as stored and routed: UTF-8 bytes decoded, non-empty, within the size limit."""
     if isinstance(value, (bytes, bytearray)):
         try:
             value = bytes(value).decode("utf-8")

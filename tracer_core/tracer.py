@@ -22,7 +22,7 @@ from tracer_core.errors import InvalidTraceError, TracerError
 from tracer_core.fit import fit_policy
 from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace
+from tracer_core.trace import make_trace, normalise_input
 
 log = logging.getLogger("tracer")
 
@@ -178,7 +178,7 @@ class Tracer:
 
     def route_many(self, texts: Sequence[str]) -> list[Decision]:
         """Vectorised `route()`: one embedding batch, same decisions."""
-        texts = [_checked_text(t) for t in texts]
+        texts = [normalise_input(t) for t in texts]
         try:
             policy = self._current_policy()
             if policy is None:
@@ -277,19 +277,6 @@ def _certificate_of(row: dict) -> Certificate:
     cert = Certificate.from_dict(row["certificate"])
     cert.version = row["version"]
     return cert
-
-
-def _checked_text(text: object) -> str:
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidTraceError(f"input to route is not valid UTF-8 (bad byte at position {exc.start})") from None
-    if not isinstance(text, str):
-        raise InvalidTraceError(f"input to route must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidTraceError("input to route is empty")
-    return text
 
 
 class _ProcessLock:
