@@ -9,6 +9,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,13 +77,30 @@ class Report:
         self.sections: list[str] = []
 
     def add(self, title: str, rows: list[dict], note: str = "") -> None:
-        text = f"## {title}\n\n{markdown(rows)}\n" + (f"\n{note}\n" if note else "")
+        stamp = f"_measured {datetime.date.today().isoformat()} at commit {revision()}_"
+        text = f"## {title}\n\n{stamp}\n\n{markdown(rows)}\n" + (f"\n{note}\n" if note else "")
         self.sections.append(text)
         print("\n" + text, flush=True)
 
     def write(self, footer: str = "") -> None:
-        RESULTS.write_text("\n".join(self.header) + "\n\n" + "\n".join(self.sections) + (f"\n{footer}\n" if footer else ""),
+        """Rewrite results.md: this run's sections replace those of the same title; others are kept."""
+        kept = [s for s in previous_sections() if _title(s) not in {_title(t) for t in self.sections}]
+        body = "\n".join([*self.sections, *kept])
+        RESULTS.write_text("\n".join(self.header) + "\n\n" + body + (f"\n{footer}\n" if footer else ""),
                            encoding="utf-8")
+
+
+def _title(section: str) -> str:
+    return section.split("\n", 1)[0]
+
+
+def previous_sections() -> list[str]:
+    """The `## ` sections of the existing results.md (its header and footer line dropped)."""
+    if not RESULTS.exists():
+        return []
+    text = RESULTS.read_text(encoding="utf-8")
+    parts = re.split(r"(?m)^(?=## )", text)[1:]
+    return [re.sub(r"\n(Total wall time [^\n]*\n?)$", "\n", part).rstrip("\n") + "\n" for part in parts]
 
 
 def main(argv: list[str] | None = None) -> int:
