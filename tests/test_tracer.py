@@ -17,6 +17,7 @@ from tracer_core import Tracer, TraceStore
 from tracer_core.cli import main as cli
 from tracer_core.errors import InvalidTraceError, PolicyError, TracerError
 from tracer_core.policy import Policy
+from tracer_core.refit import lock_path
 
 TASK = "intents"
 RARE = ["can I buy bitcoin with my balance", "do you support crypto wallets"]
@@ -60,7 +61,7 @@ def test_fit_certifies_and_reports_its_evidence(fitted_db, embedder, banking_sub
 
 def test_route_many_matches_route(fitted_db, embedder, banking_subset):
     texts = [t for t, _ in banking_subset[:25]] + FAR_AWAY
-    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False, audit_rate=0.0) as tracer:
         batch = tracer.route_many(texts)
         single = [tracer.route(t) for t in texts]
     same = lambda d: (d.label, d.handled, d.reason, d.policy_version)  # noqa: E731
@@ -115,7 +116,7 @@ def test_policy_round_trip_never_unpickles(fitted_db, embedder, banking_subset):
     policy = Policy.from_row(row)
     with np.load(io.BytesIO(row["artifact"]), allow_pickle=False) as npz:
         assert all(npz[k].dtype != object for k in npz.files)
-    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False, audit_rate=0.0) as tracer:
         reloaded, live = policy.decide(texts, embedder(texts)), tracer.route_many(texts)
         assert [(d.label, d.reason) for d in reloaded] == [(d.label, d.reason) for d in live]
         assert [d.score for d in reloaded] == pytest.approx([d.score for d in live], abs=1e-5)
@@ -149,7 +150,7 @@ def test_background_refit_deploys_and_ignores_surrogate_traces(db_path, embedder
     tracer = Tracer("live", db_path, alpha=0.9, embedder=embedder, refit_every=800)
     for text, label in banking_subset[:799]:
         tracer.record(text, label)
-    assert tracer._refit_thread is None  # 799 < refit_every: nothing started yet
+    assert not tracer.refits.running  # 799 < refit_every: nothing started yet
     tracer.record(*banking_subset[799])
     assert tracer.route(banking_subset[0][0]).reason in ("no_policy", "handled", "low_confidence", "label_not_certified")
     tracer.wait_for_refit(timeout=600)
@@ -159,8 +160,8 @@ def test_background_refit_deploys_and_ignores_surrogate_traces(db_path, embedder
     for text, _ in banking_subset[:50]:
         tracer.record(text, "wrong_label", source="surrogate")
     tracer.flush()
-    texts, labels, _ = tracer.store.teacher_examples("live")
-    assert len(texts) == 800 and "wrong_label" not in labels
+    evidence = tracer.store.teacher_evidence("live", "")
+    assert len(evidence.texts) == 800 and "wrong_label" not in evidence.labels
     assert tracer.store.counts("live") == {"teacher": 800, "surrogate": 50, "audit": 0}
     tracer.close()
 
@@ -190,7 +191,7 @@ def test_internal_failure_defers_instead_of_raising(fitted_db):
 
 
 def test_bad_input_gets_clear_errors(db_path, fitted_db, embedder):
-    with pytest.raises(TracerError, match="alpha must be a number strictly between 0 and 1"):
+    with pytest.raises(TracerError, match=r"alpha must be a number in \(0, 1\), got 1.5"):
         Tracer(TASK, db_path, alpha=1.5)
     with pytest.raises(TracerError, match="task must be a non-empty string"):
         Tracer("", db_path)
@@ -201,7 +202,7 @@ def test_bad_input_gets_clear_errors(db_path, fitted_db, embedder):
             tracer.route("   ")
         with pytest.raises(InvalidTraceError, match="label"):
             tracer.record("I lost my card", 5)
-        with pytest.raises(InvalidTraceError, match="2 texts but 1 labels"):
+        with pytest.raises(InvalidTraceError, match="2 texts, 1 labels"):
             tracer.record_many(["a", "b"], ["x"])
         assert tracer.store.counts(TASK)["teacher"] == 802
 
@@ -225,8 +226,11 @@ def test_only_one_process_refits_at_a_time(fitted_copy, embedder):
     import fcntl
 
     with Tracer(TASK, fitted_copy, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
-        with open(tracer._lock_path(), "a+") as held:
+        path = lock_path(tracer.store.path, TASK, tracer.fingerprint)
+        assert path.name.startswith("copy.db.refit-")
+        with open(path, "a+") as held:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            tracer._refit()
+            tracer.refits.enabled = True
+            tracer.refits.count(tracer.refits.every)
+            assert tracer.wait_for_refit(timeout=60)
             assert len(tracer.store.policies(TASK)) == 1
-        assert tracer._lock_path().name.startswith("copy.db.refit-")

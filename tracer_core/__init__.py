@@ -1,11 +1,17 @@
 """tracer: record LLM classification traces, train a surrogate, answer only where it is certified."""
 
 from tracer_core.certificate import Certificate
-from tracer_core.decision import Decision
+from tracer_core.decision import Decision, Reason
 from tracer_core.embedder import Embedder, get_default_embedder
 from tracer_core.errors import TracerError
+from tracer_core.identity import TaskIdentity, identify
+from tracer_core.labels import structured_label, text_label
+from tracer_core.registry import TracerRegistry, registry_for
 from tracer_core.store import TraceStore
 from tracer_core.tracer import Tracer
 
-__all__ = ["Certificate", "Decision", "Embedder", "TraceStore", "Tracer", "TracerError", "get_default_embedder"]
+__all__ = [
+    "Certificate", "Decision", "Embedder", "Reason", "TaskIdentity", "TraceStore", "Tracer", "TracerError",
+    "TracerRegistry", "get_default_embedder", "identify", "registry_for", "structured_label", "text_label",
+]
 __version__ = "0.1.0"

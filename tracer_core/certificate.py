@@ -44,6 +44,8 @@ class Certificate:
     created_at: float = 0.0
     fit_seconds: float = 0.0
     trace_max_id: int = 0
+    since_trace_id: int = 0  # only traces with a higher id were used (the newest suspension)
+    n_pool: int = 0  # unselected traces (a uniform sample of traffic) the calibration traces were drawn from
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,28 +3,65 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
-HANDLED = "handled"
-NO_POLICY = "no_policy"
-LOW_CONFIDENCE = "low_confidence"
-OUT_OF_DISTRIBUTION = "out_of_distribution"
-UNSEEN_LABEL = "unseen_label"
-LABEL_NOT_CERTIFIED = "label_not_certified"
-FREE_TEXT_TASK = "free_text_task"
-ERROR = "error"
 
-DEFER_REASONS = (NO_POLICY, LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, UNSEEN_LABEL, LABEL_NOT_CERTIFIED, FREE_TEXT_TASK, ERROR)
+class Reason(StrEnum):
+    """Why a call was answered by the surrogate or sent to the LLM (stored with every trace)."""
 
-REASON_TEXT = {
-    HANDLED: "the certified surrogate answered",
-    NO_POLICY: "no certified policy yet",
-    LOW_CONFIDENCE: "surrogate confidence below the certified threshold",
-    OUT_OF_DISTRIBUTION: "input is far from every training trace",
-    UNSEEN_LABEL: "input resembles a label the surrogate has too few traces of",
-    LABEL_NOT_CERTIFIED: "the predicted label's own evidence does not support alpha",
-    FREE_TEXT_TASK: "outputs are mostly distinct: not a classification task",
-    ERROR: "tracer failed internally; the LLM answers",
+    HANDLED = "handled"
+    NO_POLICY = "no_policy"
+    LOW_CONFIDENCE = "low_confidence"
+    OUT_OF_DISTRIBUTION = "out_of_distribution"
+    UNSEEN_LABEL = "unseen_label"
+    LABEL_NOT_CERTIFIED = "label_not_certified"
+    FREE_TEXT_TASK = "free_text_task"
+    AUDIT = "audit"
+    SUSPENDED = "suspended"
+    ERROR = "error"
+    # decided by an integration before the core is asked
+    CONVERSATION_HISTORY = "conversation_history"
+    NON_TEXT_CONTENT = "non_text_content"
+    NOT_ROUTABLE = "not_routable"
+    TRACER_OFF = "tracer_off"
+    NO_CODEC = "no_codec"
+    MULTIPLE_CHOICES = "multiple_choices"
+
+    @property
+    def text(self) -> str:
+        return REASON_TEXT[self]
+
+
+REASON_TEXT: dict[Reason, str] = {
+    Reason.HANDLED: "the certified surrogate answered",
+    Reason.NO_POLICY: "no certified policy yet",
+    Reason.LOW_CONFIDENCE: "surrogate confidence below the certified threshold",
+    Reason.OUT_OF_DISTRIBUTION: "input is far from every training trace",
+    Reason.UNSEEN_LABEL: "input resembles a label the surrogate has too few traces of",
+    Reason.LABEL_NOT_CERTIFIED: "the predicted label's own evidence does not support alpha",
+    Reason.FREE_TEXT_TASK: "outputs are mostly distinct: not a classification task",
+    Reason.AUDIT: "a random audit: the LLM answers so the certificate keeps fresh evidence",
+    Reason.SUSPENDED: "the task is suspended (audits contradicted the certificate, or by hand)",
+    Reason.ERROR: "tracer failed internally; the LLM answers",
+    Reason.CONVERSATION_HISTORY: "the call carries conversation history, which the certificate never saw",
+    Reason.NON_TEXT_CONTENT: "the call has content the surrogate cannot see (images, audio, files)",
+    Reason.NOT_ROUTABLE: "the call is not a single question to a fixed prompt (tool turns, no user message)",
+    Reason.TRACER_OFF: "tracer was turned off for this call",
+    Reason.NO_CODEC: "no answer format learned yet to build the surrogate's answer",
+    Reason.MULTIPLE_CHOICES: "the call asks for several choices (n > 1)",
 }
+
+# Reasons under which the LLM answered whatever the input was: such teacher traces are a
+# uniform sample of traffic and may serve as calibration evidence.
+UNSELECTED = frozenset({Reason.NO_POLICY, Reason.AUDIT, Reason.SUSPENDED})
+
+
+def reason_text(reason: str | None) -> str:
+    """The sentence for a stored reason (unknown or legacy reasons are shown as they are)."""
+    try:
+        return Reason(reason).text
+    except ValueError:
+        return str(reason)
 
 
 @dataclass(frozen=True)
@@ -38,12 +75,14 @@ class Decision:
     label: str | None
     handled: bool
     score: float
-    reason: str
+    reason: Reason
     policy_version: int | None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["reason"] = str(self.reason)
+        return data
 
 
-def deferred(reason: str, policy_version: int | None = None, label: str | None = None, score: float = 0.0) -> Decision:
+def deferred(reason: Reason, policy_version: int | None = None, label: str | None = None, score: float = 0.0) -> Decision:
     return Decision(label=label, handled=False, score=score, reason=reason, policy_version=policy_version)

@@ -27,3 +27,7 @@ class PolicyError(TracerError):
 
 class EmbedderError(TracerError):
     """The embedding model cannot be loaded or returned bad output."""
+
+
+class NoTracesError(TracerError):
+    """A fit was asked for a task version that has no teacher traces."""

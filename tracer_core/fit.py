@@ -13,7 +13,7 @@ import hashlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,7 @@ from tracer_core.policy import Policy
 from tracer_core.surrogate import Surrogate, fit_logistic, fit_mlp
 
 CAL_FRACTION = 0.30
+POOL_CAL_SHARE = 0.8  # share of a minority pool of unselected traces that calibrates
 VAL_FRACTION = 0.15
 MIN_LABEL_TRACES = 3  # labels with fewer traces are not trained on ("unseen")
 OOD_QUANTILE = 0.995  # validation inputs farther than this quantile count as out-of-distribution
@@ -113,11 +114,21 @@ def threshold_grid(
 
 
 class _Split:
-    """Random train / validation / calibration indices, reproducible from the seed."""
+    """Random train / validation / calibration indices, reproducible from the seed.
 
-    def __init__(self, n: int, seed: int):
+    Calibration traces come only from `pool` (the unselected traces, a uniform sample of
+    traffic); when the pool is a minority, up to POOL_CAL_SHARE of it is calibration and
+    everything else trains and validates.
+    """
+
+    def __init__(self, n: int, seed: int, pool: np.ndarray | None = None):
         perm = np.random.default_rng(seed).permutation(n)
         n_cal, n_val = round(CAL_FRACTION * n), round(VAL_FRACTION * n)
+        if pool is not None and not pool.all():
+            in_pool, out_pool = perm[pool[perm]], perm[~pool[perm]]
+            n_cal = min(n_cal, round(POOL_CAL_SHARE * len(in_pool)))
+            rest = np.random.default_rng(seed + 1).permutation(np.concatenate([in_pool[n_cal:], out_pool]))
+            perm = np.concatenate([in_pool[:n_cal], rest])
         self.cal = np.sort(perm[:n_cal])
         self.val = np.sort(perm[n_cal : n_cal + n_val])
         self.train = np.sort(perm[n_cal + n_val :])
@@ -134,12 +145,17 @@ def fit_policy(
     seed: int = 0,
     task: str = "",
     fingerprint: str = "",
+    calibration_pool: Sequence[bool] | np.ndarray | None = None,
 ) -> tuple[Policy | None, Certificate]:
     """Train candidates, pick one on validation, certify it on calibration; no store writes."""
     started = time.time()
     n = len(texts)
+    pool = None if calibration_pool is None else np.asarray(calibration_pool, dtype=bool)
+    if pool is not None and len(pool) != n:
+        raise ValueError(f"calibration_pool has {len(pool)} entries for {n} traces")
     base = dict(
         task=task, fingerprint=fingerprint, alpha=alpha, delta=delta, n_traces=n,
+        n_pool=n if pool is None else int(pool.sum()),
         data_hash=data_hash(texts, labels), created_at=started, trace_max_id=max(ids) if ids else 0,
     )
 
@@ -158,7 +174,7 @@ def fit_policy(
         return refuse(codes.SINGLE_LABEL, f"all {n} traces carry one label; nothing to learn yet")
 
     vectors = embed_checked(embed, list(texts))
-    split = _Split(n, seed)
+    split = _Split(n, seed, pool)
     text_arr = np.array(texts, dtype=object)
     label_arr = np.array(labels, dtype=object)
     rare = {label for label, c in counts.items() if c < MIN_LABEL_TRACES}

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracer_core import decision as reasons
 from tracer_core.certificate import Certificate
-from tracer_core.decision import Decision
+from tracer_core.decision import Decision, Reason
 from tracer_core.errors import PolicyError
 from tracer_core.features import Tfidf, predict_proba
 from tracer_core.ood import MahalanobisOOD
@@ -54,16 +53,16 @@ class Policy:
         for i, (p, s) in enumerate(zip(predicted, scores)):
             label = self.labels[p]
             if near_unseen[i]:
-                reason = reasons.UNSEEN_LABEL
+                reason = Reason.UNSEEN_LABEL
             elif far[i]:
-                reason = reasons.OUT_OF_DISTRIBUTION
+                reason = Reason.OUT_OF_DISTRIBUTION
             elif label in self.excluded:
-                reason = reasons.LABEL_NOT_CERTIFIED
+                reason = Reason.LABEL_NOT_CERTIFIED
             elif s < self.threshold:
-                reason = reasons.LOW_CONFIDENCE
+                reason = Reason.LOW_CONFIDENCE
             else:
-                reason = reasons.HANDLED
-            out.append(Decision(label, reason == reasons.HANDLED, float(s), reason, self.version))
+                reason = Reason.HANDLED
+            out.append(Decision(label, reason == Reason.HANDLED, float(s), reason, self.version))
         return out
 
     def _near_unseen(self, vectors: np.ndarray) -> np.ndarray:

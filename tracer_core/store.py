@@ -11,11 +11,13 @@ import sqlite3
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import sqlite_utils
 
+from tracer_core.decision import UNSELECTED
 from tracer_core.errors import CorruptStoreError, PolicyError, StoreError
 from tracer_core.trace import SOURCES, Trace, validate
 from tracer_core.writer import BackgroundWriter
@@ -30,6 +32,7 @@ T = TypeVar("T")
 TRACE_COLUMNS = (
     "task", "fingerprint", "input", "input_hash", "label", "source", "model", "latency_ms",
     "prompt_tokens", "completion_tokens", "cost_usd", "created_at", "metadata",
+    "route", "policy_version", "predicted", "score",
 )
 _INSERT_SQL = f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.join('?' * len(TRACE_COLUMNS))})"
 _POLICY_COLUMNS = "id, task, fingerprint, version, created_at, status, n_traces, certificate"
@@ -45,9 +48,19 @@ def resolve_path(path: str | os.PathLike | None) -> pathlib.Path:
     return pathlib.Path(path if path is not None else os.environ.get("TRACER_DB") or DEFAULT_DB)
 
 
-# --- schema migrations: MIGRATIONS[i] upgrades user_version i -> i + 1 -----------------------
+# --- schema migrations: named steps, run in order; PRAGMA user_version counts the steps done ---
 
-def _migrate_0_to_1(db: sqlite_utils.Database) -> None:
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(step: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    """Register a schema step (the order of definition is the order of application)."""
+    MIGRATIONS.append(step)
+    return step
+
+
+@migration
+def m001_traces_and_policies(db: sqlite_utils.Database) -> None:
     db.create_table(
         "traces",
         {
@@ -78,7 +91,39 @@ def _migrate_0_to_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_0_to_1]
+@migration
+def m002_routing_context(db: sqlite_utils.Database) -> None:
+    """Each trace keeps how it was routed; task versions keep what they describe; suspensions are logged."""
+    traces = db.table("traces")
+    for name, kind in (("route", str), ("policy_version", int), ("predicted", str), ("score", float)):
+        traces.add_column(name, kind)
+    # traces of the previous release kept the routing reason and policy in their metadata
+    db.execute(
+        "UPDATE traces SET route = json_extract(metadata, '$.deferred_reason'), "
+        "policy_version = json_extract(metadata, '$.policy_version') "
+        "WHERE json_extract(metadata, '$.deferred_reason') IS NOT NULL"
+    )
+    db.execute("UPDATE traces SET route = 'handled', policy_version = json_extract(metadata, '$.policy_version'), "
+               "score = json_extract(metadata, '$.score') WHERE source = 'surrogate'")
+    db.execute("UPDATE traces SET route = 'not_routable' WHERE route IN "
+               "('not_ending_with_user_message', 'tool_conversation', 'no_user_message')")
+    db.execute("UPDATE traces SET route = NULL WHERE route = 'not_checked'")
+    db.create_table(
+        "task_versions",
+        {"task": str, "fingerprint": str, "origin": str, "description": str, "created_at": float},
+        pk=("task", "fingerprint"),
+        not_null=["task", "fingerprint", "description", "created_at"],
+    )
+    db.create_table(
+        "suspensions",
+        {"id": int, "task": str, "fingerprint": str, "created_at": float, "action": str, "reason": str, "details": str},
+        pk="id",
+        not_null=["task", "fingerprint", "created_at", "action", "reason", "details"],
+    )
+    db.table("suspensions").create_index(["task", "fingerprint", "id"], index_name="idx_suspensions_task_fp_id")
+    traces.create_index(["task", "fingerprint", "route", "id"], index_name="idx_traces_task_fp_route_id")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -97,6 +142,10 @@ class TraceStore:
         self._check_path()
         self._migrate(self._db())
         _OPEN_STORES.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # --- connections ------------------------------------------------------------------------
 
@@ -333,6 +382,100 @@ class TraceStore:
         )
         return [{"source": s, "reason": r, "n": n} for s, r, n in rows]
 
+    def teacher_evidence(self, task: str, fingerprint: str, *, since_id: int = 0) -> Evidence:
+        """Teacher traces of one task version (id > since_id), with which of them are unselected.
+
+        A trace is unselected (a uniform sample of traffic, usable as calibration evidence)
+        when the LLM answered it whatever the input was: no policy was in force, it was an
+        audit, the task was suspended, or it was recorded without a routing decision.
+        """
+        unselected = ", ".join(f"'{r}'" for r in sorted(UNSELECTED))
+        rows = self._read(
+            f"SELECT input, label, id, route IS NULL OR route IN ({unselected}) FROM traces "
+            "WHERE task = ? AND fingerprint = ? AND source = 'teacher' AND id > ? ORDER BY id",
+            [task, fingerprint, since_id],
+        )
+        return Evidence([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [bool(r[3]) for r in rows])
+
+    # --- task versions ------------------------------------------------------------------------
+
+    def register_version(self, task: str, fingerprint: str, description: dict, origin: str = "") -> None:
+        """Remember what a task version describes (first registration wins)."""
+        body = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
+        self._write(lambda conn: conn.execute(
+            "INSERT OR IGNORE INTO task_versions (task, fingerprint, origin, description, created_at) "
+            "VALUES (?, ?, ?, ?, ?)", (task, fingerprint, origin, body, time.time()),
+        ))
+
+    def versions(self, task: str | None = None) -> list[dict]:
+        """Every (task, fingerprint) with traces, a policy or a description, newest activity first."""
+        where, params = ("WHERE task = ?", [task]) if task is not None else ("", [])
+        rows = self._read(
+            f"SELECT task, fingerprint, sum(source = 'teacher'), sum(source = 'surrogate'), max(created_at) "
+            f"FROM traces {where} GROUP BY task, fingerprint", params,
+        )
+        found: dict[tuple[str, str], dict] = {}
+        for t, fp, teacher, surrogate, last in rows:
+            found[(t, fp)] = {"task": t, "fingerprint": fp, "teacher": teacher or 0, "surrogate": surrogate or 0,
+                              "last_trace_at": last, "origin": "", "description": None}
+        for t, fp, origin, body in self._read(
+            f"SELECT task, fingerprint, origin, description FROM task_versions {where}", params
+        ):
+            row = found.setdefault((t, fp), {"task": t, "fingerprint": fp, "teacher": 0, "surrogate": 0,
+                                             "last_trace_at": None, "origin": "", "description": None})
+            row["origin"], row["description"] = origin, _json_or_none(body)
+        for t, fp in self._read(f"SELECT DISTINCT task, fingerprint FROM policies {where}", params):
+            found.setdefault((t, fp), {"task": t, "fingerprint": fp, "teacher": 0, "surrogate": 0,
+                                       "last_trace_at": None, "origin": "", "description": None})
+        return sorted(found.values(), key=lambda r: (r["task"], -(r["last_trace_at"] or 0.0)))
+
+    # --- suspensions --------------------------------------------------------------------------
+
+    def log_suspension(self, task: str, fingerprint: str, *, action: str, reason: str, details: dict) -> int:
+        """Append a suspend/resume event of a task version; returns its id."""
+        if action not in ("suspend", "resume"):
+            raise StoreError(f"suspension action must be 'suspend' or 'resume', got {action!r}")
+        body = json.dumps(details, allow_nan=False, default=str)
+        return self._write(lambda conn: conn.execute(
+            "INSERT INTO suspensions (task, fingerprint, created_at, action, reason, details) VALUES (?, ?, ?, ?, ?, ?)",
+            (task, fingerprint, time.time(), action, reason, body),
+        ).lastrowid)
+
+    def suspension(self, task: str, fingerprint: str) -> dict | None:
+        """The suspend event in force for a task version (the newest event, if it is a suspend), else None."""
+        rows = self._read(
+            "SELECT id, created_at, action, reason, details FROM suspensions WHERE task = ? AND fingerprint = ? "
+            "ORDER BY id DESC LIMIT 1", [task, fingerprint],
+        )
+        if not rows or rows[0][2] != "suspend":
+            return None
+        id_, created_at, _, reason, details = rows[0]
+        return {"id": id_, "since": created_at, "reason": reason, "details": _json_or_none(details) or {}}
+
+    def suspension_floor(self, task: str, fingerprint: str) -> int:
+        """Highest trace id at the newest suspension: later fits use only traces after it (0 if never suspended)."""
+        return self._event_trace_id(task, fingerprint, "AND action = 'suspend'")
+
+    def last_event_trace_id(self, task: str, fingerprint: str) -> int:
+        """Highest trace id at the newest suspend or resume event (0 if none): the monitor starts after it."""
+        return self._event_trace_id(task, fingerprint, "")
+
+    def _event_trace_id(self, task: str, fingerprint: str, condition: str) -> int:
+        rows = self._read(
+            f"SELECT details FROM suspensions WHERE task = ? AND fingerprint = ? {condition} ORDER BY id DESC LIMIT 1",
+            [task, fingerprint],
+        )
+        return int((_json_or_none(rows[0][0]) or {}).get("trace_max_id", 0)) if rows else 0
+
+    def audit_outcomes(self, task: str, fingerprint: str, *, since_id: int = 0) -> list[tuple[int, bool]]:
+        """(id, LLM agreed with the policy) of audits the policy would have answered, id > since_id, in order."""
+        rows = self._read(
+            "SELECT id, label = predicted FROM traces WHERE task = ? AND fingerprint = ? AND source = 'teacher' "
+            "AND route = 'audit' AND predicted IS NOT NULL AND id > ? ORDER BY id",
+            [task, fingerprint, since_id],
+        )
+        return [(r[0], bool(r[1])) for r in rows]
+
     # --- policies -----------------------------------------------------------------------------
 
     def save_policy(
@@ -391,16 +534,18 @@ def _row(trace: Trace) -> tuple:
         trace.task, trace.fingerprint, trace.input, input_hash(trace.input), trace.label, trace.source,
         trace.model, trace.latency_ms, trace.prompt_tokens, trace.completion_tokens, trace.cost_usd,
         trace.created_at, json.dumps(trace.metadata, ensure_ascii=False),
+        None if trace.route is None else str(trace.route), trace.policy_version, trace.predicted, trace.score,
     )
 
 
 def _trace(row: tuple) -> Trace:
     (id_, task, fingerprint, text, _hash, label, source, model, latency_ms,
-     prompt_tokens, completion_tokens, cost_usd, created_at, metadata) = row
+     prompt_tokens, completion_tokens, cost_usd, created_at, metadata, route, policy_version, predicted, score) = row
     return Trace(
         task=task, input=text, label=label, source=source, fingerprint=fingerprint, model=model,
         latency_ms=latency_ms, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-        cost_usd=cost_usd, created_at=created_at, metadata=json.loads(metadata), id=id_,
+        cost_usd=cost_usd, created_at=created_at, metadata=json.loads(metadata), route=route,
+        policy_version=policy_version, predicted=predicted, score=score, id=id_,
     )
 
 
@@ -431,6 +576,23 @@ def _policy(row: tuple, *, with_artifact: bool) -> dict:
     except json.JSONDecodeError as exc:
         raise PolicyError(f"policy {policy['task']!r} v{policy['version']} has a corrupt certificate: {exc}") from None
     return policy
+
+
+def _json_or_none(body: str | None) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except json.JSONDecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Teacher traces of one task version for a fit: texts, labels, ids, and which are unselected."""
+
+    texts: list[str]
+    labels: list[str]
+    ids: list[int]
+    unselected: list[bool]
 
 
 _OPEN_STORES: weakref.WeakSet[TraceStore] = weakref.WeakSet()

@@ -31,6 +31,10 @@ class Trace:
     cost_usd: float | None = None
     created_at: float = field(default_factory=time.time)
     metadata: dict = field(default_factory=dict)
+    route: str | None = None  # the Reason of the routing decision, None when recorded without one
+    policy_version: int | None = None  # the policy in force when the call was routed
+    predicted: str | None = None  # what that policy answered or would have answered
+    score: float | None = None  # its confidence
     id: int | None = None
 
 
@@ -62,6 +66,7 @@ def validate(trace: Trace) -> Trace:
         _check_count(name, getattr(trace, name))
     _check_number("created_at", trace.created_at, allow_none=False)
     _check_metadata(trace.metadata)
+    _check_routing(trace)
     return trace
 
 
@@ -133,6 +138,18 @@ def _check_count(name: str, value: object) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidTraceError(f"{name} must be a non-negative integer, got {value!r:.80}")
+
+
+def _check_routing(trace: Trace) -> None:
+    if trace.route is not None:
+        _check_text("route", trace.route, max_chars=100)
+    _check_count("policy_version", trace.policy_version)
+    if trace.predicted is not None:
+        _check_text("predicted", trace.predicted, max_chars=MAX_LABEL_CHARS)
+    if trace.score is not None and (
+        isinstance(trace.score, bool) or not isinstance(trace.score, (int, float)) or not math.isfinite(trace.score)
+    ):
+        raise InvalidTraceError(f"score must be a finite number or None, got {trace.score!r:.80}")
 
 
 def _check_metadata(value: object) -> None:

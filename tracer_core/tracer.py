@@ -1,37 +1,45 @@
-"""`Tracer`: record teacher traces, fit and certify a surrogate, route inputs, refit in the background."""
+"""`Tracer`: record teacher traces, fit and certify a surrogate, route inputs, audit and monitor the result."""
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import hashlib
 import logging
 import os
+import random
 import threading
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from tracer_core import decision as reasons
 from tracer_core.certificate import FREE_TEXT, Certificate
-from tracer_core.decision import Decision, deferred
+from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
-from tracer_core.errors import InvalidTraceError, TracerError
+from tracer_core.errors import InvalidTraceError, NoTracesError, TracerError
 from tracer_core.fit import fit_policy
+from tracer_core.gate import significantly_below
+from tracer_core.monitor import DriftWatch
 from tracer_core.policy import Policy
+from tracer_core.refit import ProcessLock, RefitScheduler, lock_path
+from tracer_core.settings import check
 from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace, normalise_input
+from tracer_core.trace import MAX_LABEL_CHARS, Trace, make_trace, normalise_input
+from tracer_core.watcher import InForce, PolicyWatcher
 
 log = logging.getLogger("tracer")
 
+DEFAULT_AUDIT_RATE = 0.05
+AUDIT_BOOST = 4.0  # audit rate multiplier while the monitor or a drift signal is worried
+BOOST_CALLS = 2_000  # routed calls a drift signal keeps the boost on
+
 
 class Tracer:
-    """The routing core for one task (and one version of it, the fingerprint).
+    """The routing core for one task version (task name + fingerprint).
 
     `alpha` is the minimum agreement with the teacher on handled inputs; `delta` the allowed
-    probability that the certificate is wrong.
+    probability that the certificate is wrong. With probability `audit_rate` a call is
+    audited: the LLM answers whatever the surrogate would do, which keeps a uniform sample of
+    traffic for calibration and feeds the monitor that suspends the task when live agreement
+    falls below alpha.
     """
 
     def __init__(
@@ -47,56 +55,79 @@ class Tracer:
         refit_interval_s: float = 600.0,
         auto_refit: bool = True,
         policy_check_s: float = 1.0,
+        audit_rate: float = DEFAULT_AUDIT_RATE,
         seed: int = 0,
     ):
         if not isinstance(task, str) or not task.strip():
             raise TracerError(f"task must be a non-empty string, got {task!r}")
-        for name, value in (("alpha", alpha), ("delta", delta)):
-            if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-                raise TracerError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
-        if not isinstance(refit_every, int) or refit_every < 1:
-            raise TracerError(f"refit_every must be a positive integer, got {refit_every!r}")
+        if len(task) > MAX_LABEL_CHARS:
+            raise TracerError(f"task name is too long: {len(task):,} characters; the limit is {MAX_LABEL_CHARS:,}")
         self.task = task
-        self.alpha = float(alpha)
-        self.delta = float(delta)
+        self.alpha = float(check("alpha", alpha))
+        self.delta = float(check("delta", delta))
+        self.audit_rate = float(check("audit_rate", audit_rate))
+        self.policy_check_s = float(check("policy_check_s", policy_check_s))
         self.fingerprint = fingerprint or ""
-        self.refit_every = refit_every
-        self.refit_interval_s = refit_interval_s
-        self.auto_refit = auto_refit
-        self.policy_check_s = policy_check_s
         self.seed = seed
         self._owns_store = not isinstance(db, TraceStore)
         self.store = db if isinstance(db, TraceStore) else TraceStore(db)
         self._embed = embedder
-        self._policy: Policy | None = None
-        self._latest_any: int | None = None
-        self._refusal: Certificate | None = None
-        self._checked_at = 0.0
-        self._state_lock = threading.Lock()
-        self._pending = 0
-        self._last_fit_at = time.time()
-        self._refit_thread: threading.Thread | None = None
+        self._fit_lock = threading.Lock()
         self._error_logged = False
+        self._audits = random.Random(f"{seed}:{task}:{self.fingerprint}:{os.getpid()}")
+        self._drift = DriftWatch()
+        self._boost_left = 0
+        self.watcher = PolicyWatcher(
+            self.store, task, self.fingerprint, alpha=self.alpha, delta=self.delta, check_s=self.policy_check_s
+        )
+        self.refits = RefitScheduler(
+            self._refit, every=int(check("refit_every", refit_every)),
+            interval_s=float(check("refit_interval_s", refit_interval_s)), enabled=auto_refit,
+            name=f"tracer-refit-{task}",
+        )
 
     # -- recording --------------------------------------------------------------------
-    def record(self, text: str, label: str, *, source: str = "teacher", **fields) -> None:
-        """Queue one trace (non-blocking). Only `teacher` traces become training data."""
-        self.store.enqueue(make_trace(self.task, text, label, source=source, fingerprint=self.fingerprint, **fields))
-        if source == "teacher":
-            self._count_new(1)
+    def record(self, text: str, label: str, *, decision: Decision | None = None, **fields) -> None:
+        """Queue one trace (non-blocking).
 
-    def record_many(self, texts: Sequence[str], labels: Sequence[str], *, source: str = "teacher", **fields) -> int:
-        """Validate all traces first, then write them in one transaction."""
-        if len(texts) != len(labels):
-            raise InvalidTraceError(f"record_many got {len(texts)} texts but {len(labels)} labels")
+        Pass the `decision` that routed the call: its reason, policy version and the policy's
+        (would-be) answer are stored with the trace, and a handled decision makes it a
+        `surrogate` trace, never training data. Without one, the trace counts as recorded
+        outside tracer's routing (a uniform sample, like traces before any policy).
+        """
+        trace = self._trace(text, label, decision, fields)
+        self.store.enqueue(trace)
+        if trace.source == "teacher":
+            self.refits.count(1)
+
+    def record_many(
+        self, texts: Iterable[str], labels: Iterable[str], *, decisions: Sequence[Decision] | None = None, **fields
+    ) -> int:
+        """Validate all traces first, then write them in one transaction; returns the count written."""
+        if isinstance(texts, (str, bytes)) or isinstance(labels, (str, bytes)):
+            raise InvalidTraceError("record_many takes sequences of texts and labels, not a single string")
+        texts, labels = list(texts), list(labels)
+        if len(texts) != len(labels) or (decisions is not None and len(decisions) != len(texts)):
+            raise InvalidTraceError(
+                f"record_many got {len(texts)} texts, {len(labels)} labels"
+                + (f" and {len(decisions)} decisions" if decisions is not None else "")
+            )
         traces = [
-            make_trace(self.task, text, label, source=source, fingerprint=self.fingerprint, **fields)
-            for text, label in zip(texts, labels)
+            self._trace(text, label, decisions[i] if decisions is not None else None, dict(fields))
+            for i, (text, label) in enumerate(zip(texts, labels))
         ]
         written = self.store.append_many(traces)
-        if source == "teacher":
-            self._count_new(written)
+        self.refits.count(sum(t.source == "teacher" for t in traces))
         return written
+
+    def _trace(self, text: str, label: str, decision: Decision | None, fields: dict) -> Trace:
+        if decision is not None:
+            if not isinstance(decision, Decision):
+                raise InvalidTraceError(f"decision must be a tracer Decision, got {type(decision).__name__}")
+            fields.setdefault("source", "surrogate" if decision.handled else "teacher")
+            fields.update(route=str(decision.reason), policy_version=decision.policy_version,
+                          predicted=decision.label, score=float(decision.score))
+        return make_trace(self.task, text, label, fingerprint=self.fingerprint, **fields)
 
     @property
     def embed(self) -> Callable[[list[str]], np.ndarray]:
@@ -106,53 +137,48 @@ class Tracer:
 
     # -- fitting ----------------------------------------------------------------------
     def fit(self) -> Certificate:
-        """Fit on every teacher trace of this task version and certify; deploy only if certified."""
-        self.store.flush()
-        texts, labels, ids = self.store.teacher_examples(self.task, self.fingerprint)
-        policy, cert = fit_policy(
-            texts, labels, alpha=self.alpha, delta=self.delta, embed=self.embed, ids=ids,
-            seed=self.seed, task=self.task, fingerprint=self.fingerprint,
-        )
-        version = self.store.save_policy(
-            self.task, fingerprint=self.fingerprint, certificate=cert.to_dict(),
-            artifact=policy.to_bytes() if policy else b"", status="deployed" if cert.deployed else "refused",
-            n_traces=len(texts),
-        )
-        cert.version = version
-        with self._state_lock:
-            self._last_fit_at = time.time()
+        """Fit on the teacher traces of this task version and certify; deploy only if certified.
+
+        Calibration uses only unselected traces (see `TraceStore.teacher_evidence`); after a
+        suspension only traces recorded after it count. An explicit fit and a background
+        refit never run at once.
+        """
+        with self._fit_lock:
+            self.store.flush()
+            floor = self.store.suspension_floor(self.task, self.fingerprint)
+            evidence = self.store.teacher_evidence(self.task, self.fingerprint, since_id=floor)
+            if not evidence.texts:
+                after = " recorded after its suspension" if floor else ""
+                raise NoTracesError(
+                    f"task {self.task!r} version {self.fingerprint or '(unversioned)'} has no teacher traces{after}"
+                )
+            policy, cert = fit_policy(
+                evidence.texts, evidence.labels, alpha=self.alpha, delta=self.delta, embed=self.embed,
+                ids=evidence.ids, seed=self.seed, task=self.task, fingerprint=self.fingerprint,
+                calibration_pool=evidence.unselected,
+            )
+            cert.since_trace_id = floor
+            in_force = self.watcher.current(force=True)
+            version = self.store.save_policy(
+                self.task, fingerprint=self.fingerprint, certificate=cert.to_dict(),
+                artifact=policy.to_bytes() if policy else b"", status="deployed" if cert.deployed else "refused",
+                n_traces=len(evidence.texts),
+            )
+            cert.version = version
             if policy is not None:
                 policy.version = version
-                self._policy, self._refusal, self._latest_any = policy, None, version
+                self._resume_if_automatic(in_force, cert)
             else:
-                # keep (or load, on the next route) the newest deployed policy
-                self._refusal, self._latest_any, self._checked_at = cert, None, 0.0
-        if not cert.deployed:
-            log.info("tracer task %r: fit refused (%s)", self.task, cert.reason)
-        return cert
-
-    def _count_new(self, n: int) -> None:
-        with self._state_lock:
-            self._pending += n
-        self._maybe_refit()
-
-    def _maybe_refit(self) -> None:
-        if not self.auto_refit:
-            return
-        with self._state_lock:
-            due = self._pending >= self.refit_every or (
-                self._pending > 0 and time.time() - self._last_fit_at >= self.refit_interval_s
-            )
-            if not due or (self._refit_thread is not None and self._refit_thread.is_alive()):
-                return
-            self._pending = 0
-            self._refit_thread = threading.Thread(target=self._refit, name=f"tracer-refit-{self.task}", daemon=True)
-            self._refit_thread.start()
+                log.info("tracer task %r: fit refused (%s)", self.task, cert.reason)
+                self._withdraw_if_contradicted(in_force, evidence)
+            self.watcher.adopt(policy, None if cert.deployed else cert)
+            self.refits.fitted()
+            return cert
 
     def _refit(self) -> None:
         """Background refit under a cross-process lock; a failure keeps the old policy."""
         try:
-            with _ProcessLock(self._lock_path()) as acquired:
+            with ProcessLock(lock_path(self.store.path, self.task, self.fingerprint)) as acquired:
                 if not acquired:
                     log.info("tracer task %r: another process is refitting; skipped", self.task)
                     return
@@ -161,15 +187,9 @@ class Tracer:
         except Exception:
             log.exception("tracer task %r: background refit failed; the previous policy stays", self.task)
 
-    def _lock_path(self) -> Path:
-        key = hashlib.sha256(f"{self.task}\0{self.fingerprint}".encode()).hexdigest()[:16]
-        return self.store.path.with_name(f"{self.store.path.name}.refit-{key}.lock")
-
-    def wait_for_refit(self, timeout: float | None = None) -> None:
-        """Block until a running background refit finishes (tests, scripts, shutdown)."""
-        thread = self._refit_thread
-        if thread is not None:
-            thread.join(timeout)
+    def wait_for_refit(self, timeout: float | None = None) -> bool:
+        """Block until a running background refit finishes; True when none is running."""
+        return self.refits.wait(timeout)
 
     # -- routing ----------------------------------------------------------------------
     def route(self, text: str) -> Decision:
@@ -180,21 +200,32 @@ class Tracer:
         """Vectorised `route()`: one embedding batch, same decisions."""
         texts = [normalise_input(t) for t in texts]
         try:
-            policy = self._current_policy()
-            if policy is None:
-                reason = reasons.FREE_TEXT_TASK if self._refusal and self._refusal.reason_code == FREE_TEXT else reasons.NO_POLICY
-                return [deferred(reason) for _ in texts]
-            if not texts:
-                return []
-            return policy.decide(texts, embed_checked(self.embed, texts))
+            return self._decide(texts)
         except Exception:
             if not self._error_logged:
                 log.exception("tracer task %r: routing failed; deferring to the LLM", self.task)
                 self._error_logged = True
-            version = self._policy.version if self._policy else None
-            return [deferred(reasons.ERROR, version) for _ in texts]
+            return [deferred(Reason.ERROR) for _ in texts]
         finally:
-            self._maybe_refit()
+            self.refits.maybe_start()
+
+    def _decide(self, texts: list[str]) -> list[Decision]:
+        audited = [self._audits.random() < self.current_audit_rate for _ in texts]  # drawn before routing
+        in_force = self.watcher.current()
+        if in_force.suspension is None and self.watcher.monitor.rejected:
+            in_force = self._suspend_on_monitor()
+        policy = in_force.policy
+        if in_force.suspension is not None:
+            return [deferred(Reason.SUSPENDED, policy.version if policy else None) for _ in texts]
+        if policy is None:
+            refusal = in_force.refusal
+            reason = Reason.FREE_TEXT_TASK if refusal and refusal.reason_code == FREE_TEXT else Reason.NO_POLICY
+            return [deferred(reason) for _ in texts]
+        if not texts:
+            return []
+        decisions = policy.decide(texts, embed_checked(self.embed, texts))
+        self._watch_drift(decisions, policy.certificate)
+        return [_as_audit(d) if audit else d for d, audit in zip(decisions, audited)]
 
     async def aroute(self, text: str) -> Decision:
         """`route()` in a worker thread, so the event loop never waits on embedding."""
@@ -203,41 +234,109 @@ class Tracer:
     async def aroute_many(self, texts: Sequence[str]) -> list[Decision]:
         return await asyncio.to_thread(self.route_many, texts)
 
+    # -- audits, monitor, suspension ----------------------------------------------------
+    @property
+    def current_audit_rate(self) -> float:
+        """`audit_rate`, raised while the monitor is worried or a drift signal is recent."""
+        worried = self._boost_left > 0 or self.watcher.monitor.suspicious
+        return min(0.5, self.audit_rate * AUDIT_BOOST) if worried and self.audit_rate > 0 else self.audit_rate
+
+    def _watch_drift(self, decisions: list[Decision], cert: Certificate) -> None:
+        self._boost_left = max(0, self._boost_left - len(decisions))
+        self._drift.observe(decisions)
+        signal = self._drift.signal(expected_deferral=1.0 - cert.coverage)
+        if signal is not None:
+            if self._boost_left == 0:
+                log.warning("tracer task %r: %s; auditing more for a while", self.task, signal.describe())
+            self._boost_left = BOOST_CALLS
+            self._drift.reset()
+
+    def _suspend_on_monitor(self) -> InForce:
+        summary = self.watcher.monitor.summary()
+        self._suspend(
+            f"audits contradict the certificate: agreement {summary['agreement']} on {summary['audits']} "
+            f"audited calls the policy would have answered (alpha {self.alpha})",
+            automatic=True, **summary,
+        )
+        return self.watcher.current(force=True)
+
+    def _withdraw_if_contradicted(self, in_force: InForce, evidence) -> None:
+        """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""
+        policy = in_force.policy
+        if policy is None or in_force.suspension is not None:
+            return
+        fresh = [i for i, (tid, ok) in enumerate(zip(evidence.ids, evidence.unselected))
+                 if ok and tid > policy.certificate.trace_max_id]
+        if not fresh:
+            return
+        texts = [evidence.texts[i] for i in fresh]
+        decisions = policy.decide(texts, embed_checked(self.embed, texts))
+        handled = [(d.label == evidence.labels[i]) for d, i in zip(decisions, fresh) if d.handled]
+        agree, n = sum(handled), len(handled)
+        if significantly_below(agree, n, self.alpha, self.delta):
+            self._suspend(
+                f"withdrawn: a refit was refused and the deployed v{policy.version} agrees on {agree} of {n} "
+                f"fresh unselected traces it would answer (alpha {self.alpha})",
+                automatic=True, audits=n, agreement=round(agree / n, 4),
+            )
+
+    def _resume_if_automatic(self, in_force: InForce, cert: Certificate) -> None:
+        suspension = in_force.suspension
+        if suspension is not None and suspension["details"].get("automatic"):
+            self.store.log_suspension(
+                self.task, self.fingerprint, action="resume", reason=f"re-certified as v{cert.version}",
+                details={"trace_max_id": self.store.max_id(self.task, fingerprint=self.fingerprint), "version": cert.version},
+            )
+
+    def _suspend(self, reason: str, *, automatic: bool, **details) -> None:
+        if self.store.suspension(self.task, self.fingerprint) is not None:
+            return
+        log.warning("tracer task %r suspended: %s", self.task, reason)
+        self.store.flush()
+        self.store.log_suspension(
+            self.task, self.fingerprint, action="suspend", reason=reason,
+            details={"automatic": automatic, "trace_max_id": self.store.max_id(self.task, fingerprint=self.fingerprint),
+                     **details},
+        )
+
+    def suspend(self, reason: str = "suspended by hand") -> None:
+        """Send every call of this task version to the LLM, in every process, until `resume()`."""
+        self._suspend(reason, automatic=False)
+        self.watcher.current(force=True)
+
+    def resume(self) -> Certificate:
+        """Lift a suspension; needs a certificate on traces recorded after it (fits one if there is none)."""
+        suspension = self.store.suspension(self.task, self.fingerprint)
+        if suspension is None:
+            raise TracerError(f"task {self.task!r} is not suspended")
+        floor = self.store.suspension_floor(self.task, self.fingerprint)
+        policy = self.watcher.current(force=True).policy
+        cert = policy.certificate if policy is not None and policy.certificate.since_trace_id >= floor else self.fit()
+        if not cert.deployed:
+            raise TracerError(f"task {self.task!r} stays suspended: no valid certificate after the suspension ({cert.reason})")
+        self.store.log_suspension(
+            self.task, self.fingerprint, action="resume", reason=f"resumed by hand with v{cert.version}",
+            details={"trace_max_id": self.store.max_id(self.task, fingerprint=self.fingerprint), "version": cert.version},
+        )
+        self.watcher.current(force=True)
+        return cert
+
+    # -- state --------------------------------------------------------------------------
     @property
     def policy_version(self) -> int | None:
-        policy = self._current_policy()
+        policy = self.watcher.current().policy
         return policy.version if policy else None
 
     @property
     def certificate(self) -> Certificate | None:
         """The deployed policy's certificate, or the last refusal when nothing is deployed."""
-        policy = self._current_policy()
-        return policy.certificate if policy else self._refusal
+        in_force = self.watcher.current()
+        return in_force.policy.certificate if in_force.policy else in_force.refusal
 
-    def _current_policy(self) -> Policy | None:
-        """The newest deployed policy; the store is asked at most once per `policy_check_s`."""
-        now = time.monotonic()
-        if now - self._checked_at < self.policy_check_s:
-            return self._policy
-        with self._state_lock:
-            self._checked_at = now
-            latest_any = self.store.latest_policy_version(self.task, fingerprint=self.fingerprint, status=None)
-            if latest_any == self._latest_any:
-                return self._policy
-            row = self.store.latest_policy(self.task, fingerprint=self.fingerprint, status=None)
-            if row and row["status"] != "deployed":
-                self._refusal = _certificate_of(row)
-            deployed = self.store.latest_policy_version(self.task, fingerprint=self.fingerprint)
-            if deployed is not None and (self._policy is None or self._policy.version != deployed):
-                self._policy = Policy.from_row(self.store.latest_policy(self.task, fingerprint=self.fingerprint))
-                self._policy.certificate.version = self._policy.version
-            self._latest_any = latest_any
-            return self._policy
-
-    # -- status and lifecycle ---------------------------------------------------------
     def status(self) -> dict:
-        """Traces by source, the deployed policy and the last fit attempt, as plain data."""
-        policy = self._current_policy()
+        """Traces by source, the deployed policy, the last fit attempt, suspension and monitor, as plain data."""
+        in_force = self.watcher.current(force=True)
+        policy = in_force.policy
         versions = self.store.policies(self.task, fingerprint=self.fingerprint)
         last = versions[0] if versions else None
         cert = policy.certificate if policy else None
@@ -251,12 +350,15 @@ class Tracer:
             "alpha": self.alpha,
             "delta": self.delta,
             "last_fit_at": last["created_at"] if last else None,
-            "last_fit": last["certificate"]["reason"] if last else "never fitted",
+            "last_fit": (last["certificate"] or {}).get("reason", "?") if last else "never fitted",
             "versions": len(versions),
+            "suspended": in_force.suspension,
+            "monitor": self.watcher.monitor.summary(),
+            "audit_rate": self.current_audit_rate,
         }
 
-    def flush(self) -> None:
-        self.store.flush()
+    def flush(self, timeout: float | None = None) -> None:
+        self.store.flush(timeout)
 
     def close(self) -> None:
         """Wait for a running refit, flush queued traces, close the store if this tracer opened it."""
@@ -273,30 +375,9 @@ class Tracer:
         self.close()
 
 
-def _certificate_of(row: dict) -> Certificate:
-    cert = Certificate.from_dict(row["certificate"])
-    cert.version = row["version"]
-    return cert
-
-
-class _ProcessLock:
-    """A non-blocking exclusive file lock: `with _ProcessLock(path) as acquired:`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = None
-
-    def __enter__(self) -> bool:
-        self._fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.close()
-            self._fh = None
-            return False
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
+def _as_audit(decision: Decision) -> Decision:
+    """The audited form of a decision: the LLM answers; the label is what the policy would have answered."""
+    return Decision(
+        label=decision.label if decision.handled else None, handled=False, score=decision.score,
+        reason=Reason.AUDIT, policy_version=decision.policy_version,
+    )
