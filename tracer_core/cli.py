@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+from collections.abc import Iterator
 
 import click
 
 from tracer_core.cli_report import report_commands
-from tracer_core.cli_store import db_option, store_commands
+from tracer_core.cli_store import db_option, require_db, store_commands
 from tracer_core.errors import TracerError
 
 
@@ -17,17 +20,28 @@ def main() -> None:
     """Record LLM classification traces, certify a surrogate, route inputs."""
 
 
-def _tracer(db: str, task: str, fingerprint: str, alpha: float, delta: float):
+@contextlib.contextmanager
+def task_tracer(db: str, task: str, fingerprint: str | None, alpha: float = 0.95, delta: float = 0.05) -> Iterator:
+    """A Tracer of the task version the options name; every TracerError becomes a one-line CLI error."""
+    from tracer_core.store import TraceStore
     from tracer_core.tracer import Tracer
+    from tracer_core.versions import resolve_version
 
+    require_db(db)
     try:
-        return Tracer(task, db, alpha=alpha, delta=delta, fingerprint=fingerprint, auto_refit=False)
+        with TraceStore(db) as store:
+            version = resolve_version(store, task, fingerprint)
+            with Tracer(task, store, alpha=alpha, delta=delta, fingerprint=version, auto_refit=False,
+                        audit_rate=0.0) as tracer:
+                yield tracer
     except TracerError as exc:
         raise click.ClickException(str(exc)) from None
 
 
 task_option = click.option("--task", required=True, help="Task name.")
-fingerprint_option = click.option("--fingerprint", default="", help="Task version (default: the unversioned task).")
+fingerprint_option = click.option(
+    "--fingerprint", default=None, help="Task version: a fingerprint prefix (needed when the task has several)."
+)
 alpha_option = click.option("--alpha", type=float, default=0.95, show_default=True, help="Minimum agreement on handled inputs.")
 delta_option = click.option("--delta", type=float, default=0.05, show_default=True, help="Allowed probability the certificate is wrong.")
 
@@ -39,19 +53,16 @@ delta_option = click.option("--delta", type=float, default=0.05, show_default=Tr
 @delta_option
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the certificate as JSON.")
-def fit(task: str, fingerprint: str, alpha: float, delta: float, db: str, as_json: bool) -> None:
+def fit(task: str, fingerprint: str | None, alpha: float, delta: float, db: str, as_json: bool) -> None:
     """Fit and certify a surrogate on the task's teacher traces; deploy it if certified."""
-    with _tracer(db, task, fingerprint, alpha, delta) as tracer:
-        try:
-            cert = tracer.fit()
-        except TracerError as exc:
-            raise click.ClickException(str(exc)) from None
+    with task_tracer(db, task, fingerprint, alpha, delta) as tracer:
+        cert = tracer.fit()
     if as_json:
         click.echo(json.dumps(cert.to_dict(), indent=2))
         return
-    click.echo(f"task {task!r}, policy v{cert.version} ({'deployed' if cert.deployed else 'refused'}), "
-               f"{cert.n_traces} traces, {cert.fit_seconds:.1f} s")
-    click.echo(cert.summary() if cert.deployed else f"refused: {cert.reason}")
+    click.echo(f"task {task!r} version {tracer.fingerprint[:8] or '(unversioned)'}, policy v{cert.version} "
+               f"({'deployed' if cert.deployed else 'refused'}), {cert.n_traces} traces, {cert.fit_seconds:.1f} s")
+    click.echo(cert.summary())
 
 
 @main.command()
@@ -59,15 +70,39 @@ def fit(task: str, fingerprint: str, alpha: float, delta: float, db: str, as_jso
 @fingerprint_option
 @db_option
 @click.argument("texts", nargs=-1, required=True)
-def route(task: str, fingerprint: str, db: str, texts: tuple[str, ...]) -> None:
+def route(task: str, fingerprint: str | None, db: str, texts: tuple[str, ...]) -> None:
     """Route TEXTS with the newest deployed policy; one JSON decision per line."""
-    with _tracer(db, task, fingerprint, 0.95, 0.05) as tracer:
-        try:
-            decisions = tracer.route_many(list(texts))
-        except TracerError as exc:
-            raise click.ClickException(str(exc)) from None
+    with task_tracer(db, task, fingerprint) as tracer:
+        decisions = tracer.route_many(list(texts))
     for text, decision in zip(texts, decisions):
-        click.echo(json.dumps({"input": text, **decision.to_dict()}))
+        data = decision.to_dict()
+        data["score"] = data["score"] if math.isfinite(data["score"]) else None
+        click.echo(json.dumps({"input": text, **data}, allow_nan=False))
+
+
+@main.command()
+@task_option
+@fingerprint_option
+@db_option
+@click.option("--reason", default="suspended by hand", show_default=True, help="Why (shown in status and report).")
+def suspend(task: str, fingerprint: str | None, db: str, reason: str) -> None:
+    """Send every call of the task version to the LLM, in every process, until `tracer resume`."""
+    with task_tracer(db, task, fingerprint) as tracer:
+        tracer.suspend(reason)
+    click.echo(f"task {task!r} version {tracer.fingerprint[:8] or '(unversioned)'} suspended: {reason}")
+
+
+@main.command()
+@task_option
+@fingerprint_option
+@alpha_option
+@delta_option
+@db_option
+def resume(task: str, fingerprint: str | None, alpha: float, delta: float, db: str) -> None:
+    """Lift a suspension; needs a certificate on traces recorded after it (fits one if needed)."""
+    with task_tracer(db, task, fingerprint, alpha, delta) as tracer:
+        cert = tracer.resume()
+    click.echo(f"task {task!r} resumed with policy v{cert.version}: {cert.summary()}")
 
 
 for command in (*store_commands, *report_commands):

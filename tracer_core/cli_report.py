@@ -7,29 +7,26 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from tracer_core.cli_store import db_option, open_store
+from tracer_core.cli_store import db_option, open_store, require_db
 from tracer_core.report import build_report
 from tracer_core.report.summary import summary_facts, tasks_overview
 from tracer_core.report.terminal import summary_view, tasks_table
 from tracer_core.store import TraceStore
+from tracer_core.versions import VersionError, resolve_version
 
 
-def require_db(db: str) -> None:
-    """Reading commands must not create an empty store by accident."""
-    if not Path(db).is_file():
-        raise click.ClickException(f"trace store {db!r} does not exist")
-
-
-def require_task(store: TraceStore, task: str) -> None:
-    if not any(store.counts(task).values()):
-        known = ", ".join(repr(t["task"]) for t in store.tasks()) or "none"
-        raise click.ClickException(f"task {task!r} has no traces in {str(store.path)!r} (tasks: {known})")
+def chosen_version(store: TraceStore, task: str, fingerprint: str | None) -> str:
+    """The task version the options name, or a one-line CLI error listing the versions."""
+    try:
+        return resolve_version(store, task, fingerprint)
+    except VersionError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command()
 @db_option
 @click.option("--task", required=True, help="Task to explain.")
-@click.option("--fingerprint", default=None, help="Task fingerprint (default: that of the newest policy).")
+@click.option("--fingerprint", default=None, help="Task version: a fingerprint prefix (needed when the task has several).")
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
               help="HTML report file.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
@@ -40,7 +37,7 @@ def report(db: str, task: str, fingerprint: str | None, out: str, json_out: str 
     require_db(db)
     json_out = json_out or str(Path(out).with_suffix(".json"))
     with open_store(db) as store:
-        require_task(store, task)
+        fingerprint = chosen_version(store, task, fingerprint)
         extra = {"refit_fractions": ()} if no_refit else {}
         facts = build_report(store, task, fingerprint=fingerprint, out_html=out, out_json=json_out, **extra)
     click.echo(facts["summary"]["verdict"])
@@ -51,17 +48,21 @@ def report(db: str, task: str, fingerprint: str | None, out: str, json_out: str 
 @click.command()
 @db_option
 @click.option("--task", default=None, help="Show one task's summary and live counters.")
-@click.option("--fingerprint", default=None, help="Task fingerprint (default: that of the newest policy).")
+@click.option("--fingerprint", default=None, help="Task version: a fingerprint prefix (default: every version of the task).")
 def status(db: str, task: str | None, fingerprint: str | None) -> None:
-    """All tasks at a glance, or one task's certificate summary and live call counters."""
+    """All task versions at a glance, or one task's certificate summary, suspension and live counters."""
     require_db(db)
-    console = Console(width=120)
+    console = Console(width=140)
     with open_store(db) as store:
         if task is None:
             console.print(tasks_table(tasks_overview(store), db))
             return
-        require_task(store, task)
-        console.print(summary_view(summary_facts(store, task, fingerprint)))
+        if fingerprint is None:
+            chosen = [v["fingerprint"] for v in store.versions(task)] or [chosen_version(store, task, None)]
+        else:
+            chosen = [chosen_version(store, task, fingerprint)]
+        for version in chosen:
+            console.print(summary_view(summary_facts(store, task, version)))
 
 
 report_commands = [report, status]

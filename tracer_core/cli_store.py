@@ -7,11 +7,14 @@ import datetime
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from tracer_core import versions
 from tracer_core.errors import TracerError
 from tracer_core.jsonl import export_jsonl, import_jsonl
 from tracer_core.store import DEFAULT_DB, TraceStore
@@ -25,6 +28,12 @@ db_option = click.option(
     type=click.Path(dir_okay=False),
     help="Trace store file (env TRACER_DB).",
 )
+
+
+def require_db(db: str) -> None:
+    """Reading commands must not create an empty store by accident."""
+    if not Path(db).is_file():
+        raise click.ClickException(f"trace store {db!r} does not exist")
 
 
 @contextlib.contextmanager
@@ -41,19 +50,22 @@ def open_store(db: str) -> Iterator[TraceStore]:
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def tasks(db: str, as_json: bool) -> None:
-    """List tasks with trace counts by source."""
+    """List task versions: fingerprint prefix, what they came from, trace counts."""
+    require_db(db)
     with open_store(db) as store:
-        rows = store.tasks()
+        rows = store.versions()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"Tasks in {db}")
-    for column in ("task", "fingerprints", *SOURCES, "last trace"):
-        table.add_column(column, justify="left" if column == "task" else "right")
+    table = Table(title=Text(f"Task versions in {db}"))
+    for column in ("task", "version", "teacher", "surrogate", "last trace", "what it came from"):
+        table.add_column(column, justify="right" if column in ("teacher", "surrogate") else "left")
     for row in rows:
-        last = datetime.datetime.fromtimestamp(row["last_trace_at"]).isoformat(sep=" ", timespec="seconds")
-        table.add_row(row["task"], str(row["fingerprints"]), *(str(row[s]) for s in SOURCES), last)
-    Console(width=120).print(table)
+        last = row["last_trace_at"]
+        when = datetime.datetime.fromtimestamp(last).isoformat(sep=" ", timespec="seconds") if last else "-"
+        table.add_row(Text(row["task"]), versions.label(row), str(row["teacher"]), str(row["surrogate"]), when,
+                      Text(versions.origin(row)))
+    Console(width=160).print(table)
 
 
 @click.command(name="import")

@@ -42,7 +42,7 @@ class Interval:
 CONSTRAINTS: dict[str, Interval] = {
     "alpha": Interval(float, 0.0, 1.0),
     "delta": Interval(float, 0.0, 1.0),
-    "audit_rate": Interval(float, 0.0, 1.0, "left"),
+    "audit_rate": Interval(float, 0.0, 1.0, "both"),
     "refit_every": Interval(int, 1, math.inf, "left"),
     "refit_interval_s": Interval(float, 0.0, math.inf),
     "policy_check_s": Interval(float, 0.0, math.inf, "left"),

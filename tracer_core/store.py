@@ -372,13 +372,12 @@ class TraceStore:
             summary[task]["last_trace_at"] = max(summary[task]["last_trace_at"], last)
         return list(summary.values())
 
-    def counts_since(self, task: str, since: float) -> list[dict]:
-        """Counts of `task` traces created at or after `since`, by source and reason."""
+    def counts_since(self, task: str, since: float, fingerprint: str | None = None) -> list[dict]:
+        """Counts of `task` traces created at or after `since`, by source and routing reason."""
+        where, params = _trace_filter(task, None, fingerprint)
         rows = self._read(
-            "SELECT source, CASE WHEN source = 'teacher' THEN json_extract(metadata, '$.deferred_reason') "
-            "ELSE json_extract(metadata, '$.reason') END AS reason, count(*) "
-            "FROM traces WHERE task = ? AND created_at >= ? GROUP BY 1, 2 ORDER BY 1, 2",
-            [task, since],
+            f"SELECT source, route, count(*) FROM traces WHERE {where} AND created_at >= ? GROUP BY 1, 2 ORDER BY 1, 2",
+            [*params, since],
         )
         return [{"source": s, "reason": r, "n": n} for s, r, n in rows]
 

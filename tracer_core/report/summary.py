@@ -4,34 +4,32 @@ from __future__ import annotations
 
 import time
 
+from tracer_core import versions
+from tracer_core.monitor import AgreementMonitor
 from tracer_core.store import TraceStore
+from tracer_core.versions import resolve_version
 
 HOUR_S = 3600.0
 NOT_ROUTED = "not_routed"  # teacher traces recorded without a routing decision (imports, observe-only)
 
 
-def pick_fingerprint(store: TraceStore, task: str, fingerprint: str | None) -> str | None:
-    """The given fingerprint, else that of the newest policy of `task`, else None (all traces)."""
-    if fingerprint is not None:
-        return fingerprint
-    rows = store.policies(task)
-    return rows[0]["fingerprint"] if rows else None
+def pick_fingerprint(store: TraceStore, task: str, fingerprint: str | None) -> str:
+    """The version a prefix names, or the task's only version (VersionError otherwise)."""
+    return resolve_version(store, task, fingerprint)
 
 
-def current_policy_row(store: TraceStore, task: str, fingerprint: str | None) -> dict | None:
+def current_policy_row(store: TraceStore, task: str, fingerprint: str) -> dict | None:
     """The policy serving `task`: the newest deployed version, else the newest refused one."""
-    if fingerprint is None:
-        return None
     return store.latest_policy(task, fingerprint=fingerprint, status="deployed") or store.latest_policy(
         task, fingerprint=fingerprint, status=None
     )
 
 
-def live_counts(store: TraceStore, task: str, since: float) -> dict:
+def live_counts(store: TraceStore, task: str, since: float, fingerprint: str | None = None) -> dict:
     """Calls of `task` since `since`: handled by the surrogate, deferred to the LLM by reason."""
     handled = audit = 0
     deferred: dict[str, int] = {}
-    for row in store.counts_since(task, since):
+    for row in store.counts_since(task, since, fingerprint):
         if row["source"] == "surrogate":
             handled += row["n"]
         elif row["source"] == "teacher":
@@ -62,8 +60,10 @@ def teacher_cost(store: TraceStore, task: str, fingerprint: str | None) -> dict:
     return {"calls_with_cost": n, "total_usd": total, "mean_usd": total / n if n else None}
 
 
-def verdict(cert: dict | None, task: str) -> str:
+def verdict(cert: dict | None, task: str, suspension: dict | None = None) -> str:
     """One line: what the surrogate handles at which agreement, or why it does not."""
+    if suspension is not None:
+        return f"suspended: {suspension['reason']} - every call goes to the LLM"
     if cert is None:
         return f"no policy fitted yet for {task!r}: every call goes to the LLM (run `tracer fit --task {task}`)"
     if not cert.get("deployed"):
@@ -105,9 +105,11 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "mean_teacher_cost_usd": cost["mean_usd"],
         "dollars_saved": saved_calls * cost["mean_usd"] if cost["mean_usd"] is not None else None,
         "teacher_cost_usd": cost["total_usd"],
-        "verdict": verdict(cert, task),
-        "live_all_time": live_counts(store, task, 0.0),
-        "live_last_hour": live_counts(store, task, now - HOUR_S),
+        "verdict": verdict(cert, task, store.suspension(task, fingerprint)),
+        "live_all_time": live_counts(store, task, 0.0, fingerprint),
+        "live_last_hour": live_counts(store, task, now - HOUR_S, fingerprint),
+        "suspension": store.suspension(task, fingerprint),
+        "monitor": monitor_facts(store, task, fingerprint, cert),
         "sources": {
             "coverage, agreement_lower_bound": "certificate: held-out calibration traces",
             "llm_calls_saved, dollars_saved, live_*": "live traffic: store counts and recorded teacher costs",
@@ -115,22 +117,35 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
     }
 
 
+def monitor_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | None) -> dict | None:
+    """The live-agreement monitor recomputed from the audits since the last suspend/resume event."""
+    if not cert:
+        return None
+    monitor = AgreementMonitor(cert["alpha"], cert["delta"])
+    floor = store.last_event_trace_id(task, fingerprint)
+    monitor.update(agreed for _, agreed in store.audit_outcomes(task, fingerprint, since_id=floor))
+    return monitor.summary()
+
+
 def tasks_overview(store: TraceStore) -> list[dict]:
-    """One row per task for `tracer status`: traces, policy version, coverage, bound, last fit."""
+    """One row per task version for `tracer status`: traces, policy, coverage, bound, suspension, last fit."""
     rows = []
-    for task_row in store.tasks():
-        task = task_row["task"]
-        policies = store.policies(task)
-        fingerprint = policies[0]["fingerprint"] if policies else None
+    for version in store.versions():
+        task, fingerprint = version["task"], version["fingerprint"]
+        policies = store.policies(task, fingerprint=fingerprint)
         current = current_policy_row(store, task, fingerprint)
-        cert = current["certificate"] if current else {}
+        cert = (current or {}).get("certificate") or {}
+        suspension = store.suspension(task, fingerprint)
         rows.append({
             "task": task,
-            "traces": sum(task_row[s] for s in ("teacher", "surrogate", "audit")),
-            "teacher": task_row["teacher"],
-            "surrogate": task_row["surrogate"],
+            "fingerprint": fingerprint,
+            "version": versions.label(version),
+            "origin": versions.origin(version),
+            "traces": version["teacher"] + version["surrogate"],
+            "teacher": version["teacher"],
+            "surrogate": version["surrogate"],
             "policy_version": current["version"] if current else None,
-            "status": current["status"] if current else "no policy",
+            "status": "suspended" if suspension else current["status"] if current else "no policy",
             "coverage": cert.get("coverage") if cert.get("deployed") else None,
             "agreement_lower_bound": cert.get("agreement_lower_bound") if cert.get("deployed") else None,
             "last_fit_at": policies[0]["created_at"] if policies else None,
@@ -142,7 +157,7 @@ def live_deferral_examples(store: TraceStore, task: str, fingerprint: str | None
     """The newest recorded inputs the router deferred to the LLM, a few per reason."""
     examples: dict[str, list[str]] = {}
     for trace in store.iter_traces(task, source="teacher", fingerprint=fingerprint):
-        reason = trace.metadata.get("deferred_reason")
+        reason = trace.route
         if reason:
             kept = examples.setdefault(reason, [])
             kept.append(trace.input)

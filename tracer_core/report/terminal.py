@@ -10,15 +10,16 @@ from tracer_core.report.html import num, pct, usd, when
 
 
 def tasks_table(rows: list[dict], db: str) -> Table:
-    """One row per task: traces, serving policy version, coverage, certified bound, last fit."""
-    table = Table(title=f"Tasks in {db}")
-    for column in ("task", "traces", "LLM", "surrogate", "policy", "coverage", "certified bound", "last fit"):
-        table.add_column(column, justify="left" if column in ("task", "policy") else "right")
+    """One row per task version: traces, serving policy, coverage, certified bound, last fit, origin."""
+    table = Table(title=Text(f"Task versions in {db}"))
+    for column in ("task", "version", "traces", "LLM", "surrogate", "policy", "coverage", "certified bound",
+                   "last fit", "what it came from"):
+        table.add_column(column, justify="left" if column in ("task", "version", "policy", "what it came from") else "right")
     for r in rows:
         policy = f"v{r['policy_version']} {r['status']}" if r["policy_version"] is not None else r["status"]
         table.add_row(
-            r["task"], num(r["traces"]), num(r["teacher"]), num(r["surrogate"]), policy,
-            pct(r["coverage"]), pct(r["agreement_lower_bound"]), when(r["last_fit_at"]),
+            Text(r["task"]), r["version"], num(r["traces"]), num(r["teacher"]), num(r["surrogate"]), policy,
+            pct(r["coverage"]), pct(r["agreement_lower_bound"]), when(r["last_fit_at"]), Text(r["origin"]),
         )
     return table
 
@@ -26,7 +27,7 @@ def tasks_table(rows: list[dict], db: str) -> Table:
 def summary_view(s: dict) -> Group:
     """The report's summary section plus last hour's and all-time live counters by reason."""
     style = "bold green" if s["deployed"] else "bold red"
-    facts = Table(title=f"Task {s['task']}", show_header=False)
+    facts = Table(title=Text(f"Task {s['task']} version {s['fingerprint'][:8] or '(unversioned)'}"), show_header=False)
     facts.add_column("fact")
     facts.add_column("value", justify="right")
     for name, value in (
@@ -41,6 +42,14 @@ def summary_view(s: dict) -> Group:
     ):
         facts.add_row(name, value)
     parts = [Text(s["verdict"], style=style), facts]
+    if s.get("suspension"):
+        since = when(s["suspension"]["since"])
+        parts.append(Text(f"SUSPENDED since {since}: {s['suspension']['reason']} - every call goes to the LLM",
+                          style="bold red"))
+    if s.get("monitor"):
+        m = s["monitor"]
+        parts.append(Text(f"monitor: {m['audits']} audits the policy would have answered, agreement "
+                          f"{pct(m['agreement'])}, evidence against alpha {m['wealth']} (suspends at {m['reject_at']})"))
     if s["last_fit_refused"]:
         parts.append(Text(f"newest refit refused: {s['last_fit_reason']}", style="yellow"))
     parts.append(live_table(s["live_last_hour"], s["live_all_time"]))
@@ -57,7 +66,7 @@ def live_table(hour: dict, total: dict) -> Table:
     table.add_row("deferred to LLM", num(hour["deferred"]), num(total["deferred"]))
     for reason in dict.fromkeys([*hour["deferred_by_reason"], *total["deferred_by_reason"]]):
         table.add_row(
-            f"  {reason}", num(hour["deferred_by_reason"].get(reason, 0)), num(total["deferred_by_reason"].get(reason, 0))
+            Text(f"  {reason}"), num(hour["deferred_by_reason"].get(reason, 0)), num(total["deferred_by_reason"].get(reason, 0))
         )
     table.add_row("handled share", pct(hour["handled_share"]), pct(total["handled_share"]))
     return table

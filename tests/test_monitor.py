@@ -1,0 +1,42 @@
+"""The live-agreement monitor is anytime-valid (simulation) and has power; the drift watch flags jumps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracer_core.decision import Decision, Reason
+from tracer_core.monitor import AgreementMonitor, DriftWatch
+
+
+def first_rejection(p: float, n: int, rng: np.random.Generator, alpha: float = 0.95, delta: float = 0.05) -> int | None:
+    monitor = AgreementMonitor(alpha, delta)
+    for i, agreed in enumerate(rng.random(n) < p):
+        monitor.update([bool(agreed)])
+        if monitor.rejected:
+            return i + 1
+    return None
+
+
+def test_false_alarms_stay_below_delta_at_every_sample_size():
+    """True agreement exactly alpha (the worst case of H0): rejections at any time in 2,000 audits <= delta."""
+    rng = np.random.default_rng(0)
+    runs = 400
+    alarms = sum(first_rejection(0.95, 2000, rng) is not None for _ in range(runs))
+    assert alarms / runs <= 0.05 + 2 * (0.05 * 0.95 / runs) ** 0.5  # delta plus two standard errors
+
+
+def test_a_drop_in_agreement_is_caught_quickly():
+    rng = np.random.default_rng(1)
+    times = [first_rejection(0.85, 2000, rng) for _ in range(50)]
+    assert all(t is not None for t in times)
+    assert float(np.median(times)) <= 150
+
+
+def test_drift_watch_flags_an_out_of_distribution_jump():
+    watch = DriftWatch(window=500)
+    normal = [Decision("a", True, 0.9, Reason.HANDLED, 1)] * 495 + [Decision("a", False, 0.1, Reason.OUT_OF_DISTRIBUTION, 1)] * 5
+    watch.observe(normal)
+    assert watch.signal(expected_deferral=0.1) is None
+    watch.observe([Decision("a", False, 0.1, Reason.OUT_OF_DISTRIBUTION, 1)] * 60)
+    signal = watch.signal(expected_deferral=0.2)
+    assert signal is not None and signal.kind == "out_of_distribution" and signal.observed == 65
