@@ -1,0 +1,197 @@
+"""Replay benchmark of the continual loop (issue: keep the guarantee in the loop).
+
+A stream goes through `Tracer` as an integration would: route a batch with `route_many`,
+answer handled calls with the surrogate, send the rest (deferrals and audits) to a teacher
+function, record every call with its decision, and refit whenever `refit_every` new
+teacher traces have arrived (as the background refit does). Per window of 1,000 queries:
+live coverage, live agreement with the teacher of that moment, the certified coverage of
+the policy in force, audits, suspension.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import binom
+
+from bench.data import teacher_split
+from tracer_core import Reason, Tracer
+from tracer_core.errors import NoTracesError
+
+ALPHA = 0.95
+BATCH = 250
+WINDOW = 1000
+REFIT_EVERY = 200
+CHANGE_AT = 5000
+CHANGED_INTENTS = 10
+
+Teacher = Callable[[int, str], str]
+
+
+@dataclass
+class Replay:
+    """What happened to one stream."""
+
+    rows: list[dict] = field(default_factory=list)
+    handled: list[bool] = field(default_factory=list)
+    agreed: list[bool] = field(default_factory=list)  # handled calls only: surrogate == teacher of the moment
+    suspended_at: int | None = None
+    per_version: dict = field(default_factory=dict)  # version -> [would handle, routed, certified coverage]
+
+    def coverage(self, last: int) -> float:
+        tail = self.handled[-last:]
+        return sum(tail) / len(tail)
+
+    def max_coverage_gap(self, min_calls: int = 500) -> float | None:
+        gaps = [abs(would / routed - cert) for would, routed, cert in self.per_version.values()
+                if routed >= min_calls and cert is not None]
+        return max(gaps) if gaps else None
+
+
+def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: float | None = None,
+        change_at: int | None = None) -> Replay:
+    """Replay `texts` in order; `teacher(i, text)` is the LLM's answer to query i."""
+    options = {} if audit_rate is None else {"audit_rate": audit_rate}
+    replay = Replay()
+    with tempfile.TemporaryDirectory() as tmp:
+        tracer = Tracer("replay", Path(tmp) / "replay.db", alpha=ALPHA, embedder=embed, auto_refit=False,
+                        policy_check_s=0.0, seed=seed, **options)
+        pending = 0
+        window: dict = _new_window(0)
+        for start in range(0, len(texts), BATCH):
+            batch = texts[start : start + BATCH]
+            decisions = tracer.route_many(batch)
+            for offset, (text, decision) in enumerate(zip(batch, decisions)):
+                i = start + offset
+                truth = teacher(i, text)
+                _count(replay, window, decision, truth, i, change_at)
+                tracer.record(text, decision.label if decision.handled else truth, decision=decision)
+                pending += not decision.handled
+            if tracer.status()["suspended"] and replay.suspended_at is None:
+                replay.suspended_at = start + len(batch)
+            if pending >= REFIT_EVERY:
+                pending = 0
+                try:
+                    tracer.fit()
+                except NoTracesError:
+                    pass
+            if (start + len(batch)) % WINDOW == 0 or start + len(batch) >= len(texts):
+                replay.rows.append(_close_window(window, tracer, replay))
+                window = _new_window(start + len(batch))
+        tracer.close()
+    return replay
+
+
+def _new_window(start: int) -> dict:
+    return {"start": start, "n": 0, "handled": 0, "agree": 0, "audits": 0, "suspended": False, "wrong_after": 0}
+
+
+def _count(replay: Replay, window: dict, decision, truth: str, i: int, change_at: int | None) -> None:
+    window["n"] += 1
+    replay.handled.append(decision.handled)
+    window["audits"] += decision.reason == Reason.AUDIT
+    window["suspended"] |= decision.reason == Reason.SUSPENDED
+    if decision.handled:
+        agreed = decision.label == truth
+        window["handled"] += 1
+        window["agree"] += agreed
+        replay.agreed.append(agreed)
+        if change_at is not None and i >= change_at and not agreed:
+            window["wrong_after"] += 1
+    if decision.policy_version is not None and decision.reason not in (Reason.SUSPENDED, Reason.ERROR):
+        entry = replay.per_version.setdefault(decision.policy_version, [0, 0, None])
+        entry[0] += decision.handled or (decision.reason == Reason.AUDIT and decision.label is not None)
+        entry[1] += 1
+
+
+def _close_window(window: dict, tracer: Tracer, replay: Replay) -> dict:
+    cert = tracer.certificate
+    version = tracer.policy_version
+    n, handled, agree = window["n"], window["handled"], window["agree"]
+    for v, entry in replay.per_version.items():
+        if entry[2] is None and v == version and cert is not None and cert.deployed:
+            entry[2] = cert.coverage
+    return {
+        "queries": f"{window['start'] + 1}-{window['start'] + n}",
+        "live coverage": round(handled / n, 3) if n else 0.0,
+        "live agreement": round(agree / handled, 4) if handled else "-",
+        "sig. below alpha": bool(handled and binom.cdf(agree, handled, ALPHA) < 0.05),
+        "policy": f"v{version}" if version else "-",
+        "certified coverage": round(cert.coverage, 3) if cert is not None and cert.deployed else "-",
+        "audits": window["audits"],
+        "suspended": window["suspended"],
+        "wrong after change": window["wrong_after"],
+    }
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+def banking_stream(seed: int) -> tuple[list[str], list[str]]:
+    """Banking77 T1 train + test (13,083 queries), shuffled by `seed`."""
+    split = teacher_split("banking77", "T1")
+    texts = split.train_texts + split.test_texts
+    labels = split.train_labels + split.test_labels
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [texts[i] for i in order], [labels[i] for i in order]
+
+
+def changed_teacher(labels: list[str], seed: int) -> Teacher:
+    """From CHANGE_AT on, CHANGED_INTENTS intents are answered with another intent."""
+    rng = np.random.default_rng(1000 + seed)
+    names = sorted(set(labels))
+    moved = list(rng.choice(names, CHANGED_INTENTS, replace=False))
+    targets = {a: names[(names.index(a) + 1 + int(rng.integers(len(names) - 1))) % len(names)] for a in moved}
+    targets = {a: (b if b != a else names[(names.index(a) + 1) % len(names)]) for a, b in targets.items()}
+    return lambda i, _text: targets.get(labels[i], labels[i]) if i >= CHANGE_AT else labels[i]
+
+
+def clinc_stream(seed: int) -> tuple[list[str], Teacher, int]:
+    """CLINC150 T1 in-scope for the first half, then 20% out-of-scope queries answered `oos`."""
+    from bench.data import clinc_oos_test
+
+    split = teacher_split("clinc150", "T1")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(split.train_texts))
+    inscope = [(split.train_texts[i], split.train_labels[i]) for i in order]
+    oos = list(clinc_oos_test())
+    half = len(inscope) // 2
+    stream = inscope[:half]
+    rest, k = inscope[half:], 0
+    oos_iter = iter(rng.permutation(len(oos)))
+    while k < len(rest):
+        if rng.random() < 0.2:
+            try:
+                stream.append((oos[int(next(oos_iter))], "oos"))
+                continue
+            except StopIteration:
+                pass
+        stream.append(rest[k])
+        k += 1
+    labels = [label for _, label in stream]
+    return [text for text, _ in stream], (lambda i, _text: labels[i]), half
+
+
+def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict:
+    last3 = [r.coverage(3000) for r in replays]
+    windows_below = sum(any(row["sig. below alpha"] for row in r.rows) for r in replays)
+    gaps = [g for g in (r.max_coverage_gap() for r in replays) if g is not None]
+    row = {
+        "scenario": name,
+        "replays": len(replays),
+        "live coverage, last 3,000 (median)": round(float(np.median(last3)), 3),
+        "replays with a window sig. below alpha": windows_below,
+        "max |certified - live coverage| per policy (worst replay)": round(max(gaps), 3) if gaps else "-",
+        "suspended (replays)": sum(r.suspended_at is not None for r in replays),
+    }
+    if change_at is not None:
+        delays = [r.suspended_at - change_at if r.suspended_at and r.suspended_at > change_at else math.inf
+                  for r in replays]
+        wrong = [sum(w["wrong after change"] for w in r.rows) for r in replays]
+        row["queries from change to suspension (median)"] = float(np.median(delays))
+        row["wrong surrogate answers after change (median)"] = float(np.median(wrong))
+    return row
