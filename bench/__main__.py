@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity")
+SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "replay")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-splits for the validity benchmark (default $TRACER_BENCH_VALIDITY_RUNS or 50)")
     parser.add_argument("--quick", action="store_true", help="10 validity runs")
     parser.add_argument("--workers", type=int, default=None, help="fit processes (default $TRACER_BENCH_WORKERS or 2)")
+    parser.add_argument("--replay-runs", type=int, default=20,
+                        help="shuffles of the stable replay (teacher change: half as many; CLINC150: 1)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
@@ -171,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                        rb.validity(cache, runs),
                        "below alpha = raw test agreement on handled inputs < alpha; refused runs count as not below.")
             report.write()
+        if "replay" in only:
+            from bench.replay_tables import replay_tables
+
+            for title, rows, note in replay_tables(args.replay_runs, workers=cache.workers):
+                report.add(title, rows, note)
+                report.write()
     finally:
         cache.close()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"

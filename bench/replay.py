@@ -150,8 +150,11 @@ def changed_teacher(labels: list[str], seed: int) -> Teacher:
     return lambda i, _text: targets.get(labels[i], labels[i]) if i >= CHANGE_AT else labels[i]
 
 
+CLINC_QUERIES = 10_000
+
+
 def clinc_stream(seed: int) -> tuple[list[str], Teacher, int]:
-    """CLINC150 T1 in-scope for the first half, then 20% out-of-scope queries answered `oos`."""
+    """10,000 CLINC150 T1 queries: in-scope for the first half, then 20% out-of-scope answered `oos`."""
     from bench.data import clinc_oos_test
 
     split = teacher_split("clinc150", "T1")
@@ -159,11 +162,11 @@ def clinc_stream(seed: int) -> tuple[list[str], Teacher, int]:
     order = rng.permutation(len(split.train_texts))
     inscope = [(split.train_texts[i], split.train_labels[i]) for i in order]
     oos = list(clinc_oos_test())
-    half = len(inscope) // 2
+    half = CLINC_QUERIES // 2
     stream = inscope[:half]
     rest, k = inscope[half:], 0
     oos_iter = iter(rng.permutation(len(oos)))
-    while k < len(rest):
+    while len(stream) < CLINC_QUERIES:
         if rng.random() < 0.2:
             try:
                 stream.append((oos[int(next(oos_iter))], "oos"))

@@ -51,5 +51,5 @@ def test_every_readme_block_runs(tmp_path, banking_subset):
         # the teacher was really asked by the LangChain and LiteLLM blocks
         assert teacher.request_count >= 2
     assert (tmp_path / "report.html").stat().st_size > 10_000
-    # the LangChain call, the single record() and the 1,500 record_many() traces
+    # the single record(), the 1,500 record_many() traces and the routed call recorded with its decision
     assert (tmp_path / "traces.jsonl").read_text().count("\n") == 1502

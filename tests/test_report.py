@@ -30,14 +30,14 @@ def record_and_fit(path: Path, rows: list[tuple[str, str]], embed) -> None:
     """Record rows as teacher traces (deferred: no policy yet), fit with Tracer, then route live calls."""
     with TraceStore(path) as store:
         store.append_many([
-            make_trace(TASK, text, label, cost_usd=COSTS[i % 3], metadata={"deferred_reason": "no_policy"})
+            make_trace(TASK, text, label, cost_usd=COSTS[i % 3], route="no_policy")
             for i, (text, label) in enumerate(rows)
         ])
-        tracer = Tracer(TASK, db=store, alpha=ALPHA, delta=DELTA, embedder=embed, auto_refit=False)
+        tracer = Tracer(TASK, db=store, alpha=ALPHA, delta=DELTA, embedder=embed, auto_refit=False, audit_rate=0.0)
         if tracer.fit().deployed:
             live = [t for t, _ in rows[:40]]
             store.append_many([
-                make_trace(TASK, t, d.label, source="surrogate", metadata={"score": d.score, "policy_version": 1})
+                make_trace(TASK, t, d.label, source="surrogate", route=d.reason, policy_version=1, score=d.score)
                 for t, d in zip(live, tracer.route_many(live)) if d.handled
             ])
 

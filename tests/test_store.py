@@ -95,8 +95,8 @@ def test_append_and_iterate_round_trip_every_field(store: TraceStore) -> None:
 
 def test_append_many_counts_tasks_and_filters(store: TraceStore) -> None:
     batch = [make_trace("a", f"text {i}", "x" if i % 2 else "y", fingerprint="f1") for i in range(10)]
-    batch += [make_trace("a", f"s {i}", "x", source="surrogate", metadata={"reason": "certified"}) for i in range(3)]
-    batch += [make_trace("b", "other", "z", fingerprint="f2", metadata={"deferred_reason": "uncertain"})]
+    batch += [make_trace("a", f"s {i}", "x", source="surrogate", route="handled", policy_version=1) for i in range(3)]
+    batch += [make_trace("b", "other", "z", fingerprint="f2", route="low_confidence")]
     assert store.append_many(batch) == 14
     assert store.counts() == {"teacher": 11, "surrogate": 3, "audit": 0}
     assert store.counts("a") == {"teacher": 10, "surrogate": 3, "audit": 0}
@@ -111,10 +111,14 @@ def test_append_many_counts_tasks_and_filters(store: TraceStore) -> None:
     assert [t.id for t in store.iter_traces("a", since_id=3, until_id=6)] == [4, 5, 6]
     assert len(list(store.iter_traces("a", source="surrogate"))) == 3
     assert store.counts_since("a", 0) == [
-        {"source": "surrogate", "reason": "certified", "n": 3},
+        {"source": "surrogate", "reason": "handled", "n": 3},
         {"source": "teacher", "reason": None, "n": 10},
     ]
-    assert store.counts_since("b", 0) == [{"source": "teacher", "reason": "uncertain", "n": 1}]
+    assert store.counts_since("b", 0) == [{"source": "teacher", "reason": "low_confidence", "n": 1}]
+    assert store.counts_since("a", 0, fingerprint="f1") == [{"source": "teacher", "reason": None, "n": 10}]
+    versions = {(v["task"], v["fingerprint"]): v for v in store.versions()}
+    assert set(versions) == {("a", "f1"), ("a", ""), ("b", "f2")}
+    assert versions[("a", "f1")]["teacher"] == 10 and versions[("a", "")]["surrogate"] == 3
     assert store.counts_since("a", 2**40) == []
 
 

@@ -66,6 +66,7 @@ class AgreementMonitor:
 
 
 EXPECTED_OOD_SHARE = 0.01  # the OOD limit admits all but ~0.5% of validation inputs; allow twice that
+DRIFT_LEVEL = 1e-3  # a share this improbable under the calibration period's rate is a signal
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class DriftSignal:
 class DriftWatch:
     """Counts recent routing outcomes and flags a share significantly above what calibration showed."""
 
-    def __init__(self, window: int = 500, level: float = 1e-3) -> None:
+    def __init__(self, window: int = 500, level: float = DRIFT_LEVEL) -> None:
         self.window = window
         self.level = level
         self._recent: deque[tuple[bool, bool]] = deque(maxlen=window)  # (handled, out of distribution)

@@ -381,6 +381,17 @@ class TraceStore:
         )
         return [{"source": s, "reason": r, "n": n} for s, r, n in rows]
 
+    def hourly_routes(self, task: str, fingerprint: str, since: float) -> list[dict]:
+        """Per hour since `since`: routed calls, those out of distribution, those deferred (audits excluded)."""
+        rows = self._read(
+            "SELECT CAST(created_at / 3600 AS INTEGER), count(*), sum(route = 'out_of_distribution'), "
+            "sum(source = 'teacher') FROM traces WHERE task = ? AND fingerprint = ? AND created_at >= ? "
+            "AND route IS NOT NULL AND route NOT IN ('audit', 'suspended', 'no_policy') GROUP BY 1 ORDER BY 1",
+            [task, fingerprint, since],
+        )
+        return [{"hour_start": h * 3600.0, "calls": n, "out_of_distribution": ood or 0, "deferred": d or 0}
+                for h, n, ood, d in rows]
+
     def teacher_evidence(self, task: str, fingerprint: str, *, since_id: int = 0) -> Evidence:
         """Teacher traces of one task version (id > since_id), with which of them are unselected.
 

@@ -29,7 +29,7 @@ log = logging.getLogger("tracer")
 
 DEFAULT_AUDIT_RATE = 0.05
 AUDIT_BOOST = 4.0  # audit rate multiplier while the monitor or a drift signal is worried
-BOOST_CALLS = 2_000  # routed calls a drift signal keeps the boost on
+BOOST_CALLS = 1_000  # routed calls a drift signal keeps the boost on
 
 
 class Tracer:
@@ -76,6 +76,7 @@ class Tracer:
         self._error_logged = False
         self._audits = random.Random(f"{seed}:{task}:{self.fingerprint}:{os.getpid()}")
         self._drift = DriftWatch()
+        self._drift_version: int | None = None
         self._boost_left = 0
         self.watcher = PolicyWatcher(
             self.store, task, self.fingerprint, alpha=self.alpha, delta=self.delta, check_s=self.policy_check_s
@@ -242,7 +243,11 @@ class Tracer:
         return min(0.5, self.audit_rate * AUDIT_BOOST) if worried and self.audit_rate > 0 else self.audit_rate
 
     def _watch_drift(self, decisions: list[Decision], cert: Certificate) -> None:
+        """Label-free signals, measured on the decisions of the policy in force (a new policy starts afresh)."""
         self._boost_left = max(0, self._boost_left - len(decisions))
+        if cert.version != self._drift_version:
+            self._drift.reset()
+            self._drift_version = cert.version
         self._drift.observe(decisions)
         signal = self._drift.signal(expected_deferral=1.0 - cert.coverage)
         if signal is not None:

@@ -84,7 +84,7 @@ def calibration_note(c: dict) -> str:
 
 
 def summary_html(s: dict) -> str:
-    klass = "ok" if s["deployed"] else "refused"
+    klass = "ok" if s["deployed"] and not s.get("suspension") else "refused"
     rows = [
         ["task", s["task"]],
         ["fingerprint", s["fingerprint"] or "-"],
@@ -99,7 +99,21 @@ def summary_html(s: dict) -> str:
         ["dollars saved so far", usd(s["dollars_saved"])],
         ["last fit", when(s["last_fit_at"])],
     ]
+    monitor = s.get("monitor")
+    if monitor:
+        rows.append(["live-agreement monitor (audits the policy would have answered)",
+                     f"{num(monitor['audits'])} audits, agreement {pct(monitor['agreement'])}, "
+                     f"evidence {monitor['wealth']} (suspends at {monitor['reject_at']})"])
     extra = ""
+    if s.get("suspension"):
+        extra += (f'<p class="note" id="suspension">Suspended since {when(s["suspension"]["since"])}: '
+                  f'{escape(s["suspension"]["reason"])}. Every call goes to the LLM.</p>')
+    flagged = [h for h in s.get("label_free") or [] if h.get("flagged")]
+    if flagged:
+        extra += "".join(
+            f'<p class="note">Drift signal in the hour from {when(h["hour_start"])}: {escape(", ".join(h["flagged"]))} '
+            f'({h["out_of_distribution"]} out of distribution, {h["deferred"]} deferred of {h["calls"]} calls).</p>'
+            for h in flagged)
     if s["last_fit_refused"]:
         extra = f'<p class="note">The newest refit was refused ({escape(s["last_fit_reason"] or "")}); the version above still serves.</p>'
     if not s["deployed"] and s["reason"]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+from scipy.stats import binom
+
 from tracer_core import versions
-from tracer_core.monitor import AgreementMonitor
+from tracer_core.monitor import DRIFT_LEVEL, EXPECTED_OOD_SHARE, AgreementMonitor
 from tracer_core.store import TraceStore
 from tracer_core.versions import resolve_version
 
@@ -110,6 +112,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "live_last_hour": live_counts(store, task, now - HOUR_S, fingerprint),
         "suspension": store.suspension(task, fingerprint),
         "monitor": monitor_facts(store, task, fingerprint, cert),
+        "label_free": label_free_facts(store, task, fingerprint, cert, now),
         "sources": {
             "coverage, agreement_lower_bound": "certificate: held-out calibration traces",
             "llm_calls_saved, dollars_saved, live_*": "live traffic: store counts and recorded teacher costs",
@@ -125,6 +128,20 @@ def monitor_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | N
     floor = store.last_event_trace_id(task, fingerprint)
     monitor.update(agreed for _, agreed in store.audit_outcomes(task, fingerprint, since_id=floor))
     return monitor.summary()
+
+
+def label_free_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | None, now: float) -> list[dict]:
+    """The last day, per hour: out-of-distribution and deferral shares against the calibration period."""
+    rows = store.hourly_routes(task, fingerprint, now - 24 * HOUR_S)
+    if not cert or not cert.get("deployed"):
+        return rows
+    expected = {"out_of_distribution": EXPECTED_OOD_SHARE, "deferred": 1.0 - cert["coverage"]}
+    for row in rows:
+        row["flagged"] = [
+            kind for kind, share in expected.items()
+            if float(binom.sf(row[kind] - 1, row["calls"], min(max(share, 1e-3), 1 - 1e-9))) < DRIFT_LEVEL
+        ]
+    return rows
 
 
 def tasks_overview(store: TraceStore) -> list[dict]:

@@ -50,6 +50,13 @@ def summary_view(s: dict) -> Group:
         m = s["monitor"]
         parts.append(Text(f"monitor: {m['audits']} audits the policy would have answered, agreement "
                           f"{pct(m['agreement'])}, evidence against alpha {m['wealth']} (suspends at {m['reject_at']})"))
+    for hour in s.get("label_free") or []:
+        if hour.get("flagged"):
+            parts.append(Text(
+                f"drift signal in the hour from {when(hour['hour_start'])}: {', '.join(hour['flagged'])} "
+                f"({hour['out_of_distribution']} out of distribution, {hour['deferred']} deferred of {hour['calls']} calls)",
+                style="yellow",
+            ))
     if s["last_fit_refused"]:
         parts.append(Text(f"newest refit refused: {s['last_fit_reason']}", style="yellow"))
     parts.append(live_table(s["live_last_hour"], s["live_all_time"]))
