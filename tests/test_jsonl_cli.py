@@ -119,7 +119,8 @@ def test_cli_round_trip_import_tasks_export(tmp_path: Path, db_path: Path) -> No
 
     listed = runner.invoke(tasks, ["--db", str(copy_db), "--json"])
     assert json.loads(listed.stdout)[0] | {"last_trace_at": 0} == {
-        "task": "banking", "fingerprints": 1, "teacher": n_lines, "surrogate": 0, "audit": 0, "last_trace_at": 0,
+        "task": "banking", "fingerprint": "", "teacher": n_lines, "surrogate": 0, "last_trace_at": 0,
+        "origin": "", "description": None,
     }
     table = runner.invoke(tasks, ["--db", str(copy_db)])
     assert table.exit_code == 0 and "banking" in table.stdout and str(n_lines) in table.stdout

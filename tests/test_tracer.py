@@ -43,7 +43,7 @@ def fitted_copy(fitted_db, tmp_path):
 
 
 def test_fit_certifies_and_reports_its_evidence(fitted_db, embedder, banking_subset):
-    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False, audit_rate=0.0) as tracer:
         cert = tracer.certificate
         assert cert.deployed and cert.version == 1
         assert cert.n_traces == 802 and cert.n_calibration == round(0.3 * 802)
@@ -72,7 +72,7 @@ def test_route_many_matches_route(fitted_db, embedder, banking_subset):
 
 
 def test_far_inputs_and_rare_labels_are_deferred_with_their_own_reason(fitted_db, embedder):
-    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False, audit_rate=0.0) as tracer:
         assert [d.reason for d in tracer.route_many(FAR_AWAY)] == ["out_of_distribution"] * 2
         assert tracer.route(RARE[0]).reason == "unseen_label"
         assert not tracer.route(RARE[0]).handled
@@ -132,7 +132,7 @@ def test_another_process_fit_is_picked_up_without_restart(fitted_db, tmp_path, e
     path = tmp_path / "shared.db"
     with TraceStore(fitted_db) as src, TraceStore(path) as dst:
         dst.append_many(src.iter_traces(TASK, source="teacher"))
-    tracer = Tracer(TASK, path, alpha=0.9, embedder=embedder, auto_refit=False, policy_check_s=0.0)
+    tracer = Tracer(TASK, path, alpha=0.9, embedder=embedder, auto_refit=False, policy_check_s=0.0, audit_rate=0.0)
     assert tracer.route(FAR_AWAY[0]).reason == "no_policy"
     done = subprocess.run(
         [sys.executable, "-c", "from tracer_core.cli import main; main()", "fit", "--task", TASK, "--alpha", "0.9", "--db", str(path)],
@@ -195,7 +195,7 @@ def test_bad_input_gets_clear_errors(db_path, fitted_db, embedder):
         Tracer(TASK, db_path, alpha=1.5)
     with pytest.raises(TracerError, match="task must be a non-empty string"):
         Tracer("", db_path)
-    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(TASK, fitted_db, alpha=0.9, embedder=embedder, auto_refit=False, audit_rate=0.0) as tracer:
         with pytest.raises(InvalidTraceError, match="not valid UTF-8"):
             tracer.route(b"\xff\xfe")
         with pytest.raises(InvalidTraceError, match="empty"):
@@ -213,8 +213,10 @@ def test_cli_route_and_fit_errors(fitted_db, tmp_path):
     assert out.exit_code == 0, out.output
     decision = json.loads(out.output.strip().splitlines()[-1])
     assert decision["reason"] == "out_of_distribution" and decision["policy_version"] == 1
-    bad = runner.invoke(cli, ["fit", "--task", TASK, "--alpha", "2", "--db", str(tmp_path / "x.db")])
+    bad = runner.invoke(cli, ["fit", "--task", TASK, "--alpha", "2", "--db", str(fitted_db)])
     assert bad.exit_code == 1 and "alpha must be a number" in bad.output
+    missing = runner.invoke(cli, ["fit", "--task", TASK, "--db", str(tmp_path / "x.db")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output and not (tmp_path / "x.db").exists()
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"not a database at all" * 100)
     bad = runner.invoke(cli, ["fit", "--task", TASK, "--db", str(corrupt)])
