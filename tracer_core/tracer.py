@@ -5,31 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from tracer_core.audits import AuditSampler, as_audit
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, TracerError
 from tracer_core.fit import fit_policy
-from tracer_core.gate import significantly_below
-from tracer_core.monitor import DriftWatch
 from tracer_core.policy import Policy
 from tracer_core.refit import ProcessLock, RefitScheduler, lock_path
 from tracer_core.settings import check
-from tracer_core.store import TraceStore
+from tracer_core.store import Evidence, TraceStore
+from tracer_core.suspension import Suspensions, contradiction
 from tracer_core.trace import MAX_LABEL_CHARS, Trace, make_trace, normalise_input
 from tracer_core.watcher import InForce, PolicyWatcher
 
 log = logging.getLogger("tracer")
 
 DEFAULT_AUDIT_RATE = 0.05
-AUDIT_BOOST = 4.0  # audit rate multiplier while the monitor or a drift signal is worried
-BOOST_CALLS = 1_000  # routed calls a drift signal keeps the boost on
 
 
 class Tracer:
@@ -74,10 +71,8 @@ class Tracer:
         self._embed = embedder
         self._fit_lock = threading.Lock()
         self._error_logged = False
-        self._audits = random.Random(f"{seed}:{task}:{self.fingerprint}:{os.getpid()}")
-        self._drift = DriftWatch()
-        self._drift_version: int | None = None
-        self._boost_left = 0
+        self.audits = AuditSampler(self.audit_rate, f"{seed}:{task}:{self.fingerprint}:{os.getpid()}", task)
+        self.suspensions = Suspensions(self.store, task, self.fingerprint)
         self.watcher = PolicyWatcher(
             self.store, task, self.fingerprint, alpha=self.alpha, delta=self.delta, check_s=self.policy_check_s
         )
@@ -146,7 +141,7 @@ class Tracer:
         """
         with self._fit_lock:
             self.store.flush()
-            floor = self.store.suspension_floor(self.task, self.fingerprint)
+            floor = self.suspensions.floor()
             evidence = self.store.teacher_evidence(self.task, self.fingerprint, since_id=floor)
             if not evidence.texts:
                 after = " recorded after its suspension" if floor else ""
@@ -168,7 +163,7 @@ class Tracer:
             cert.version = version
             if policy is not None:
                 policy.version = version
-                self._resume_if_automatic(in_force, cert)
+                self.suspensions.lift_if_automatic(version)
             else:
                 log.info("tracer task %r: fit refused (%s)", self.task, cert.reason)
                 self._withdraw_if_contradicted(in_force, evidence)
@@ -211,7 +206,7 @@ class Tracer:
             self.refits.maybe_start()
 
     def _decide(self, texts: list[str]) -> list[Decision]:
-        audited = [self._audits.random() < self.current_audit_rate for _ in texts]  # drawn before routing
+        audited = self.audits.draw(len(texts), self.watcher.monitor)  # drawn before routing
         in_force = self.watcher.current()
         if in_force.suspension is None and self.watcher.monitor.rejected:
             in_force = self._suspend_on_monitor()
@@ -225,8 +220,8 @@ class Tracer:
         if not texts:
             return []
         decisions = policy.decide(texts, embed_checked(self.embed, texts))
-        self._watch_drift(decisions, policy.certificate)
-        return [_as_audit(d) if audit else d for d, audit in zip(decisions, audited)]
+        self.audits.watch(decisions, policy.certificate)
+        return [as_audit(d) if audit else d for d, audit in zip(decisions, audited)]
 
     async def aroute(self, text: str) -> Decision:
         """`route()` in a worker thread, so the event loop never waits on embedding."""
@@ -239,90 +234,46 @@ class Tracer:
     @property
     def current_audit_rate(self) -> float:
         """`audit_rate`, raised while the monitor is worried or a drift signal is recent."""
-        worried = self._boost_left > 0 or self.watcher.monitor.suspicious
-        return min(0.5, self.audit_rate * AUDIT_BOOST) if worried and self.audit_rate > 0 else self.audit_rate
-
-    def _watch_drift(self, decisions: list[Decision], cert: Certificate) -> None:
-        """Label-free signals, measured on the decisions of the policy in force (a new policy starts afresh)."""
-        self._boost_left = max(0, self._boost_left - len(decisions))
-        if cert.version != self._drift_version:
-            self._drift.reset()
-            self._drift_version = cert.version
-        self._drift.observe(decisions)
-        signal = self._drift.signal(expected_deferral=1.0 - cert.coverage)
-        if signal is not None:
-            if self._boost_left == 0:
-                log.warning("tracer task %r: %s; auditing more for a while", self.task, signal.describe())
-            self._boost_left = BOOST_CALLS
-            self._drift.reset()
+        return self.audits.rate(self.watcher.monitor)
 
     def _suspend_on_monitor(self) -> InForce:
         summary = self.watcher.monitor.summary()
-        self._suspend(
+        self.suspensions.suspend(
             f"audits contradict the certificate: agreement {summary['agreement']} on {summary['audits']} "
             f"audited calls the policy would have answered (alpha {self.alpha})",
             automatic=True, **summary,
         )
         return self.watcher.current(force=True)
 
-    def _withdraw_if_contradicted(self, in_force: InForce, evidence) -> None:
+    def _withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
         """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""
         policy = in_force.policy
         if policy is None or in_force.suspension is not None:
             return
-        fresh = [i for i, (tid, ok) in enumerate(zip(evidence.ids, evidence.unselected))
-                 if ok and tid > policy.certificate.trace_max_id]
-        if not fresh:
-            return
-        texts = [evidence.texts[i] for i in fresh]
-        decisions = policy.decide(texts, embed_checked(self.embed, texts))
-        handled = [(d.label == evidence.labels[i]) for d, i in zip(decisions, fresh) if d.handled]
-        agree, n = sum(handled), len(handled)
-        if significantly_below(agree, n, self.alpha, self.delta):
-            self._suspend(
+        found = contradiction(policy, evidence, self.embed, self.alpha, self.delta)
+        if found is not None:
+            agree, n = found
+            self.suspensions.suspend(
                 f"withdrawn: a refit was refused and the deployed v{policy.version} agrees on {agree} of {n} "
                 f"fresh unselected traces it would answer (alpha {self.alpha})",
                 automatic=True, audits=n, agreement=round(agree / n, 4),
             )
 
-    def _resume_if_automatic(self, in_force: InForce, cert: Certificate) -> None:
-        suspension = in_force.suspension
-        if suspension is not None and suspension["details"].get("automatic"):
-            self.store.log_suspension(
-                self.task, self.fingerprint, action="resume", reason=f"re-certified as v{cert.version}",
-                details={"trace_max_id": self.store.max_id(self.task, fingerprint=self.fingerprint), "version": cert.version},
-            )
-
-    def _suspend(self, reason: str, *, automatic: bool, **details) -> None:
-        if self.store.suspension(self.task, self.fingerprint) is not None:
-            return
-        log.warning("tracer task %r suspended: %s", self.task, reason)
-        self.store.flush()
-        self.store.log_suspension(
-            self.task, self.fingerprint, action="suspend", reason=reason,
-            details={"automatic": automatic, "trace_max_id": self.store.max_id(self.task, fingerprint=self.fingerprint),
-                     **details},
-        )
-
     def suspend(self, reason: str = "suspended by hand") -> None:
         """Send every call of this task version to the LLM, in every process, until `resume()`."""
-        self._suspend(reason, automatic=False)
+        self.suspensions.suspend(reason, automatic=False)
         self.watcher.current(force=True)
 
     def resume(self) -> Certificate:
         """Lift a suspension; needs a certificate on traces recorded after it (fits one if there is none)."""
-        suspension = self.store.suspension(self.task, self.fingerprint)
-        if suspension is None:
+        if self.suspensions.current() is None:
             raise TracerError(f"task {self.task!r} is not suspended")
-        floor = self.store.suspension_floor(self.task, self.fingerprint)
         policy = self.watcher.current(force=True).policy
-        cert = policy.certificate if policy is not None and policy.certificate.since_trace_id >= floor else self.fit()
+        fresh = policy is not None and policy.certificate.since_trace_id >= self.suspensions.floor()
+        cert = policy.certificate if fresh else self.fit()
         if not cert.deployed:
             raise TracerError(f"task {self.task!r} stays suspended: no valid certificate after the suspension ({cert.reason})")
-        self.store.log_suspension(
-            self.task, self.fingerprint, action="resume", reason=f"resumed by hand with v{cert.version}",
-            details={"trace_max_id": self.store.max_id(self.task, fingerprint=self.fingerprint), "version": cert.version},
-        )
+        self.suspensions.resume(f"resumed by hand with v{cert.version}", cert.version)
         self.watcher.current(force=True)
         return cert
 
@@ -378,11 +329,3 @@ class Tracer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _as_audit(decision: Decision) -> Decision:
-    """The audited form of a decision: the LLM answers; the label is what the policy would have answered."""
-    return Decision(
-        label=decision.label if decision.handled else None, handled=False, score=decision.score,
-        reason=Reason.AUDIT, policy_version=decision.policy_version,
-    )

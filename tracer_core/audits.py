@@ -1,0 +1,60 @@
+"""Which calls are audited: a draw independent of the input, at a rate raised while something looks wrong."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+from tracer_core.certificate import Certificate
+from tracer_core.decision import Decision, Reason
+from tracer_core.monitor import AgreementMonitor, DriftWatch
+
+log = logging.getLogger("tracer")
+
+AUDIT_BOOST = 4.0  # audit rate multiplier while the monitor or a drift signal is worried
+MAX_BOOSTED_RATE = 0.5
+BOOST_CALLS = 1_000  # routed calls a drift signal keeps the boost on
+
+
+class AuditSampler:
+    """Draws audits at `rate` (boosted while the monitor is suspicious or a drift signal is recent)."""
+
+    def __init__(self, rate: float, seed: str, name: str) -> None:
+        self.base_rate = rate
+        self.name = name
+        self._random = random.Random(seed)
+        self._drift = DriftWatch()
+        self._drift_version: int | None = None
+        self._boost_left = 0
+
+    def rate(self, monitor: AgreementMonitor) -> float:
+        worried = self._boost_left > 0 or monitor.suspicious
+        return min(MAX_BOOSTED_RATE, self.base_rate * AUDIT_BOOST) if worried and self.base_rate > 0 else self.base_rate
+
+    def draw(self, n: int, monitor: AgreementMonitor) -> list[bool]:
+        """Which of the next `n` calls are audited (drawn before routing, whatever the inputs)."""
+        rate = self.rate(monitor)
+        return [self._random.random() < rate for _ in range(n)]
+
+    def watch(self, decisions: Sequence[Decision], cert: Certificate) -> None:
+        """Label-free signals on the decisions of the policy in force (a new policy starts afresh)."""
+        self._boost_left = max(0, self._boost_left - len(decisions))
+        if cert.version != self._drift_version:
+            self._drift.reset()
+            self._drift_version = cert.version
+        self._drift.observe(decisions)
+        signal = self._drift.signal(expected_deferral=1.0 - cert.coverage)
+        if signal is not None:
+            if self._boost_left == 0:
+                log.warning("tracer task %r: %s; auditing more for a while", self.name, signal.describe())
+            self._boost_left = BOOST_CALLS
+            self._drift.reset()
+
+
+def as_audit(decision: Decision) -> Decision:
+    """The audited form of a decision: the LLM answers; the label is what the policy would have answered."""
+    return Decision(
+        label=decision.label if decision.handled else None, handled=False, score=decision.score,
+        reason=Reason.AUDIT, policy_version=decision.policy_version,
+    )
