@@ -41,7 +41,7 @@ def banking_subset() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def teacher(banking_subset):
-    from tracer_core.local_teacher import LocalTeacher
+    from tracer_demo.local_teacher import LocalTeacher
 
     with LocalTeacher(dict(banking_subset)) as server:
         yield server

@@ -316,7 +316,7 @@ NO_FASTAPI = textwrap.dedent(
     sys.meta_path.insert(0, NoFastAPI())
 
     import litellm
-    from tracer_core.local_teacher import LocalTeacher
+    from tracer_demo.local_teacher import LocalTeacher
     from tracer_litellm import TracerCallback
 
     db, alpha, text, label = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]

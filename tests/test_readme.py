@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tracer_core.local_teacher import LocalTeacher
+from tracer_demo.local_teacher import LocalTeacher
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
