@@ -113,7 +113,7 @@ def test_cli_round_trip_import_tasks_export(tmp_path: Path, db_path: Path) -> No
     reimported = runner.invoke(import_, [str(out), "--task", "banking", "--db", str(copy_db)])
     assert reimported.exit_code == 0, reimported.output
     to_stdout = runner.invoke(export, ["--task", "banking", "--db", str(copy_db)])
-    assert [(json.loads(l)["input"], json.loads(l)["label"]) for l in to_stdout.stdout.splitlines()] == [
+    assert [(json.loads(line)["input"], json.loads(line)["label"]) for line in to_stdout.stdout.splitlines()] == [
         (r["input"], r["label"]) for r in records
     ]
 

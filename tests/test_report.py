@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from html import escape as html_escape
 from collections import Counter
+from html import escape as html_escape
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

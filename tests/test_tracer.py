@@ -28,7 +28,7 @@ def fitted_db(tmp_path_factory, banking_subset, embedder):
     """A store with the 800-row subset plus 2 traces of a rare label, fitted once at alpha 0.9."""
     path = tmp_path_factory.mktemp("fitted") / "tracer.db"
     with Tracer(TASK, path, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
-        tracer.record_many([t for t, _ in banking_subset] + RARE, [l for _, l in banking_subset] + ["crypto"] * 2)
+        tracer.record_many([t for t, _ in banking_subset] + RARE, [lab for _, lab in banking_subset] + ["crypto"] * 2)
         cert = tracer.fit()
     assert cert.deployed, cert.reason
     return path
@@ -49,7 +49,7 @@ def test_fit_certifies_and_reports_its_evidence(fitted_db, embedder, banking_sub
         assert 0.0 < cert.coverage <= 1.0
         assert cert.agreement >= cert.agreement_lower_bound >= 0.9
         assert cert.model in cert.candidates and {"logistic", "mlp", "logistic+tfidf"} <= set(cert.candidates)
-        assert set(cert.per_label) == {l for _, l in banking_subset} | {"crypto"}
+        assert set(cert.per_label) == {lab for _, lab in banking_subset} | {"crypto"}
         assert cert.per_label["crypto"]["status"] == "too_rare"
         assert len(cert.calibration_ids) == cert.n_calibration
         assert [p["alpha"] for p in cert.frontier][0] == 0.8 and len(cert.frontier) == 20
@@ -79,7 +79,7 @@ def test_far_inputs_and_rare_labels_are_deferred_with_their_own_reason(fitted_db
 
 def test_too_few_traces_are_refused_with_a_reason(db_path, embedder, banking_subset):
     with Tracer("small", db_path, alpha=0.95, embedder=embedder) as tracer:
-        tracer.record_many([t for t, _ in banking_subset[:30]], [l for _, l in banking_subset[:30]])
+        tracer.record_many([t for t, _ in banking_subset[:30]], [lab for _, lab in banking_subset[:30]])
         cert = tracer.fit()
         assert not cert.deployed and cert.reason_code == "too_few_traces"
         assert cert.reason.startswith("30 traces; at alpha 0.95 at least ~")
@@ -88,7 +88,7 @@ def test_too_few_traces_are_refused_with_a_reason(db_path, embedder, banking_sub
 
 
 def test_labels_that_do_not_follow_the_text_are_refused(db_path, embedder, banking_subset):
-    labels = [l for _, l in banking_subset]
+    labels = [lab for _, lab in banking_subset]
     random.Random(0).shuffle(labels)
     with Tracer("shuffled", db_path, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
         tracer.record_many([t for t, _ in banking_subset], labels)
@@ -166,7 +166,7 @@ def test_background_refit_deploys_and_ignores_surrogate_traces(db_path, embedder
 
 
 def test_a_refused_refit_keeps_the_deployed_policy(fitted_copy, embedder, banking_subset):
-    labels = [l for _, l in banking_subset]
+    labels = [lab for _, lab in banking_subset]
     random.Random(1).shuffle(labels)
     with Tracer(TASK, fitted_copy, alpha=0.9, embedder=embedder, auto_refit=False, policy_check_s=0.0) as tracer:
         # the teacher changed its mind on every input: three times as many contradicting traces

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -40,7 +40,7 @@ def summary_view(s: dict) -> Group:
         ("last fit", when(s["last_fit_at"])),
     ):
         facts.add_row(name, value)
-    parts = [Text(s["verdict"], style=style), facts]
+    parts: list[RenderableType] = [Text(s["verdict"], style=style), facts]
     if s["last_fit_refused"]:
         parts.append(Text(f"newest refit refused: {s['last_fit_reason']}", style="yellow"))
     parts.append(live_table(s["live_last_hour"], s["live_all_time"]))
