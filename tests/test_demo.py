@@ -13,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the whole demo in a subprocess: MiniLM, a stand-in teacher, LangChain and LiteLLM
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
