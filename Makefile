@@ -44,4 +44,4 @@ lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

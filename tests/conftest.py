@@ -32,13 +32,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class HashEmbedder:
-    """A deterministic stand-in for MiniLM: signed hashed bag of words, L2-normalised.
+    """A deterministic stand-in for MiniLM: signed hashed bag of words, word prefixes and word pairs,
+    L2-normalised.
 
     Texts sharing words get similar vectors, so Banking77 intents separate well enough for a fit
     to certify; `texts` lists every text embedded, in order (to check what was embedded and when).
     """
 
-    def __init__(self, dimension: int = 256):
+    def __init__(self, dimension: int = 512):
         self.dimension = dimension
         self.texts: list[str] = []
 
@@ -46,8 +47,10 @@ class HashEmbedder:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for row, text in enumerate(texts):
             self.texts.append(text)
-            for word in WORD.findall(text.lower()):
-                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+            words = WORD.findall(text.lower())
+            features = words + [w[:4] for w in words if len(w) > 4] + [f"{a} {b}" for a, b in zip(words, words[1:])]
+            for feature in features:
+                h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
                 out[row, h % self.dimension] += 1.0 if (h >> 32) & 1 else -1.0
             norm = np.linalg.norm(out[row])
             if norm > 0:
