@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # litellm otherwise tries to download its model price list at import
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: install sysdeps test demo bench lock clean
+.PHONY: install sysdeps lint test demo bench lock clean
 
 install: $(STAMP)
 
@@ -25,7 +25,12 @@ $(STAMP): pyproject.toml requirements.lock
 sysdeps:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: $(STAMP) sysdeps
+# ruff (lint + import order) and mypy, configured in pyproject.toml; `make test` runs them first.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: $(STAMP) sysdeps lint
 	$(PY) -m pytest -q --durations=15
 
 demo: $(STAMP)
@@ -39,4 +44,4 @@ lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -48,7 +48,7 @@ def _teacher_file(dataset: str, split: str, teacher: str) -> tuple[list[str], li
     return [r["input"] for r in rows], [r["teacher"] for r in rows]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def teacher_split(dataset: str, teacher: str) -> Split:
     """Banking77 (train -> test) or CLINC150 (train + val -> test) with teacher T1 or T2 labels."""
     texts, labels = _teacher_file(dataset, "train", teacher)
@@ -59,7 +59,7 @@ def teacher_split(dataset: str, teacher: str) -> Split:
     return Split(f"{dataset} {teacher}", texts, labels, test_texts, test_labels)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def train_order(dataset: str) -> np.ndarray:
     return np.load(data_dir() / "teachers" / f"{dataset}_train_order.npy")
 
@@ -72,13 +72,13 @@ def first_n(dataset: str, teacher: str, n: int) -> Split:
                  [full.train_labels[i] for i in idx], full.test_texts, full.test_labels)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clinc_oos_test() -> list[str]:
     with open(data_dir() / "clinc150" / "data_full.json", encoding="utf-8") as fh:
         return [text for text, _ in json.load(fh)["oos_test"]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sick(shuffled: bool = False) -> Split:
     """SICK NLI (premise [SEP] hypothesis); `shuffled` permutes the train labels against the texts."""
     train = _jsonl(data_dir() / "sick" / "sick_train.jsonl")

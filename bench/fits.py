@@ -13,8 +13,13 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bench.data import load
+
+if TYPE_CHECKING:
+    from tracer_core.certificate import Certificate
+    from tracer_core.policy import Policy
 
 DELTA = 0.05
 
@@ -29,8 +34,8 @@ class FitKey:
 @dataclass
 class FitResult:
     key: FitKey
-    policy: object  # tracer_core.policy.Policy | None
-    cert: object  # tracer_core.certificate.Certificate
+    policy: Policy | None
+    cert: Certificate
     seconds: float  # wall time of fit_policy (embeddings cached)
     pooled: bool  # fitted in a worker beside another fit
 

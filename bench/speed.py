@@ -7,8 +7,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from bench.data import load
 from bench.fits import FitCache, FitKey, fit_now
 from bench.routing import teacher_key

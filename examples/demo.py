@@ -18,7 +18,6 @@ or any LiteLLM model name with its provider's key; the model is prompted with th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -45,11 +44,11 @@ from demo_parts import table  # noqa: E402
 from demo_parts.pricing import teacher_call_cost  # noqa: E402
 from demo_parts.teacher import make_teacher, system_prompt  # noqa: E402
 from tracer_core.report.build import build_report  # noqa: E402
+from tracer_demo import banking77_path, banking77_rows  # noqa: E402
 from tracer_langchain import with_tracer  # noqa: E402
 from tracer_litellm import TracerCallback  # noqa: E402
 from tracer_litellm.request import describe_call  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "tracer_core" / "data" / "banking77_demo.jsonl"
 TASK = "banking77-intent"
 
 
@@ -99,7 +98,7 @@ def fresh_dir(out: Path) -> Path:
 
 def load_rows(seed: int, n_labels: int) -> tuple[list[dict], list[str]]:
     """The train rows in a seeded order (only the `n_labels` most frequent intents, if > 0) and the label list."""
-    rows = [json.loads(line) for line in DATA.open(encoding="utf-8") if line.strip()]
+    rows = banking77_rows()
     if n_labels > 0:
         keep = {label for label, _ in Counter(row["label"] for row in rows).most_common(n_labels)}
         rows = [row for row in rows if row["label"] in keep]
@@ -148,6 +147,7 @@ def main() -> int:
     probe = describe_call({**teacher.litellm_kwargs, "messages": [{"role": "system", "content": system},
                                                                    {"role": "user", "content": "probe"}],
                            "metadata": {"tracer_task": TASK}})
+    assert probe is not None, "the probe call is a single question: describe_call always describes it"
     tracer = callback.tracer_for(probe)
     chain = None
     if teacher.langchain_llm is not None:
@@ -161,7 +161,7 @@ def main() -> int:
             "  so the chain is given the LiteLLM call's Tracer (with_tracer(..., tracer=callback.tracer_for(...)))."
         )
     print(
-        f"{len(queries):,} queries over {len(labels)} intents from {DATA.name} (seed {args.seed}), "
+        f"{len(queries):,} queries over {len(labels)} intents from {banking77_path().name} (seed {args.seed}), "
         f"{'alternating LangChain / LiteLLM' if chain is not None else 'all through LiteLLM'}; "
         f"alpha {args.alpha}, delta {args.delta}, background refit every {args.refit_every} teacher traces\n"
         f"trace store: {db}"
@@ -185,7 +185,7 @@ def main() -> int:
     last_poll = 0.0
     for i, row in enumerate(queries):
         use_langchain = chain is not None and i % 2 == 0
-        if use_langchain:
+        if use_langchain and chain is not None:
             watcher.handled = None
             answer = chain.invoke({"text": row["input"]}, {"callbacks": [watcher]})
             hit = bool(watcher.handled)

@@ -11,7 +11,6 @@ inputs its certified policy covers.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 from collections import Counter
@@ -20,16 +19,16 @@ from pathlib import Path
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
-from tracer_core.local_teacher import LocalTeacher
+from tracer_demo import banking77_rows
+from tracer_demo.local_teacher import LocalTeacher
 from tracer_langchain import with_tracer
 
-DATA = Path(__file__).resolve().parents[1] / "tracer_core" / "data" / "banking77_demo.jsonl"
 
-
-def load_rows(path: Path, n_labels: int) -> list[tuple[str, str]]:
+def load_rows(n_labels: int) -> list[tuple[str, str]]:
     """(query, intent) rows of the `n_labels` most frequent intents (all intents if 0), shuffled."""
-    rows = [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
+    rows = banking77_rows()
     counts = Counter(row["label"] for row in rows)
     keep = {label for label, _ in counts.most_common(n_labels or None)}
     pairs = [(row["input"], row["label"]) for row in rows if row["label"] in keep]
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--db", default=None, help="trace store (default: a temporary file)")
     args = parser.parse_args()
 
-    rows = load_rows(DATA, args.labels)
+    rows = load_rows(args.labels)
     db = args.db or str(Path(tempfile.mkdtemp()) / "langchain-demo.db")
 
     with LocalTeacher(dict(rows)) as server:
@@ -54,7 +53,7 @@ def main() -> None:
             [("system", "Classify the banking query into one Banking77 intent. Answer with the intent only."),
              ("human", "{text}")]
         )
-        llm = ChatOpenAI(base_url=server.base_url, api_key="sk-local", model="teacher", max_retries=0)
+        llm = ChatOpenAI(base_url=server.base_url, api_key=SecretStr("sk-local"), model="teacher", max_retries=0)
         chain = with_tracer(prompt | llm | StrOutputParser(), task="banking-intents", alpha=args.alpha, db=db,
                             auto_refit=False)
 

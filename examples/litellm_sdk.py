@@ -10,7 +10,6 @@ once a policy is certified, queries it covers never reach the teacher.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import tempfile
@@ -22,10 +21,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402
 
-from tracer_core.local_teacher import LocalTeacher  # noqa: E402
+from tracer_demo import banking77_rows  # noqa: E402
+from tracer_demo.local_teacher import LocalTeacher  # noqa: E402
 from tracer_litellm import TracerCallback  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "tracer_core" / "data" / "banking77_demo.jsonl"
 SYSTEM = {"role": "system", "content": "Classify the banking query into its intent. Answer with the label only."}
 
 
@@ -35,7 +34,7 @@ def main() -> None:
     parser.add_argument("--db", default=str(Path(tempfile.mkdtemp()) / "tracer.db"))
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in DATA.open(encoding="utf-8")]
+    rows = banking77_rows()
     random.Random(0).shuffle(rows)
     rows = rows[: args.queries]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
+from tracer_core.cli import main as cli
 from tracer_core.cli_store import export, import_, store_commands, tasks
 from tracer_core.errors import ImportFormatError
 from tracer_core.jsonl import export_jsonl, import_jsonl
@@ -24,8 +26,19 @@ def write_lines(path: Path, lines: list[str | bytes]) -> Path:
     return path
 
 
-def test_store_commands_are_exported_for_the_cli_group() -> None:
-    assert [c.name for c in store_commands] == ["tasks", "import", "export"]
+def test_the_tracer_command_runs_the_store_commands(tmp_path: Path, db_path: Path) -> None:
+    """`tracer import`, `tracer tasks` and `tracer export` reach the store through the top-level group."""
+    runner = CliRunner()
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps({"input": "card not arrived", "label": "card_arrival"}),
+                                              json.dumps({"input": "top up failed", "label": "top_up_failed"})])
+    imported = runner.invoke(cli, ["import", str(src), "--task", "banking", "--db", str(db_path)])
+    assert imported.exit_code == 0 and "imported 2 traces" in imported.stdout, imported.output
+    listed = runner.invoke(cli, ["tasks", "--db", str(db_path), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [(row["task"], row["teacher"]) for row in json.loads(listed.stdout)] == [("banking", 2)]
+    exported = runner.invoke(cli, ["export", "--task", "banking", "--db", str(db_path)])
+    assert [json.loads(line)["label"] for line in exported.stdout.splitlines()] == ["card_arrival", "top_up_failed"]
+    assert {c.name for c in store_commands} <= set(cli.list_commands(click.Context(cli)))
 
 
 def test_import_reference_tracer_format_and_label_format(tmp_path: Path, db_path: Path) -> None:
@@ -113,7 +126,7 @@ def test_cli_round_trip_import_tasks_export(tmp_path: Path, db_path: Path) -> No
     reimported = runner.invoke(import_, [str(out), "--task", "banking", "--db", str(copy_db)])
     assert reimported.exit_code == 0, reimported.output
     to_stdout = runner.invoke(export, ["--task", "banking", "--db", str(copy_db)])
-    assert [(json.loads(l)["input"], json.loads(l)["label"]) for l in to_stdout.stdout.splitlines()] == [
+    assert [(json.loads(line)["input"], json.loads(line)["label"]) for line in to_stdout.stdout.splitlines()] == [
         (r["input"], r["label"]) for r in records
     ]
 

@@ -37,9 +37,9 @@ def _traces(db, source="teacher"):
         return list(store.iter_traces(TASK, source=source))
 
 
-def test_observer_records_chain_runs_process_wide(teacher, db_path, banking_subset, embedder):
+def test_observer_records_chain_runs_process_wide(teacher, db_path, banking_subset, fake_embedder):
     chain = _chain(teacher)
-    observer = observe(task=TASK, chain=chain, db=db_path, embedder=embedder, auto_refit=False)
+    observer = observe(task=TASK, chain=chain, db=db_path, embedder=fake_embedder, auto_refit=False)
     try:
         (t1, l1), (t2, l2), (t3, l3) = banking_subset[0], banking_subset[40], banking_subset[80]
         assert chain.invoke({"text": t1}) == l1
@@ -55,7 +55,7 @@ def test_observer_records_chain_runs_process_wide(teacher, db_path, banking_subs
         assert first.prompt_tokens and first.completion_tokens == 3 and first.model == "teacher"
         assert first.metadata["deferred_reason"] == "observe_only"
 
-        wrapped = with_tracer(chain, task=TASK, db=db_path, embedder=embedder, auto_refit=False)
+        wrapped = with_tracer(chain, task=TASK, db=db_path, embedder=fake_embedder, auto_refit=False)
         try:
             wrapped.invoke({"text": t1})
             wrapped.tracer.flush()
@@ -70,9 +70,9 @@ def test_observer_records_chain_runs_process_wide(teacher, db_path, banking_subs
     assert len(_traces(db_path)) == 4
 
 
-def test_observer_run_name_filter(teacher, db_path, banking_subset, embedder):
+def test_observer_run_name_filter(teacher, db_path, banking_subset, fake_embedder):
     chain = _chain(teacher)
-    observer = observe(task=TASK, chain=chain, db=db_path, embedder=embedder, run_name="intent", auto_refit=False)
+    observer = observe(task=TASK, chain=chain, db=db_path, embedder=fake_embedder, run_name="intent", auto_refit=False)
     try:
         text, label = banking_subset[0]
         chain.invoke({"text": text})
@@ -85,8 +85,8 @@ def test_observer_run_name_filter(teacher, db_path, banking_subset, embedder):
 
 
 @pytest.fixture
-def llm_cache(db_path, embedder):
-    cache = TracerLLMCache(TASK, db=db_path, alpha=0.9, embedder=embedder, auto_refit=False)
+def llm_cache(db_path, fake_embedder):
+    cache = TracerLLMCache(TASK, db=db_path, alpha=0.9, embedder=fake_embedder, auto_refit=False)
     set_llm_cache(cache)
     yield cache
     set_llm_cache(None)

@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from tracer_core import TraceStore, Tracer
+from tracer_core import Tracer, TraceStore
 from tracer_langchain import chain_fingerprint, with_tracer
 
 TASK = "support-intent"
@@ -99,10 +99,10 @@ def _train(tracer, rows, to_label) -> None:
 
 
 @pytest.mark.parametrize("kind", ["str", "message_text", "message_tool", "pydantic", "dict", "enum"])
-def test_output_kind_roundtrip(kind, teacher, tmp_path, rows, intent_enum, embedder):
+def test_output_kind_roundtrip(kind, teacher, tmp_path, rows, intent_enum, fake_embedder):
     chain, to_label, matches = _kinds(teacher, intent_enum)[kind]
     db = tmp_path / "tracer.db"
-    wrapper = with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=embedder, auto_refit=False)
+    wrapper = with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=fake_embedder, auto_refit=False)
     try:
         # A real answer: passed through unchanged, recorded with this kind's label.
         text, label = rows[0]
@@ -124,13 +124,13 @@ def test_output_kind_roundtrip(kind, teacher, tmp_path, rows, intent_enum, embed
         wrapper.close()
 
 
-def test_custom_codec_for_a_model_with_free_text_reasoning(teacher, db_path, rows, embedder):
+def test_custom_codec_for_a_model_with_free_text_reasoning(teacher, db_path, rows, fake_embedder):
     def answer(messages):
         text = messages[-1]["content"]
         label = dict(rows).get(text, "unknown")
         return json.dumps({"label": label, "reasoning": f"because {text[:20]}"})
 
-    from tracer_core.local_teacher import LocalTeacher
+    from tracer_demo.local_teacher import LocalTeacher
 
     with LocalTeacher(answer) as server:
         chain = _prompt() | _llm(server).with_structured_output(Reasoned)
@@ -139,7 +139,7 @@ def test_custom_codec_for_a_model_with_free_text_reasoning(teacher, db_path, row
             task=TASK,
             alpha=0.9,
             db=db_path,
-            embedder=embedder,
+            embedder=fake_embedder,
             auto_refit=False,
             to_label=lambda out: out.label,
             from_label=lambda label: Reasoned(label=label, reasoning="answered by tracer"),
@@ -158,21 +158,21 @@ def test_custom_codec_for_a_model_with_free_text_reasoning(teacher, db_path, row
             wrapper.close()
 
 
-def test_codec_is_rebuilt_from_stored_traces_in_a_new_wrapper(teacher, db_path, rows, embedder):
+def test_codec_is_rebuilt_from_stored_traces_in_a_new_wrapper(teacher, db_path, rows, fake_embedder):
     """A second wrapper (as in a new process) answers before seeing any real output of its own."""
     chain = _prompt() | _llm(teacher).with_structured_output(Intent)
     to_label = lambda y: json.dumps({"label": y}, separators=(",", ":"))  # noqa: E731
-    first = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=embedder, auto_refit=False)
+    first = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=fake_embedder, auto_refit=False)
     try:
         first.invoke({"text": rows[0][0]})
     finally:
         first.close()
-    other = Tracer(task=TASK, db=db_path, alpha=0.9, fingerprint=chain_fingerprint(chain), embedder=embedder, auto_refit=False)
+    other = Tracer(task=TASK, db=db_path, alpha=0.9, fingerprint=chain_fingerprint(chain), embedder=fake_embedder, auto_refit=False)
     try:
         _train(other, rows, to_label)
     finally:
         other.close()
-    second = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=embedder, auto_refit=False)
+    second = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=fake_embedder, auto_refit=False)
     try:
         assert second.tracer.policy_version is not None
         handled = [(t, y) for (t, y), d in zip(rows, second.tracer.route_many([t for t, _ in rows])) if d.handled]

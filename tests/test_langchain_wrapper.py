@@ -14,7 +14,7 @@ from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 
 from tracer_core import TraceStore
-from tracer_core.local_teacher import LocalTeacher
+from tracer_demo.local_teacher import LocalTeacher
 from tracer_langchain import IntegrationConfigError, TracedRunnable, chain_fingerprint, with_tracer
 
 TASK = "support-intent"
@@ -32,8 +32,8 @@ def teacher_traces(db, fingerprint: str | None = None, source: str = "teacher"):
         return list(store.iter_traces(TASK, source=source, fingerprint=fingerprint))
 
 
-def wrap(chain, db, embedder, **options) -> TracedRunnable:
-    return with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=embedder, auto_refit=False, **options)
+def wrap(chain, db, fake_embedder, **options) -> TracedRunnable:
+    return with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=fake_embedder, auto_refit=False, **options)
 
 
 # -- a policy certified from traces the wrapper itself recorded ---------------------------
@@ -45,7 +45,7 @@ def rows(banking_subset):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, rows, embedder):
+def trained(tmp_path_factory, rows, fake_embedder):
     """A wrapper whose teacher traces all came through it over HTTP, with a deployed policy.
 
     `handled` lists (text, teacher label, surrogate label) of the training inputs the policy answers.
@@ -53,7 +53,7 @@ def trained(tmp_path_factory, rows, embedder):
     db = tmp_path_factory.mktemp("trained") / "tracer.db"
     with LocalTeacher(dict(rows)) as server:
         chain = make_chain(server)
-        wrapper = wrap(chain, db, embedder)
+        wrapper = wrap(chain, db, fake_embedder)
         answers = wrapper.batch([{"text": text} for text, _ in rows], {"max_concurrency": 8})
         assert answers == [label for _, label in rows]
         assert server.request_count == len(rows)
@@ -157,11 +157,11 @@ def test_tracer_mode_off_forces_the_chain(trained):
         wrapper.invoke({"text": text}, {"configurable": {"tracer_mode": "sometimes"}})
 
 
-def test_a_prompt_change_is_a_new_task_version(trained, embedder):
+def test_a_prompt_change_is_a_new_task_version(trained, fake_embedder):
     server = trained["server"]
     edited = make_chain(server, system=SYSTEM + " Be careful.")
     assert chain_fingerprint(edited) != chain_fingerprint(trained["chain"])
-    wrapper = wrap(edited, trained["db"], embedder)
+    wrapper = wrap(edited, trained["db"], fake_embedder)
     try:
         assert wrapper.tracer.policy_version is None
         before = server.request_count
@@ -174,9 +174,9 @@ def test_a_prompt_change_is_a_new_task_version(trained, embedder):
 
 # -- misses: a fresh store, every call goes to the chain -----------------------------------
 @pytest.fixture
-def fresh(teacher, db_path, embedder):
+def fresh(teacher, db_path, fake_embedder):
     chain = make_chain(teacher, stream_usage=True)
-    wrapper = wrap(chain, db_path, embedder)
+    wrapper = wrap(chain, db_path, fake_embedder)
     yield teacher, chain, wrapper, db_path
     wrapper.close()
 
@@ -255,8 +255,8 @@ async def test_async_chain_errors_are_reraised(fresh, banking_subset):
     assert teacher_traces(db) == []
 
 
-def test_tracer_failure_falls_back_to_the_chain(trained, embedder, caplog):
-    """A failing embedder under a deployed policy: every call still answers, through the chain."""
+def test_tracer_failure_falls_back_to_the_chain(trained, fake_embedder, caplog):
+    """A failing fake_embedder under a deployed policy: every call still answers, through the chain."""
 
     def broken_embedder(texts: list[str]):
         raise RuntimeError("embedding service is down")
@@ -329,11 +329,11 @@ def test_bad_arguments_are_clear_errors(teacher, db_path):
         with_tracer(chain, task=TASK, db=db_path, text_fn="text")
 
 
-def test_a_shared_tracer_must_be_for_the_same_task(teacher, db_path, embedder):
+def test_a_shared_tracer_must_be_for_the_same_task(teacher, db_path, fake_embedder):
     from tracer_core import Tracer
 
     chain = make_chain(teacher)
-    with Tracer(task="other-task", db=db_path, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(task="other-task", db=db_path, embedder=fake_embedder, auto_refit=False) as tracer:
         with pytest.raises(IntegrationConfigError, match="differs"):
             with_tracer(chain, task=TASK, tracer=tracer)
         with pytest.raises(IntegrationConfigError, match="not both"):

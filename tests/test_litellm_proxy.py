@@ -24,6 +24,7 @@ from openai import OpenAI
 from tracer_core import Tracer
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a LiteLLM proxy server process routing with MiniLM
 CONFIG = ROOT / "examples" / "litellm_proxy" / "config.yaml"
 SYSTEM = {"role": "system", "content": "Classify the banking query into its intent. Answer with the label only."}
 ALPHA = 0.9

@@ -92,11 +92,11 @@ def use_callback():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, banking_subset, embedder):
+def trained(tmp_path_factory, banking_subset, fake_embedder):
     """A store with a deployed policy for the SYSTEM prompt task, and texts that policy answers."""
     db = tmp_path_factory.mktemp("trained") / "tracer.db"
     info = describe_call({"model": "openai/teacher", "messages": messages_for("x")})
-    tracer = Tracer(task=info.task, db=str(db), alpha=ALPHA, fingerprint=info.fingerprint, embedder=embedder, auto_refit=False)
+    tracer = Tracer(task=info.task, db=str(db), alpha=ALPHA, fingerprint=info.fingerprint, embedder=fake_embedder, auto_refit=False)
     try:
         tracer.record_many([t for t, _ in banking_subset], [label for _, label in banking_subset])
         tracer.flush()
@@ -124,8 +124,8 @@ def hits(trained) -> list[tuple[str, str]]:
 # --- recording --------------------------------------------------------------------------------
 
 
-def test_sync_completion_is_recorded_as_a_teacher_trace(use_callback, teacher, db_path, banking_subset, embedder):
-    callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=embedder)
+def test_sync_completion_is_recorded_as_a_teacher_trace(use_callback, teacher, db_path, banking_subset, fake_embedder):
+    callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=fake_embedder)
     text, label = banking_subset[0]
     response = litellm.completion(**call_kwargs(teacher, text))
     assert response.choices[0].message.content == label
@@ -141,8 +141,8 @@ def test_sync_completion_is_recorded_as_a_teacher_trace(use_callback, teacher, d
     assert teacher.request_count == 1
 
 
-async def test_async_calls_streamed_or_not_are_recorded(use_callback, teacher, db_path, banking_subset, embedder):
-    callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=embedder)
+async def test_async_calls_streamed_or_not_are_recorded(use_callback, teacher, db_path, banking_subset, fake_embedder):
+    callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=fake_embedder)
     (text1, label1), (text2, label2) = banking_subset[1], banking_subset[2]
     await litellm.acompletion(**call_kwargs(teacher, text1))
     stream = await litellm.acompletion(**call_kwargs(teacher, text2), stream=True)
@@ -155,8 +155,8 @@ async def test_async_calls_streamed_or_not_are_recorded(use_callback, teacher, d
     assert teacher.request_count == 2
 
 
-def test_explicit_task_from_metadata(use_callback, teacher, db_path, banking_subset, embedder):
-    callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=embedder)
+def test_explicit_task_from_metadata(use_callback, teacher, db_path, banking_subset, fake_embedder):
+    callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=fake_embedder)
     text, label = banking_subset[3]
     litellm.completion(**call_kwargs(teacher, text, metadata={"tracer_task": "support-intent"}))
     [trace] = wait_for_traces(callback, db_path, 1)
@@ -166,8 +166,8 @@ def test_explicit_task_from_metadata(use_callback, teacher, db_path, banking_sub
 # --- short-circuit ----------------------------------------------------------------------------
 
 
-def test_sync_hit_sends_no_request_and_is_recorded_as_surrogate(use_callback, teacher, trained_db, hits, embedder):
-    callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+def test_sync_hit_sends_no_request_and_is_recorded_as_surrogate(use_callback, teacher, trained_db, hits, fake_embedder):
+    callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder)
     before = len(traces(trained_db))
     for text, label in hits[:3]:
         response = litellm.completion(**call_kwargs(teacher, text))
@@ -180,16 +180,16 @@ def test_sync_hit_sends_no_request_and_is_recorded_as_surrogate(use_callback, te
     assert len([t for t in traces(trained_db) if t["source"] == "teacher"]) == before
 
 
-def test_sync_stream_hit_is_a_stream_of_the_label(use_callback, teacher, trained_db, hits, embedder):
-    use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+def test_sync_stream_hit_is_a_stream_of_the_label(use_callback, teacher, trained_db, hits, fake_embedder):
+    use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder)
     text, label = hits[0]
     chunks = list(litellm.completion(**call_kwargs(teacher, text), stream=True))
     assert litellm.stream_chunk_builder(chunks).choices[0].message.content == label
     assert teacher.request_count == 0
 
 
-async def test_async_hit_sends_no_request(use_callback, teacher, trained_db, hits, embedder):
-    callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+async def test_async_hit_sends_no_request(use_callback, teacher, trained_db, hits, fake_embedder):
+    callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder)
     text, label = hits[0]
     response = await litellm.acompletion(**call_kwargs(teacher, text))
     assert response.choices[0].message.content == label
@@ -200,8 +200,8 @@ async def test_async_hit_sends_no_request(use_callback, teacher, trained_db, hit
     assert (trace["input"], trace["label"]) == (text, label)
 
 
-async def test_async_stream_hit_is_a_stream_of_the_label(use_callback, teacher, trained_db, hits, embedder):
-    use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+async def test_async_stream_hit_is_a_stream_of_the_label(use_callback, teacher, trained_db, hits, fake_embedder):
+    use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder)
     text, label = hits[1]
     stream = await litellm.acompletion(**call_kwargs(teacher, text), stream=True)
     chunks = [chunk async for chunk in stream]
@@ -210,9 +210,9 @@ async def test_async_stream_hit_is_a_stream_of_the_label(use_callback, teacher, 
 
 
 async def test_router_hit_sends_no_request_and_miss_reaches_the_teacher(
-    use_callback, teacher, trained_db, hits, embedder
+    use_callback, teacher, trained_db, hits, fake_embedder
 ):
-    use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+    use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder)
     router = litellm.Router(
         model_list=[
             {
@@ -230,8 +230,8 @@ async def test_router_hit_sends_no_request_and_miss_reaches_the_teacher(
     assert teacher.request_count == 1
 
 
-def test_multi_turn_call_is_never_short_circuited(use_callback, teacher, trained_db, hits, embedder):
-    use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+def test_multi_turn_call_is_never_short_circuited(use_callback, teacher, trained_db, hits, fake_embedder):
+    use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder)
     (first, first_label), (second, second_label) = hits[0], hits[1]
     conversation = [
         SYSTEM,
@@ -254,8 +254,8 @@ def test_multi_turn_call_is_never_short_circuited(use_callback, teacher, trained
     assert teacher.request_count == 2
 
 
-def test_observe_mode_never_short_circuits(use_callback, teacher, trained_db, hits, embedder):
-    callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder, mode="observe")
+def test_observe_mode_never_short_circuits(use_callback, teacher, trained_db, hits, fake_embedder):
+    callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder, mode="observe")
     before = len(traces(trained_db))
     litellm.completion(**call_kwargs(teacher, hits[0][0]))
     assert teacher.request_count == 1
@@ -266,7 +266,7 @@ def test_observe_mode_never_short_circuits(use_callback, teacher, trained_db, hi
 
 
 def failing_embedder(texts: list[str]):
-    raise RuntimeError("embedder exploded")
+    raise RuntimeError("fake_embedder exploded")
 
 
 async def test_gate_failure_falls_through_to_the_teacher(use_callback, teacher, trained_db, hits):
@@ -289,9 +289,9 @@ async def test_unusable_store_never_fails_the_call(use_callback, teacher, tmp_pa
 # --- the user's own cache ---------------------------------------------------------------------
 
 
-def test_user_cache_keeps_working_and_its_hits_are_not_training_data(use_callback, teacher, db_path, banking_subset, embedder):
+def test_user_cache_keeps_working_and_its_hits_are_not_training_data(use_callback, teacher, db_path, banking_subset, fake_embedder):
     litellm.cache = litellm.Cache()
-    callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=embedder)
+    callback = use_callback(alpha=ALPHA, db=str(db_path), embedder=fake_embedder)
     (text, label), (later, _) = banking_subset[5], banking_subset[6]
     for _ in range(2):
         assert litellm.completion(**call_kwargs(teacher, text)).choices[0].message.content == label
@@ -316,11 +316,14 @@ NO_FASTAPI = textwrap.dedent(
     sys.meta_path.insert(0, NoFastAPI())
 
     import litellm
-    from tracer_core.local_teacher import LocalTeacher
+    from tracer_demo.local_teacher import LocalTeacher
     from tracer_litellm import TracerCallback
 
     db, alpha, text, label = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
-    litellm.callbacks = [TracerCallback(alpha=alpha, db=db)]
+    sys.path.insert(0, ROOT)
+    from tests.conftest import HashEmbedder  # the policy was fitted on the fake embedder
+
+    litellm.callbacks = [TracerCallback(alpha=alpha, db=db, embedder=HashEmbedder())]
     with LocalTeacher({text: "teacher-answer"}) as srv:
         kwargs = dict(model="openai/teacher", api_base=srv.base_url, api_key="sk-test",
                       messages=[SYSTEM, {"role": "user", "content": text}])
@@ -336,7 +339,8 @@ NO_FASTAPI = textwrap.dedent(
 
 def test_sync_hit_works_without_proxy_packages(trained_db, hits, tmp_path):
     script = tmp_path / "no_fastapi.py"
-    script.write_text(f"SYSTEM = {SYSTEM!r}\n" + NO_FASTAPI, encoding="utf-8")
+    root = str(Path(__file__).resolve().parents[1])
+    script.write_text(f"SYSTEM = {SYSTEM!r}\nROOT = {root!r}\n" + NO_FASTAPI, encoding="utf-8")
     text, label = hits[0]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     result = subprocess.run(

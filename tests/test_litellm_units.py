@@ -181,7 +181,7 @@ def test_surrogate_response_is_a_zero_cost_marked_answer():
     info = describe_call(call(user("q")))
     response = surrogate_response("card_arrival", info, score=0.97, policy_version=3)
     assert response.choices[0].message.content == "card_arrival"
-    assert response.usage.total_tokens == 0
+    assert response.usage.total_tokens == 0  # type: ignore[attr-defined]  # set at run time
     assert is_surrogate_response(response)
     assert response._hidden_params["tracer_surrogate"]["policy_version"] == 3
     assert label_from_response(response) == "card_arrival"

@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tracer_core.local_teacher import LocalTeacher
+from tracer_demo.local_teacher import LocalTeacher
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
@@ -27,6 +28,7 @@ def test_readme_has_the_blocks_it_promises():
     assert set(kinds) <= {"python", "bash", "yaml", "text"}
 
 
+@pytest.mark.slow
 def test_every_readme_block_runs(tmp_path, banking_subset):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"

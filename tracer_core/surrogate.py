@@ -6,14 +6,31 @@ policy predicts with numpy alone and loading it never executes code (no pickle).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
+
+log = logging.getLogger("tracer")
+
+
+@contextmanager
+def _convergence_logged(what: str) -> Iterator[None]:
+    """Send scikit-learn's ConvergenceWarnings to the `tracer` logger (debug) instead of the terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, ConvergenceWarning):
+            log.debug("%s: %s", what, warning.message)
+        else:  # anything else is not ours to hide
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -86,7 +103,8 @@ def surrogate_from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> Surrogate
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, c: float = 20.0) -> LinearSurrogate:
     """Logistic regression on L2-normalised embeddings (C tuned for MiniLM-like encoders)."""
     model = LogisticRegression(C=c, max_iter=200, random_state=seed)
-    model.fit(x, y)
+    with _convergence_logged("logistic regression"):
+        model.fit(x, y)
     weights = np.zeros((n_labels, x.shape[1]), dtype=np.float32)
     bias = np.full(n_labels, -1e4, dtype=np.float32)
     if len(model.classes_) == 2:
@@ -107,8 +125,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, hidden: 
         hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=30, batch_size=min(128, len(y)),
         learning_rate_init=2e-3, random_state=seed,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with _convergence_logged("MLP (fixed epoch budget)"):
         model.fit(x, y)
     w_out = np.zeros((hidden, n_labels), dtype=np.float32)
     b_out = np.full(n_labels, -1e4, dtype=np.float32)

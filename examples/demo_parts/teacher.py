@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import litellm
+from pydantic import SecretStr
 
 from demo_parts.pricing import PRICED_AS, Price, price_of
-from tracer_core.local_teacher import LocalTeacher
+from tracer_demo.local_teacher import LocalTeacher
 
 
 def system_prompt(labels: list[str]) -> str:
@@ -60,7 +61,7 @@ def stand_in_teacher(table: dict[str, str], latency_s: float) -> Teacher:
             f"{latency_s * 1000:.0f} ms latency) - a stand-in for a real LLM; set TRACER_DEMO_MODEL to use one"
         ),
         litellm_kwargs={"model": "openai/teacher", "api_base": server.base_url, "api_key": "sk-local"},
-        langchain_llm=ChatOpenAI(base_url=server.base_url, api_key="sk-local", model="teacher", max_retries=0),
+        langchain_llm=ChatOpenAI(base_url=server.base_url, api_key=SecretStr("sk-local"), model="teacher", max_retries=0),
         price=price,
         stand_in=True,
         server=server,

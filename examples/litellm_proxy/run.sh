@@ -16,7 +16,7 @@ export TEACHER_API_BASE="http://127.0.0.1:${TEACHER_PORT}/v1" TEACHER_API_KEY=sk
 export LITELLM_MASTER_KEY=${LITELLM_MASTER_KEY:-sk-$("$PY" -c 'import secrets; print(secrets.token_hex(32))')}
 export TRACER_DB="$WORK/tracer.db" TRACER_ALPHA=${TRACER_ALPHA:-0.9} TRACER_REFIT_EVERY=${TRACER_REFIT_EVERY:-200}
 
-"$PY" -m tracer_core.local_teacher --port "$TEACHER_PORT" --data tracer_core/data/banking77_demo.jsonl &
+"$PY" -m tracer_demo.local_teacher --port "$TEACHER_PORT" &
 TEACHER_PID=$!
 "$LITELLM" --config examples/litellm_proxy/config.yaml --host 127.0.0.1 --port "$PROXY_PORT" >"$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
@@ -28,11 +28,12 @@ for _ in $(seq 1 120); do
 done
 
 "$PY" - <<PY
-import json, random
+import random
 from openai import OpenAI
+from tracer_demo import banking77_rows
 
 client = OpenAI(base_url="http://127.0.0.1:${PROXY_PORT}/v1", api_key="${LITELLM_MASTER_KEY}")
-rows = [json.loads(line) for line in open("tracer_core/data/banking77_demo.jsonl", encoding="utf-8")]
+rows = banking77_rows()
 random.Random(0).shuffle(rows)
 rows = rows[: ${QUERIES:-1500}]
 system = {"role": "system", "content": "Classify the banking query into its intent. Answer with the label only."}

@@ -15,10 +15,17 @@ from tracer_core.report.calibration import CalibrationRouting, route_calibration
 from tracer_core.report.evolution import PREFIX_FRACTIONS, evolution_facts
 from tracer_core.report.html import render_html
 from tracer_core.report.sections import (
-    boundary_facts, deferral_facts, frontier_facts, per_label_facts, region_facts,
+    boundary_facts,
+    deferral_facts,
+    frontier_facts,
+    per_label_facts,
+    region_facts,
 )
 from tracer_core.report.summary import (
-    current_policy_row, live_deferral_examples, pick_fingerprint, summary_facts,
+    current_policy_row,
+    live_deferral_examples,
+    pick_fingerprint,
+    summary_facts,
 )
 from tracer_core.store import TraceStore
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -41,7 +41,7 @@ def summary_view(s: dict) -> Group:
         ("last fit", when(s["last_fit_at"])),
     ):
         facts.add_row(name, value)
-    parts = [Text(s["verdict"], style=style), facts]
+    parts: list[RenderableType] = [Text(s["verdict"], style=style), facts]
     if s.get("suspension"):
         since = when(s["suspension"]["since"])
         parts.append(Text(f"SUSPENDED since {since}: {s['suspension']['reason']} - every call goes to the LLM",

@@ -3,7 +3,8 @@
 It stands in for a real LLM in tests, examples and the demo: it answers
 `POST /v1/chat/completions` (streamed or not) with a label looked up from the
 last user message, counts the requests it receives, and can be told to fail.
-Run standalone: `python -m tracer_core.local_teacher --data FILE.jsonl --port 8011`.
+Run standalone: `python -m tracer_demo.local_teacher [--data FILE.jsonl] --port 8011` (default data:
+the bundled Banking77 train split).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
+
+from tracer_demo import banking77_path
 
 Answer = Callable[[list[dict]], str] | Mapping[str, str]
 
@@ -45,10 +49,11 @@ def lookup_answer(table: Mapping[str, str]) -> Callable[[list[dict]], str]:
     return answer
 
 
-def load_table(path: str | Path) -> dict[str, str]:
+def load_table(path: str | Path | Traversable) -> dict[str, str]:
     """Read `{"input", "label"}` (or `{"input", "teacher"}`) JSONL into a lookup table."""
     table: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
+    source = Path(path) if isinstance(path, str) else path
+    with source.open(encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 row = json.loads(line)
@@ -245,11 +250,11 @@ def _handler_for(teacher: LocalTeacher) -> type[BaseHTTPRequestHandler]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the local stand-in teacher LLM (OpenAI-compatible).")
-    parser.add_argument("--data", required=True, help='JSONL with {"input", "label"} lines')
+    parser.add_argument("--data", help='JSONL with {"input", "label"} lines (default: the bundled Banking77 train split)')
     parser.add_argument("--port", type=int, default=8011)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait per request")
     args = parser.parse_args()
-    teacher = LocalTeacher(load_table(args.data), port=args.port, latency_s=args.latency)
+    teacher = LocalTeacher(load_table(args.data or banking77_path()), port=args.port, latency_s=args.latency)
     print(f"local teacher on {teacher.base_url}", flush=True)
     teacher.start()
     try:
