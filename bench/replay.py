@@ -22,6 +22,7 @@ from scipy.stats import binom
 from bench.data import teacher_split
 from tracer_core import Reason, Tracer
 from tracer_core.errors import NoTracesError
+from tracer_core.tracer import DEFAULT_AUDIT_RATE
 
 ALPHA = 0.95
 BATCH = 250
@@ -56,11 +57,11 @@ class Replay:
 def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: float | None = None,
         change_at: int | None = None) -> Replay:
     """Replay `texts` in order; `teacher(i, text)` is the LLM's answer to query i."""
-    options = {} if audit_rate is None else {"audit_rate": audit_rate}
     replay = Replay()
     with tempfile.TemporaryDirectory() as tmp:
         tracer = Tracer("replay", Path(tmp) / "replay.db", alpha=ALPHA, embedder=embed, auto_refit=False,
-                        policy_check_s=0.0, seed=seed, **options)
+                        policy_check_s=0.0, seed=seed,
+                        audit_rate=DEFAULT_AUDIT_RATE if audit_rate is None else audit_rate)
         pending = 0
         window: dict = _new_window(0)
         for start in range(0, len(texts), BATCH):
@@ -70,7 +71,8 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
                 i = start + offset
                 truth = teacher(i, text)
                 _count(replay, window, decision, truth, i, change_at)
-                tracer.record(text, decision.label if decision.handled else truth, decision=decision)
+                answer = decision.label if decision.handled and decision.label is not None else truth
+                tracer.record(text, answer, decision=decision)
                 pending += not decision.handled
             if tracer.status()["suspended"] and replay.suspended_at is None:
                 replay.suspended_at = start + len(batch)

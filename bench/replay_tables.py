@@ -5,8 +5,6 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
-
 from bench import replay as rp
 
 STABLE, CHANGE, CLINC = "Banking77 T1, stable", "Banking77 T1, teacher change at query 5,000", "CLINC150 T1, out-of-scope from the second half"

@@ -59,7 +59,7 @@ UNSELECTED = frozenset({Reason.NO_POLICY, Reason.AUDIT, Reason.SUSPENDED})
 def reason_text(reason: str | None) -> str:
     """The sentence for a stored reason (unknown or legacy reasons are shown as they are)."""
     try:
-        return Reason(reason).text
+        return Reason(str(reason)).text
     except ValueError:
         return str(reason)
 

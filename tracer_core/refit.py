@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger("tracer")
 
@@ -67,16 +68,16 @@ class ProcessLock:
 
     def __init__(self, path: Path):
         self.path = path
-        self._fh = None
+        self._fh: IO[str] | None = None
 
     def __enter__(self) -> bool:
-        self._fh = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+        fh = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
         try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._fh.close()
-            self._fh = None
+            fh.close()
             return False
+        self._fh = fh
         return True
 
     def __exit__(self, *exc: object) -> None:

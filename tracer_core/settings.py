@@ -56,7 +56,7 @@ def check(name: str, value: object) -> float | int:
     if isinstance(value, bool) or not isinstance(value, wanted):
         raise SettingsError(f"{name} must be {rule.describe()}, got {value!r}")
     # a numpy float32 converts to its shortest decimal, so np.float32(0.9) is 0.9
-    number = rule.kind(value) if rule.kind is int else float(str(value) if hasattr(value, "dtype") else value)
+    number = int(value) if rule.kind is int else float(str(value) if hasattr(value, "dtype") else value)  # type: ignore[call-overload]
     if not rule.holds(number):  # NaN holds nothing
         raise SettingsError(f"{name} must be {rule.describe()}, got {value!r}")
     return number

@@ -11,8 +11,8 @@ import sqlite3
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlite_utils

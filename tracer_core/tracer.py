@@ -16,7 +16,6 @@ from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, TracerError
 from tracer_core.fit import fit_policy
-from tracer_core.policy import Policy
 from tracer_core.refit import ProcessLock, RefitScheduler, lock_path
 from tracer_core.settings import check
 from tracer_core.store import Evidence, TraceStore

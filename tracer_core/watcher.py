@@ -78,8 +78,10 @@ class PolicyWatcher:
         if deployed is None:
             policy = None  # never deployed, or its row was deleted
         elif policy is None or policy.version != deployed:
-            policy = Policy.from_row(store.latest_policy(task, fingerprint=fp))
-            policy.certificate.version = policy.version
+            row = store.latest_policy(task, fingerprint=fp)
+            policy = Policy.from_row(row) if row is not None else None
+            if policy is not None:
+                policy.certificate.version = policy.version
         self._update_monitor(suspension)
         return InForce(policy, refusal, suspension)
 

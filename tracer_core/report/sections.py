@@ -16,7 +16,7 @@ EXAMPLES_PER_REASON = 3
 BOUNDARY_LABELS = 5
 MAX_TEXT = 300
 
-REASONS = {**REASON_TEXT, NOT_ROUTED: "recorded without a routing decision (imported, or observed before tracer routed)"}
+REASONS: dict[str, str] = {**{str(k): v for k, v in REASON_TEXT.items()}, NOT_ROUTED: "recorded without a routing decision (imported, or observed before tracer routed)"}
 
 
 def clip(text: str) -> str:
