@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from litellm.integrations.custom_logger import CustomLogger
-from litellm.types.utils import CallTypes
+from litellm.types.utils import CallTypes, ModelResponse
 
 from tracer_core import Decision, Reason, Tracer, TracerRegistry, registry_for
 from tracer_core.decision import deferred
@@ -48,12 +48,13 @@ _CHAT_CALLS = (CallTypes.acompletion, CallTypes.completion)
 Embedder = Callable[[list[str]], np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Seen:
     """A call as tracer decided it; `decision` None means tracer is off for it (nothing recorded)."""
 
     info: CallInfo
     decision: Decision | None
+    recorded: bool = False
 
 
 class TracerCallback(CustomLogger):
@@ -148,11 +149,18 @@ class TracerCallback(CustomLogger):
 
     # --- what every response says -------------------------------------------------------------
 
-    def mark(self, response: Any, logging_obj: Any) -> None:
-        """Put the call's decision in `response._hidden_params["tracer"]` (called by `hooks`)."""
+    def on_response(self, response: Any, logging_obj: Any, start_time: Any, end_time: Any) -> None:
+        """A response on its way back to the caller (called by `hooks`): mark it; record it unless it is a stream."""
         seen = _seen(getattr(logging_obj, "model_call_details", None))
-        if seen is not None and seen.decision is not None:
+        if seen is None or seen.decision is None:
+            return
+        try:
             mark_response(response, seen.info, seen.decision)
+        except Exception as exc:
+            self._warn_once("mark", exc)
+        if isinstance(response, ModelResponse):
+            hidden = getattr(response, "_hidden_params", None) or {}
+            self._record(seen, response, start_time, end_time, hidden.get("response_cost"), hidden.get("cache_hit"))
 
     async def async_post_call_response_headers_hook(
         self, data: dict, user_api_key_dict: Any, response: Any, request_headers: dict | None = None,
@@ -185,16 +193,24 @@ class TracerCallback(CustomLogger):
         self.record_call(kwargs, response_obj, start_time, end_time)
 
     def record_call(self, kwargs: dict[str, Any], response: Any, start_time: Any, end_time: Any) -> None:
-        """Record one completed call with the decision that sent it where it went."""
+        """Record one call LiteLLM logged, unless it was recorded when its response was returned."""
         if self.settings.mode == "off":
             return
         try:
             seen = _seen(kwargs) or self._undecided(kwargs)
-            if seen is None or seen.decision is None:
-                return
-            decision = seen.decision
-            if kwargs.get("cache_hit") and not decision.handled:
-                return  # an answer from the user's own cache is not a new teacher answer
+        except Exception as exc:
+            self._warn_once("record", exc)
+            return
+        if seen is not None and seen.decision is not None:
+            self._record(seen, response, start_time, end_time, kwargs.get("response_cost"), kwargs.get("cache_hit"))
+
+    def _record(self, seen: Seen, response: Any, start_time: Any, end_time: Any, cost: Any, cache_hit: Any) -> None:
+        """Record a call once, with the decision that sent it where it went."""
+        decision = seen.decision
+        if seen.recorded or decision is None or (cache_hit is True and not decision.handled):
+            return  # an answer from the user's own cache is not a new teacher answer
+        seen.recorded = True
+        try:
             label = label_from_response(response, seen.info)
             if label is None:
                 return
@@ -207,7 +223,7 @@ class TracerCallback(CustomLogger):
                 latency_ms=_latency_ms(start_time, end_time),
                 prompt_tokens=getattr(usage, "prompt_tokens", None),
                 completion_tokens=getattr(usage, "completion_tokens", None),
-                cost_usd=0.0 if decision.handled else _cost(kwargs.get("response_cost")),
+                cost_usd=0.0 if decision.handled else _cost(cost),
             )
         except Exception as exc:
             self._warn_once("record", exc)
@@ -259,17 +275,19 @@ class TracerCallback(CustomLogger):
         Inside a running event loop LiteLLM's async queue cannot be awaited synchronously: use `aflush()`.
         """
         wait_for_logging(timeout)
-        self.registry.flush(timeout)
+        if self._registry is not None:
+            self._registry.flush(timeout)
 
     async def aflush(self, timeout: float = 30.0) -> None:
         """`flush()` from async code: awaits LiteLLM's logging queue on this loop."""
         await await_logging(timeout)
-        await asyncio.to_thread(self.registry.flush, timeout)
+        if self._registry is not None:
+            await asyncio.to_thread(self._registry.flush, timeout)
 
     def close(self) -> None:
         """Flush, and wait for running background refits (the store stays open for the process)."""
         self.flush()
-        for tracer in self.tracers():
+        for tracer in self._registry.tracers() if self._registry is not None else []:
             tracer.wait_for_refit()
 
     def _warn_once(self, where: str, exc: Exception) -> None:

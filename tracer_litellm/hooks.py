@@ -7,7 +7,9 @@
   with a `mock_response`, as the async hook does. LiteLLM then runs its whole success path
   (logging, cost, other callbacks) on the surrogate's answer.
 - Every response, sync, async or streamed, passes `litellm.utils.update_response_metadata`
-  before it is returned: the wrapper puts the call's decision in `_hidden_params["tracer"]`.
+  before it is returned: the wrapper puts the call's decision in `_hidden_params["tracer"]`
+  and records a non-streamed answer right there, so its trace never waits in LiteLLM's
+  logging queue (streams are recorded when LiteLLM logs the assembled answer).
 
 The wrappers look the callbacks up on every call, so removing a TracerCallback from
 `litellm.callbacks` turns them into pass-throughs.
@@ -29,7 +31,7 @@ _MARK = "_tracer_wrapped"
 class Gate(Protocol):
     def answer_sync(self, kwargs: dict[str, Any], logging_obj: Any) -> Any | None: ...
 
-    def mark(self, response: Any, logging_obj: Any) -> None: ...
+    def on_response(self, response: Any, logging_obj: Any, start_time: Any, end_time: Any) -> None: ...
 
 
 def install() -> None:
@@ -71,10 +73,9 @@ def _function_setup(original: Callable) -> Callable:
 def _update_response_metadata(original: Callable) -> Callable:
     def update(*args: Any, **kwargs: Any) -> None:
         original(*args, **kwargs)
-        result, logging_obj = kwargs.get("result"), kwargs.get("logging_obj")
-        if result is None and args:
-            result, logging_obj = args[0], args[1] if len(args) > 1 else None
+        names = ("result", "logging_obj", "model", "kwargs", "start_time", "end_time")
+        given = dict(zip(names, args)) | kwargs
         for gate in _gates():
-            gate.mark(result, logging_obj)
+            gate.on_response(given.get("result"), given.get("logging_obj"), given.get("start_time"), given.get("end_time"))
 
     return update
