@@ -216,8 +216,9 @@ def test_sync_hit_sends_no_request_and_is_recorded_as_surrogate(use_callback, te
 def test_sync_stream_hit_is_a_stream_of_the_label(use_callback, teacher, trained_db, hits, embedder):
     use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
     text, label = hits[0]
-    chunks = list(litellm.completion(**call_kwargs(teacher, text), stream=True))
-    assert litellm.stream_chunk_builder(chunks).choices[0].message.content == label
+    stream = litellm.completion(**call_kwargs(teacher, text), stream=True)
+    assert stream._hidden_params["tracer"]["handled"] is True
+    assert litellm.stream_chunk_builder(list(stream)).choices[0].message.content == label
     assert teacher.request_count == 0
 
 
@@ -464,11 +465,13 @@ def test_other_loggers_see_surrogate_answers_as_cache_hits(use_callback, teacher
     async def run() -> None:
         await litellm.acompletion(**call_kwargs(teacher, hit))
         await litellm.acompletion(**call_kwargs(teacher, miss))
+        stream = await litellm.acompletion(**call_kwargs(teacher, hit), stream=True)
+        assert "".join([chunk.choices[0].delta.content or "" async for chunk in stream]) == hits[0][1]
         await callback.aflush()
 
     asyncio.run(run())
     assert [bool(x) for x in sync_seen] == [True, False]
-    assert [bool(x) for x in spy.cache_hits[2:]] == [True, False]
+    assert [bool(x) for x in spy.cache_hits[2:]] == [True, False, True]
     assert teacher.request_count == 2
 
 

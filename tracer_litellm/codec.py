@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 from litellm.types.utils import ChatCompletionMessageToolCall, Choices, Function, Message, ModelResponse, Usage
 
 from tracer_core import Decision, structured_label, text_label
@@ -20,6 +21,7 @@ from tracer_litellm.request import CallInfo
 
 HIDDEN_KEY = "tracer"
 """Key in a response's `_hidden_params` with the decision: handled, reason, policy_version, task, fingerprint."""
+CACHED_STREAM = "cached_response"
 
 
 def label_from_response(response: Any, info: CallInfo) -> str | None:
@@ -89,6 +91,8 @@ def mark_response(response: Any, info: CallInfo, decision: Decision) -> None:
     hidden[HIDDEN_KEY] = decision_view(info, decision)
     if decision.handled:
         hidden.update(cache_hit=True, response_cost=0.0)
+        if isinstance(response, CustomStreamWrapper):
+            response.custom_llm_provider = CACHED_STREAM  # how LiteLLM's own cache replays a stream: logged as a hit
 
 
 def is_surrogate_response(response: Any) -> bool:
