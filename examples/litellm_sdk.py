@@ -63,6 +63,8 @@ def main() -> None:
                     f"| last call: {decision['reason']} | {time.perf_counter() - started:6.1f} s"
                 )
     callback.close()
+    tracer = callback.tracer_of(model="openai/teacher", messages=[SYSTEM, {"role": "user", "content": "any query"}])
+    print(f"task {tracer.task} (version {tracer.fingerprint}): {tracer.status()['last_fit']}")
     print(f"traces and policies: {args.db}")
 
 

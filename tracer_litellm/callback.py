@@ -27,7 +27,7 @@ import numpy as np
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import CallTypes, ModelResponse
 
-from tracer_core import Decision, Reason, Tracer, TracerRegistry, registry_for
+from tracer_core import Decision, Reason, Tracer, TracerError, TracerRegistry, registry_for
 from tracer_core.decision import deferred
 from tracer_core.tracer import DEFAULT_AUDIT_RATE
 from tracer_litellm import hooks
@@ -117,7 +117,7 @@ class TracerCallback(CustomLogger):
             return None
         if info.bad_mode is not None:
             self._warn_once("mode", ValueError(f"metadata tracer_mode must be on, observe or off; got {info.bad_mode!r}"))
-        mode = min(self.settings.mode, info.mode, key=_MODE_ORDER.__getitem__)
+        mode = self._mode(info)
         if mode == "off":
             return Seen(info, None)
         reason = info.blocked or (Reason.TRACER_OFF if mode == "observe" else None)
@@ -233,8 +233,11 @@ class TracerCallback(CustomLogger):
         info = describe_call(kwargs, self.settings.task)
         if info is None:
             return None
-        mode = min(self.settings.mode, info.mode, key=_MODE_ORDER.__getitem__)
-        return Seen(info, None if mode == "off" else deferred(info.blocked or Reason.TRACER_OFF))
+        return Seen(info, None if self._mode(info) == "off" else deferred(info.blocked or Reason.TRACER_OFF))
+
+    def _mode(self, info: CallInfo) -> str:
+        """The stricter of the callback's mode and the call's own `tracer_mode`."""
+        return min(self.settings.mode, info.mode, key=_MODE_ORDER.__getitem__)
 
     # --- tracers ------------------------------------------------------------------------------
 
@@ -262,12 +265,8 @@ class TracerCallback(CustomLogger):
         """The Tracer a chat call with these keyword arguments is routed by (to fit or inspect it)."""
         info = describe_call(call, self.settings.task)
         if info is None:
-            raise ValueError("the call has no user message to classify")
+            raise TracerError("the call has no messages with a user text to classify")
         return self.tracer_for(info)
-
-    def tracers(self) -> list[Tracer]:
-        """The Tracers of this callback's store made so far in this process."""
-        return self.registry.tracers()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for LiteLLM's queued logging of this process, then for every queued trace to be written.
