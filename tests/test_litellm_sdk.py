@@ -214,12 +214,16 @@ def test_sync_hit_sends_no_request_and_is_recorded_as_surrogate(use_callback, te
 
 
 def test_sync_stream_hit_is_a_stream_of_the_label(use_callback, teacher, trained_db, hits, embedder):
-    use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+    callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+    before = last_id(trained_db)
     text, label = hits[0]
     stream = litellm.completion(**call_kwargs(teacher, text), stream=True)
     assert stream._hidden_params["tracer"]["handled"] is True
     assert litellm.stream_chunk_builder(list(stream)).choices[0].message.content == label
     assert teacher.request_count == 0
+    callback.flush()
+    [trace] = new_traces(trained_db, before)
+    assert (trace["input"], trace["label"], trace["source"]) == (text, label, "surrogate")
 
 
 async def test_async_hit_sends_no_request(use_callback, teacher, trained_db, hits, embedder):
@@ -236,13 +240,17 @@ async def test_async_hit_sends_no_request(use_callback, teacher, trained_db, hit
 
 
 async def test_async_stream_hit_is_a_stream_of_the_label(use_callback, teacher, trained_db, hits, embedder):
-    use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+    callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=embedder)
+    before = last_id(trained_db)
     text, label = hits[1]
     stream = await litellm.acompletion(**call_kwargs(teacher, text), stream=True)
     chunks = [chunk async for chunk in stream]
     assert litellm.stream_chunk_builder(chunks).choices[0].message.content == label
     assert stream._hidden_params["tracer"]["handled"] is True
     assert teacher.request_count == 0
+    await callback.aflush()
+    [trace] = new_traces(trained_db, before)
+    assert (trace["input"], trace["label"], trace["source"], trace["route"]) == (text, label, "surrogate", "handled")
 
 
 async def test_async_router_hit_sends_no_request_and_miss_reaches_the_teacher(
