@@ -51,15 +51,19 @@ def main() -> None:
                 api_key="sk-local",
                 messages=[SYSTEM, {"role": "user", "content": row["input"]}],
             )
-            answered_by_surrogate = bool(response._hidden_params.get("cache_hit"))
+            decision = response._hidden_params["tracer"]  # handled, reason, policy_version, task, fingerprint
+            answered_by_surrogate = decision["handled"]
             surrogate += answered_by_surrogate
             agree += answered_by_surrogate and response.choices[0].message.content == row["label"]
             if i % 250 == 0 or i == len(rows):
                 print(
                     f"{i:5d} calls | to the LLM: {teacher.request_count:5d} | surrogate: {surrogate:5d} "
-                    f"(agrees with the LLM label on {agree}/{surrogate}) | {time.perf_counter() - started:6.1f} s"
+                    f"(agrees with the LLM label on {agree}/{surrogate}) | policy v{decision['policy_version'] or '-'} "
+                    f"| last call: {decision['reason']} | {time.perf_counter() - started:6.1f} s"
                 )
     callback.close()
+    tracer = callback.tracer_of(model="openai/teacher", messages=[SYSTEM, {"role": "user", "content": "any query"}])
+    print(f"task {tracer.task} (version {tracer.fingerprint}): {tracer.status()['last_fit']}")
     print(f"traces and policies: {args.db}")
 
 

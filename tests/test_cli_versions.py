@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from tracer_core import Tracer, TraceStore, identify
@@ -17,6 +18,7 @@ def version(temperature: float, origin: str):
                     params={"temperature": temperature}, origin=origin)
 
 
+@pytest.mark.slow
 def test_cli_names_and_reaches_task_versions(tmp_path, embedder, banking_subset):
     db = tmp_path / "versions.db"
     a, b, empty = version(0.0, "langchain"), version(1.0, "litellm"), version(0.5, "litellm")

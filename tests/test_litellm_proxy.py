@@ -2,7 +2,8 @@
 
 First calls go to the teacher and are recorded in the proxy's SQLite file; after this test
 process fits a policy on that same file, the running proxy answers certified queries itself
-(the teacher's request count stays put) without a restart.
+(the teacher's request count stays put) without a restart. Every response says what tracer
+decided in `x-tracer-*` headers.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def proxy(teacher, db_path, tmp_path):
         "TRACER_DB": str(db_path),
         "TRACER_ALPHA": str(ALPHA),
         "TRACER_MODE": "on",
+        "TRACER_AUDIT_RATE": "0",
     }
     log = (tmp_path / "proxy.log").open("w")
     process = subprocess.Popen(
@@ -103,15 +105,22 @@ def proxy(teacher, db_path, tmp_path):
         log.close()
 
 
+def messages_for(text: str) -> list[dict]:
+    return [SYSTEM, {"role": "user", "content": text}]
+
+
 def ask(client: OpenAI, text: str, **extra):
-    return client.chat.completions.create(model="teacher", messages=[SYSTEM, {"role": "user", "content": text}], **extra)
+    return client.chat.completions.create(model="teacher", messages=messages_for(text), **extra)
 
 
 def test_proxy_records_then_short_circuits_after_a_fit(proxy, teacher, db_path, banking_subset, embedder):
     # 1. No policy yet: every call reaches the teacher and is recorded by the proxy process.
     first = banking_subset[:3]
     for text, label in first:
-        assert ask(proxy, text).choices[0].message.content == label
+        raw = proxy.chat.completions.with_raw_response.create(model="teacher", messages=messages_for(text))
+        assert raw.parse().choices[0].message.content == label
+        assert (raw.headers["x-tracer-decision"], raw.headers["x-tracer-reason"]) == ("deferred", "no_policy")
+        assert "x-tracer-policy-version" not in raw.headers
     assert teacher.request_count == 3
     recorded = wait_until(lambda: len(traces(db_path)) >= 3 and traces(db_path), "the proxy's traces")
     assert [(row[2], row[3], row[4]) for row in recorded] == [(t, label, "teacher") for t, label in first]
@@ -119,7 +128,8 @@ def test_proxy_records_then_short_circuits_after_a_fit(proxy, teacher, db_path, 
     assert task.startswith("litellm-") and recorded[0][5] == "openai/teacher"
 
     # 2. This process fits a policy on the same file (traces as the proxy would have recorded them).
-    tracer = Tracer(task=task, db=str(db_path), alpha=ALPHA, fingerprint=fingerprint, embedder=embedder, auto_refit=False)
+    tracer = Tracer(task=task, db=str(db_path), alpha=ALPHA, fingerprint=fingerprint, embedder=embedder, auto_refit=False,
+                    audit_rate=0.0)
     try:
         rest = banking_subset[3:]
         tracer.record_many([t for t, _ in rest], [label for _, label in rest])
@@ -137,11 +147,25 @@ def test_proxy_records_then_short_circuits_after_a_fit(proxy, teacher, db_path, 
     wait_until(lambda: ask(proxy, text).usage.total_tokens == 0, "the proxy to load the new policy")
     settled = teacher.request_count
     for text, label in hits[1:]:
-        response = ask(proxy, text)
+        raw = proxy.chat.completions.with_raw_response.create(model="teacher", messages=messages_for(text))
+        response = raw.parse()
         assert response.choices[0].message.content == label
         assert response.usage.total_tokens == 0
-    stream = ask(proxy, hits[0][0], stream=True)
-    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == hits[0][1]
+        assert (raw.headers["x-tracer-decision"], raw.headers["x-tracer-reason"]) == ("handled", "handled")
+        assert raw.headers["x-tracer-policy-version"] == "1"
+        assert raw.headers["x-tracer-task"] == task
+    raw = proxy.chat.completions.with_raw_response.create(model="teacher", messages=messages_for(hits[0][0]), stream=True)
+    assert raw.headers["x-tracer-decision"] == "handled"
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices) == hits[0][1]
     assert teacher.request_count == settled
+
+    # 4. Per-call opt-out through the proxy: metadata travels in the request body.
+    text, label = hits[1]
+    raw = proxy.chat.completions.with_raw_response.create(
+        model="teacher", messages=messages_for(text), extra_body={"metadata": {"tracer_mode": "observe"}}
+    )
+    assert raw.parse().choices[0].message.content == label
+    assert (raw.headers["x-tracer-decision"], raw.headers["x-tracer-reason"]) == ("deferred", "tracer_off")
+    assert teacher.request_count == settled + 1
     surrogate = wait_until(lambda: [r for r in traces(db_path) if r[4] == "surrogate"], "surrogate traces")
     assert {r[2] for r in surrogate} <= {t for t, _ in hits}

@@ -25,5 +25,5 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'tracer_litellm' has no attribute {name!r}")
     with _proxy_lock:
         if _proxy_handler is None:
-            _proxy_handler = TracerCallback.from_env(sync_short_circuit=False)
+            _proxy_handler = TracerCallback.from_env()
         return _proxy_handler

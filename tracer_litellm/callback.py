@@ -4,9 +4,13 @@
     from tracer_litellm import TracerCallback
     litellm.callbacks = [TracerCallback(alpha=0.95)]
 
-Async calls (`acompletion`, `Router.acompletion`, the proxy) are short-circuited in
-`async_pre_call_deployment_hook` with a `mock_response`; sync `completion` calls through
-`SurrogateCache`. Whatever fails inside tracer falls through to the LLM call.
+Async calls (`acompletion`, `Router.acompletion`, the proxy) are decided in
+`async_pre_call_deployment_hook`, sync calls (`completion`, `Router.completion`) where
+`tracer_litellm.hooks` lets them be; a certified answer is handed to LiteLLM as a
+`mock_response`, so no request reaches the provider and LiteLLM logs it like any answer
+(flagged as a cache hit at no charge). Every response carries the decision in
+`_hidden_params["tracer"]`; the proxy also sends it as `x-tracer-*` headers.
+Whatever fails inside tracer falls through to the LLM call.
 """
 
 from __future__ import annotations
@@ -15,28 +19,42 @@ import asyncio
 import datetime
 import logging
 import os
-import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from litellm.integrations.custom_logger import CustomLogger
-from litellm.types.utils import CallTypes
+from litellm.types.utils import CallTypes, ModelResponse
 
-from tracer_core import Decision, Tracer, TraceStore
-from tracer_litellm.codec import is_surrogate_response, label_from_response, surrogate_response
-from tracer_litellm.compat import make_cache_hits_import_safe
+from tracer_core import Decision, Reason, Tracer, TracerError, TracerRegistry, registry_for
+from tracer_core.decision import deferred
+from tracer_core.tracer import DEFAULT_AUDIT_RATE
+from tracer_litellm import hooks
+from tracer_litellm.codec import decision_view, label_from_response, mark_response, response_decision, surrogate_response
+from tracer_litellm.logging_queue import await_logging, wait_for_logging
 from tracer_litellm.request import CallInfo, describe_call
 from tracer_litellm.settings import TracerSettings
-from tracer_litellm.sync_cache import install_surrogate_cache
 
 log = logging.getLogger("tracer_litellm")
 
 CALL_KEY = "tracer_call"
 """Key in LiteLLM's `model_call_details` (the kwargs every logger gets) with tracer's view of the call."""
 
+HEADER_PREFIX = "x-tracer-"
+_MODE_ORDER = {"off": 0, "observe": 1, "on": 2}
+_CHAT_CALLS = (CallTypes.acompletion, CallTypes.completion)
+
 Embedder = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class Seen:
+    """A call as tracer decided it; `decision` None means tracer is off for it (nothing recorded)."""
+
+    info: CallInfo
+    decision: Decision | None
+    recorded: bool = False
 
 
 class TracerCallback(CustomLogger):
@@ -51,24 +69,19 @@ class TracerCallback(CustomLogger):
         task: str | None = None,
         mode: str = "on",
         refit_every: int = 200,
+        audit_rate: float = DEFAULT_AUDIT_RATE,
         embedder: Embedder | None = None,
         settings: TracerSettings | None = None,
-        sync_short_circuit: bool = True,
     ) -> None:
         super().__init__()
         self.settings = settings or TracerSettings(
             db=db or os.environ.get("TRACER_DB") or "tracer.db",
-            alpha=alpha, delta=delta, refit_every=refit_every, task=task, mode=mode
+            alpha=alpha, delta=delta, refit_every=refit_every, audit_rate=audit_rate, task=task, mode=mode,
         )
         self.embedder = embedder
-        self._tracers: dict[tuple[str, str], Tracer] = {}
-        self._store: TraceStore | None = None
-        self._lock = threading.Lock()
+        self._registry: TracerRegistry | None = None
         self._warned: set[str] = set()
-        self._sync_short_circuit = sync_short_circuit and self.settings.mode == "on"
-        if self._sync_short_circuit:
-            make_cache_hits_import_safe()
-            install_surrogate_cache(self.answer_sync)
+        hooks.install()
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> TracerCallback:
@@ -81,148 +94,200 @@ class TracerCallback(CustomLogger):
         self, kwargs: dict[str, Any], call_type: CallTypes | None
     ) -> dict | None:
         """Answer an async chat call from the surrogate when its policy certifies it; else let it through."""
-        if self.settings.mode != "on" or call_type not in (CallTypes.acompletion, CallTypes.completion):
+        if self.settings.mode == "off" or call_type not in _CHAT_CALLS:
             return None
+        seen = await asyncio.to_thread(self.decide, kwargs)
+        answer = self._remember(kwargs.get("litellm_logging_obj"), seen)
+        return None if answer is None else {**kwargs, "mock_response": answer}
+
+    def answer_sync(self, kwargs: dict[str, Any], logging_obj: Any) -> Any | None:
+        """The surrogate's answer to a sync chat call (for `mock_response`), or None to ask the LLM."""
+        if self.settings.mode == "off":
+            return None
+        return self._remember(logging_obj, self.decide(kwargs))
+
+    def decide(self, kwargs: dict[str, Any]) -> Seen | None:
+        """Describe a chat call and decide it: routed when it may be, else deferred with the reason."""
         try:
-            info = self._routable(kwargs)
-            if info is None:
-                return None
-            tracer = self._tracers.get((info.task, info.fingerprint)) or await asyncio.to_thread(self.tracer_for, info)
-            decision = await tracer.aroute(info.text)
-            _remember(kwargs, info, decision=decision)
-            if not decision.handled or decision.label is None:
-                return None
-            response = surrogate_response(
-                decision.label, info, score=decision.score, policy_version=decision.policy_version
-            )
-            return {**kwargs, "mock_response": response}
+            info = describe_call(kwargs, self.settings.task)
+        except Exception as exc:
+            self._warn_once("describe", exc)
+            return None
+        if info is None:
+            return None
+        if info.bad_mode is not None:
+            self._warn_once("mode", ValueError(f"metadata tracer_mode must be on, observe or off; got {info.bad_mode!r}"))
+        mode = self._mode(info)
+        if mode == "off":
+            return Seen(info, None)
+        reason = info.blocked or (Reason.TRACER_OFF if mode == "observe" else None)
+        if reason is not None:
+            return Seen(info, deferred(reason))
+        try:
+            return Seen(info, self.tracer_for(info).route(info.text))
         except Exception as exc:
             self._warn_once("gate", exc)
-            return None
+            return Seen(info, deferred(Reason.ERROR))
 
-    def answer_sync(self, kwargs: dict[str, Any]) -> dict | None:
-        """The surrogate's answer to a sync chat call as a response dict, or None to ask the LLM."""
-        if self.settings.mode != "on":
+    def _remember(self, logging_obj: Any, seen: Seen | None) -> Any | None:
+        """Keep the decision where every logger of the call sees it; return the surrogate's answer, if any."""
+        if seen is None:
+            return None
+        details = getattr(logging_obj, "model_call_details", None)
+        if isinstance(details, dict):
+            details[CALL_KEY] = seen
+        decision = seen.decision
+        if decision is None or not decision.handled or decision.label is None:
             return None
         try:
-            info = self._routable(kwargs)
-            if info is None:
-                return None
-            decision = self.tracer_for(info).route(info.text)
-            _remember(kwargs, info, decision=decision)
-            if not decision.handled or decision.label is None:
-                return None
-            response = surrogate_response(
-                decision.label, info, score=decision.score, policy_version=decision.policy_version
-            )
-            return response.model_dump()
+            return surrogate_response(decision.label, seen.info, decision)
         except Exception as exc:
-            self._warn_once("gate", exc)
+            self._warn_once("answer", exc)
+            if isinstance(details, dict):
+                details[CALL_KEY] = Seen(seen.info, deferred(Reason.ERROR))
             return None
 
-    def _routable(self, kwargs: dict[str, Any]) -> CallInfo | None:
-        """The call's description when the surrogate may answer it; else None (remembering why)."""
-        info = describe_call(kwargs, self.settings.task)
-        if info is not None and not info.routable:
-            _remember(kwargs, info, reason=info.reason)
-            return None
-        return info
+    # --- what every response says -------------------------------------------------------------
+
+    def on_response(self, response: Any, logging_obj: Any, start_time: Any, end_time: Any) -> None:
+        """A response on its way back to the caller (called by `hooks`): mark it; record it unless it is a stream."""
+        seen = _seen(getattr(logging_obj, "model_call_details", None))
+        if seen is None or seen.decision is None:
+            return
+        try:
+            mark_response(response, seen.info, seen.decision)
+        except Exception as exc:
+            self._warn_once("mark", exc)
+        if isinstance(response, ModelResponse):
+            hidden = getattr(response, "_hidden_params", None) or {}
+            self._record(seen, response, start_time, end_time, hidden.get("response_cost"), hidden.get("cache_hit"))
+
+    async def async_post_call_response_headers_hook(
+        self, data: dict, user_api_key_dict: Any, response: Any, request_headers: dict | None = None,
+        litellm_call_info: dict | None = None,
+    ) -> dict[str, str] | None:
+        """Proxy: `x-tracer-decision` (handled|deferred), `x-tracer-reason`, `x-tracer-policy-version`, `x-tracer-task`."""
+        view = response_decision(response)
+        if view is None:
+            seen = _seen(getattr(data.get("litellm_logging_obj"), "model_call_details", None))
+            if seen is None or seen.decision is None:
+                return None
+            view = decision_view(seen.info, seen.decision)
+        headers = {"decision": "handled" if view["handled"] else "deferred", "reason": view["reason"], "task": view["task"]}
+        if view["policy_version"] is not None:
+            headers["policy-version"] = str(view["policy_version"])
+        return {HEADER_PREFIX + key: value for key, value in headers.items()}
 
     # --- recording ----------------------------------------------------------------------------
 
     def log_success_event(self, kwargs, response_obj, start_time, end_time):
         """Record a finished sync call (LiteLLM runs this in its logging thread)."""
-        if self._sync_short_circuit:
-            install_surrogate_cache(self.answer_sync)
         self.record_call(kwargs, response_obj, start_time, end_time)
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
-        """Record a finished async call, off the event loop."""
-        await asyncio.to_thread(self.record_call, kwargs, response_obj, start_time, end_time)
+        """Record a finished async call.
+
+        Recording only queues the trace for the store's writer thread, so it runs here, on the
+        loop: LiteLLM drains its logging queue at interpreter exit, when no thread pool takes work.
+        """
+        self.record_call(kwargs, response_obj, start_time, end_time)
 
     def record_call(self, kwargs: dict[str, Any], response: Any, start_time: Any, end_time: Any) -> None:
-        """Record one completed call: a teacher trace, or a surrogate trace when tracer answered it."""
+        """Record one call LiteLLM logged, unless it was recorded when its response was returned."""
         if self.settings.mode == "off":
             return
         try:
-            seen = kwargs.get(CALL_KEY)
-            info = CallInfo(**seen["info"]) if isinstance(seen, dict) else describe_call(kwargs, self.settings.task)
-            if info is None:
-                return
-            label = label_from_response(response, info.tool_name)
+            seen = _seen(kwargs) or self._undecided(kwargs)
+        except Exception as exc:
+            self._warn_once("record", exc)
+            return
+        if seen is not None and seen.decision is not None:
+            self._record(seen, response, start_time, end_time, kwargs.get("response_cost"), kwargs.get("cache_hit"))
+
+    def _record(self, seen: Seen, response: Any, start_time: Any, end_time: Any, cost: Any, cache_hit: Any) -> None:
+        """Record a call once, with the decision that sent it where it went."""
+        decision = seen.decision
+        if seen.recorded or decision is None or (cache_hit is True and not decision.handled):
+            return  # an answer from the user's own cache is not a new teacher answer
+        seen.recorded = True
+        try:
+            label = label_from_response(response, seen.info)
             if label is None:
                 return
-            seen = seen if isinstance(seen, dict) else {}
-            tracer = self.tracer_for(info)
-            if seen.get("handled") or is_surrogate_response(response):
-                tracer.record(
-                    info.text,
-                    label,
-                    source="surrogate",
-                    model=info.model,
-                    metadata={"score": seen.get("score"), "policy_version": seen.get("policy_version")},
-                )
-                return
-            if kwargs.get("cache_hit"):
-                return  # an answer from the user's own cache is not a new teacher answer
             usage = getattr(response, "usage", None)
-            tracer.record(
-                info.text,
+            self.tracer_for(seen.info).record(
+                seen.info.text,
                 label,
-                model=info.model,
+                decision=decision,
+                model=seen.info.model,
                 latency_ms=_latency_ms(start_time, end_time),
                 prompt_tokens=getattr(usage, "prompt_tokens", None),
                 completion_tokens=getattr(usage, "completion_tokens", None),
-                cost_usd=_cost(kwargs.get("response_cost")),
-                metadata={
-                    "deferred_reason": seen.get("reason", "not_checked"),
-                    "policy_version": seen.get("policy_version"),
-                },
+                cost_usd=0.0 if decision.handled else _cost(cost),
             )
         except Exception as exc:
             self._warn_once("record", exc)
 
+    def _undecided(self, kwargs: dict[str, Any]) -> Seen | None:
+        """A logged call the gate never saw (another entry point): recorded, never routed."""
+        info = describe_call(kwargs, self.settings.task)
+        if info is None:
+            return None
+        return Seen(info, None if self._mode(info) == "off" else deferred(info.blocked or Reason.TRACER_OFF))
+
+    def _mode(self, info: CallInfo) -> str:
+        """The stricter of the callback's mode and the call's own `tracer_mode`."""
+        return min(self.settings.mode, info.mode, key=_MODE_ORDER.__getitem__)
+
     # --- tracers ------------------------------------------------------------------------------
 
+    @property
+    def registry(self) -> TracerRegistry:
+        """The process-wide registry of this callback's store (shared with the LangChain integration)."""
+        registry = self._registry
+        if registry is None or registry.store.closed:
+            registry = self._registry = registry_for(self.settings.db)
+        return registry
+
     def tracer_for(self, info: CallInfo) -> Tracer:
-        """The one Tracer of the call's (task, fingerprint), made on first use."""
-        key = (info.task, info.fingerprint)
-        with self._lock:
-            tracer = self._tracers.get(key)
-            if tracer is None:
-                if self._store is None:
-                    self._store = TraceStore(self.settings.db)
-                tracer = Tracer(
-                    task=info.task,
-                    db=self._store,
-                    alpha=self.settings.alpha,
-                    delta=self.settings.delta,
-                    fingerprint=info.fingerprint,
-                    embedder=self.embedder,
-                    refit_every=self.settings.refit_every,
-                )
-                self._tracers[key] = tracer
-            return tracer
+        """The one Tracer of the call's task version in this process."""
+        return self.registry.tracer(
+            info.task,
+            info.identity,
+            alpha=self.settings.alpha,
+            delta=self.settings.delta,
+            embedder=self.embedder,
+            refit_every=self.settings.refit_every,
+            audit_rate=self.settings.audit_rate,
+        )
 
-    def tracers(self) -> list[Tracer]:
-        """The Tracers made so far (one per task and fingerprint)."""
-        with self._lock:
-            return list(self._tracers.values())
+    def tracer_of(self, **call: Any) -> Tracer:
+        """The Tracer a chat call with these keyword arguments is routed by (to fit or inspect it)."""
+        info = describe_call(call, self.settings.task)
+        if info is None:
+            raise TracerError("the call has no messages with a user text to classify")
+        return self.tracer_for(info)
 
-    def flush(self) -> None:
-        """Write every queued trace."""
-        for tracer in self.tracers():
-            tracer.flush()
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for LiteLLM's queued logging of this process, then for every queued trace to be written.
+
+        Inside a running event loop LiteLLM's async queue cannot be awaited synchronously: use `aflush()`.
+        """
+        wait_for_logging(timeout)
+        if self._registry is not None:
+            self._registry.flush(timeout)
+
+    async def aflush(self, timeout: float = 30.0) -> None:
+        """`flush()` from async code: awaits LiteLLM's logging queue on this loop."""
+        await await_logging(timeout)
+        if self._registry is not None:
+            await asyncio.to_thread(self._registry.flush, timeout)
 
     def close(self) -> None:
-        """Flush and close every Tracer and the store."""
-        with self._lock:
-            tracers, self._tracers = list(self._tracers.values()), {}
-            store, self._store = self._store, None
-        for tracer in tracers:
-            tracer.close()
-        if store is not None:
-            store.close()
+        """Flush, and wait for running background refits (the store stays open for the process)."""
+        self.flush()
+        for tracer in self._registry.tracers() if self._registry is not None else []:
+            tracer.wait_for_refit()
 
     def _warn_once(self, where: str, exc: Exception) -> None:
         key = f"{where}:{type(exc).__name__}"
@@ -231,21 +296,9 @@ class TracerCallback(CustomLogger):
             log.warning("tracer %s failed, the call goes to the LLM: %s: %s", where, type(exc).__name__, exc)
 
 
-def _remember(
-    kwargs: dict[str, Any], info: CallInfo, *, decision: Decision | None = None, reason: str | None = None
-) -> None:
-    """Put tracer's view of the call where every logger of this call sees it (`model_call_details`)."""
-    seen: dict[str, Any] = {"info": asdict(info), "handled": False, "reason": reason}
-    if decision is not None:
-        seen.update(
-            handled=bool(decision.handled and decision.label is not None),
-            reason=decision.reason,
-            score=decision.score,
-            policy_version=decision.policy_version,
-        )
-    details = getattr(kwargs.get("litellm_logging_obj"), "model_call_details", None)
-    if isinstance(details, dict):
-        details[CALL_KEY] = seen
+def _seen(details: Any) -> Seen | None:
+    seen = details.get(CALL_KEY) if isinstance(details, dict) else None
+    return seen if isinstance(seen, Seen) else None
 
 
 def _latency_ms(start_time: Any, end_time: Any) -> float | None:

@@ -1,42 +1,54 @@
-"""What a LiteLLM chat call asks: its task, its task fingerprint and the text to classify.
+"""What a LiteLLM chat call asks: its task identity, the text to classify, and whether a surrogate may answer.
 
 The same function reads the keyword arguments of a call (before it runs) and LiteLLM's
-`model_call_details` (when it is logged), so both sides name the same task.
-The fingerprint covers the model, the system/developer messages, the few-shot turns
-before the last user message and the output schema (`response_format`, tools, tool_choice):
-a new prompt or model is a new task.
+`model_call_details` (when it is logged). The task version is `tracer_core.identify` of the
+model, the messages, the answer-changing parameters and the output schema, as the LangChain
+integration computes it, so one prompt is one task whichever integration sent it.
+
+Earlier user/assistant turns are conversation history (one version for every conversation of
+a prompt, recorded, never answered by the surrogate) unless the caller declares them a
+few-shot prompt with `metadata={"tracer_few_shot": True}`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import litellm
 
-SCHEMA_KEYS = ("response_format", "tools", "tool_choice", "functions", "function_call")
+from tracer_core import Reason, TaskIdentity, identify
+from tracer_core.identity import ANSWER_PARAMS, SCHEMA_KEYS
+from tracer_litellm.settings import MODES
+
 INSTRUCTION_ROLES = ("system", "developer")
+TOOL_ROLES = ("tool", "function")
 
 
 @dataclass(frozen=True)
 class CallInfo:
     """One chat call as tracer sees it.
 
-    routable: the call may be answered by the surrogate (single question to a fixed prompt);
-    reason says why not when it is False.
+    blocked: why no surrogate may answer this call (None when it may).
+    mode: the call's own `tracer_mode` ("on", "observe" or "off"); `bad_mode` keeps an unknown value.
     tool_name: the function the call forces, whose arguments carry the label.
+    structured: the answer is JSON (a `response_format` of json_object/json_schema).
     """
 
     task: str
-    fingerprint: str
+    identity: TaskIdentity
     text: str
     model: str
-    routable: bool
-    reason: str = ""
+    blocked: Reason | None = None
+    mode: str = "on"
+    bad_mode: str | None = None
     tool_name: str | None = None
+    structured: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint
 
 
 def describe_call(kwargs: Mapping[str, Any], fixed_task: str | None = None) -> CallInfo | None:
@@ -50,28 +62,33 @@ def describe_call(kwargs: Mapping[str, Any], fixed_task: str | None = None) -> C
     text = override if isinstance(override, str) else (message_text(messages[last_user]) if last_user >= 0 else "")
     if not text.strip():
         return None
-    model = canonical_model(kwargs)
-    schema = {key: kwargs.get(key, _optional_param(kwargs, key)) for key in SCHEMA_KEYS}
-    schema = {key: value for key, value in schema.items() if value is not None}
-    instructions = [
-        [m.get("role"), message_text(m)] for m in messages if isinstance(m, Mapping) and m.get("role") in INSTRUCTION_ROLES
-    ]
-    history = [
-        m for m in messages[: max(last_user, 0)] if isinstance(m, Mapping) and m.get("role") not in INSTRUCTION_ROLES
-    ]
-    few_shot = [[m.get("role"), message_text(m)] for m in history]
-    fingerprint = _hash({"model": model, "instructions": instructions, "few_shot": few_shot, "schema": schema})
+    history, tool_turns = _conversation_turns(messages, last_user, few_shot=metadata.get("tracer_few_shot") is True)
+    schema = {key: _param(kwargs, key) for key in SCHEMA_KEYS}
+    identity = identify(
+        model=canonical_model(kwargs),
+        messages=[(m.get("role"), m.get("content")) if isinstance(m, Mapping) else ("", "") for m in messages],
+        routed_text=text,
+        params={key: _param(kwargs, key) for key in ANSWER_PARAMS},
+        schema=schema,
+        history=history,
+        origin="litellm",
+    )
     explicit = metadata.get("tracer_task")
-    task = explicit if isinstance(explicit, str) and explicit.strip() else fixed_task or f"litellm-{fingerprint[:12]}"
-    routable, reason = _routability(messages, last_user, history)
+    task = explicit if isinstance(explicit, str) and explicit.strip() else fixed_task or f"litellm-{identity.fingerprint[:12]}"
+    mode = metadata.get("tracer_mode", "on")
+    bad_mode = None if mode in MODES else str(mode)
+    if no_cache(kwargs) and mode == "on":
+        mode = "observe"
     return CallInfo(
         task=task,
-        fingerprint=fingerprint,
+        identity=identity,
         text=text,
-        model=model,
-        routable=routable,
-        reason=reason,
+        model=identity.model,
+        blocked=_blocked(identity, tool_turns, _param(kwargs, "n")),
+        mode="observe" if bad_mode else mode,
+        bad_mode=bad_mode,
         tool_name=forced_tool_name(schema.get("tool_choice"), schema.get("tools")),
+        structured=_wants_json(schema.get("response_format")),
     )
 
 
@@ -89,6 +106,12 @@ def call_metadata(kwargs: Mapping[str, Any]) -> dict[str, Any]:
                 merged.update(requester)
             merged.update(candidate)
     return merged
+
+
+def no_cache(kwargs: Mapping[str, Any]) -> bool:
+    """`cache={"no-cache": True}`: the caller refuses a stored answer, so the surrogate does not answer."""
+    cache = kwargs.get("cache")
+    return isinstance(cache, Mapping) and cache.get("no-cache") is True
 
 
 def message_text(message: Any) -> str:
@@ -130,20 +153,40 @@ def forced_tool_name(tool_choice: Any, tools: Any) -> str | None:
     return None
 
 
-def _routability(messages: list, last_user: int, history: list) -> tuple[bool, str]:
-    """Only a question to a fixed prompt may be short-circuited.
+def _conversation_turns(messages: list, last_user: int, *, few_shot: bool) -> tuple[list[int], bool]:
+    """Indices of conversation turns (left out of the identity) and whether any is a tool turn.
 
-    Earlier user/assistant turns are part of the fingerprint (few-shot examples), so a
-    conversation with a new history is a task without a certified policy; tool results,
-    tool calls and calls not ending with the user's message are never routed at all.
+    Tool calls, tool results and anything after the routed user message are always turns of
+    a conversation; earlier user/assistant messages are too unless the caller declared them
+    few-shot examples of the prompt.
     """
-    if last_user < 0:
-        return False, "no_user_message"
-    if last_user != len(messages) - 1:
-        return False, "not_ending_with_user_message"
-    if any(m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call") for m in history):
-        return False, "tool_conversation"
-    return True, ""
+    turns, tool_turns = [], False
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or index == last_user:
+            continue
+        role = message.get("role")
+        if role in TOOL_ROLES or message.get("tool_calls") or message.get("function_call") or index > last_user:
+            turns.append(index)
+            tool_turns = True
+        elif role not in INSTRUCTION_ROLES and not few_shot:
+            turns.append(index)
+    return turns, tool_turns
+
+
+def _blocked(identity: TaskIdentity, tool_turns: bool, n: Any) -> Reason | None:
+    if identity.non_text:
+        return Reason.NON_TEXT_CONTENT
+    if tool_turns:
+        return Reason.NOT_ROUTABLE
+    if identity.history:
+        return Reason.CONVERSATION_HISTORY
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        return Reason.MULTIPLE_CHOICES
+    return None
+
+
+def _wants_json(response_format: Any) -> bool:
+    return isinstance(response_format, Mapping) and response_format.get("type") in ("json_object", "json_schema")
 
 
 def _last_user_index(messages: list) -> int:
@@ -154,11 +197,10 @@ def _last_user_index(messages: list) -> int:
     return -1
 
 
-def _optional_param(kwargs: Mapping[str, Any], key: str) -> Any:
+def _param(kwargs: Mapping[str, Any], key: str) -> Any:
+    """A request parameter, given directly or (in logged details) under optional_params."""
+    value = kwargs.get(key)
+    if value is not None:
+        return value
     optional = kwargs.get("optional_params")
     return optional.get(key) if isinstance(optional, Mapping) else None
-
-
-def _hash(description: Any) -> str:
-    data = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]

@@ -1,4 +1,7 @@
-"""Callback settings, given in code or read from TRACER_* environment variables (the proxy's way)."""
+"""Callback settings, given in code or read from TRACER_* environment variables (the proxy's way).
+
+Numbers are checked by `tracer_core.settings.check`, the one table every entry point uses.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tracer_core.errors import TracerError
+from tracer_core.settings import SettingsError, check
+from tracer_core.tracer import DEFAULT_AUDIT_RATE
 
 MODES = ("on", "observe", "off")
 
-
-class SettingsError(TracerError, ValueError):
-    """A tracer setting (argument or TRACER_* variable) has a bad value."""
+__all__ = ["MODES", "SettingsError", "TracerSettings"]
 
 
 @dataclass(frozen=True)
@@ -21,24 +23,22 @@ class TracerSettings:
 
     mode: "on" records and short-circuits, "observe" only records, "off" does nothing.
     task: a fixed task name for every call (else per-call metadata or the prompt fingerprint).
+    audit_rate: share of calls the policy would answer that go to the LLM anyway (fresh evidence).
     """
 
     db: str = "tracer.db"
     alpha: float = 0.95
     delta: float = 0.05
     refit_every: int = 200
+    audit_rate: float = DEFAULT_AUDIT_RATE
     task: str | None = None
     mode: str = "on"
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, str) or not self.db.strip():
             raise SettingsError(f"db must be a non-empty path, got {self.db!r}")
-        for name in ("alpha", "delta"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
-                raise SettingsError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
-        if isinstance(self.refit_every, bool) or not isinstance(self.refit_every, int) or self.refit_every < 1:
-            raise SettingsError(f"refit_every must be a positive integer, got {self.refit_every!r}")
+        for name in ("alpha", "delta", "refit_every", "audit_rate"):
+            object.__setattr__(self, name, check(name, getattr(self, name)))
         if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
             raise SettingsError(f"task must be a non-empty string or None, got {self.task!r}")
         if self.mode not in MODES:
@@ -46,7 +46,7 @@ class TracerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TracerSettings:
-        """Read TRACER_DB, TRACER_ALPHA, TRACER_DELTA, TRACER_REFIT_EVERY, TRACER_TASK and TRACER_MODE."""
+        """Read TRACER_DB, TRACER_ALPHA, TRACER_DELTA, TRACER_REFIT_EVERY, TRACER_AUDIT_RATE, TRACER_TASK, TRACER_MODE."""
         env = os.environ if environ is None else environ
         defaults = cls()
         return cls(
@@ -54,6 +54,7 @@ class TracerSettings:
             alpha=_number(env, "TRACER_ALPHA", float, defaults.alpha),
             delta=_number(env, "TRACER_DELTA", float, defaults.delta),
             refit_every=_number(env, "TRACER_REFIT_EVERY", int, defaults.refit_every),
+            audit_rate=_number(env, "TRACER_AUDIT_RATE", float, defaults.audit_rate),
             task=env.get("TRACER_TASK") or None,
             mode=env.get("TRACER_MODE", defaults.mode).strip().lower(),
         )

@@ -39,9 +39,10 @@ rows = rows[: ${QUERIES:-1500}]
 system = {"role": "system", "content": "Classify the banking query into its intent. Answer with the label only."}
 surrogate = 0
 for i, row in enumerate(rows, 1):
-    response = client.chat.completions.create(model="teacher", messages=[system, {"role": "user", "content": row["input"]}])
-    surrogate += response.usage.total_tokens == 0
+    raw = client.chat.completions.with_raw_response.create(model="teacher", messages=[system, {"role": "user", "content": row["input"]}])
+    surrogate += raw.headers.get("x-tracer-decision") == "handled"
     if i % 100 == 0:
-        print(f"{i:5d} calls: {i - surrogate:5d} went to the LLM, {surrogate:5d} answered by the surrogate")
+        print(f"{i:5d} calls: {i - surrogate:5d} went to the LLM, {surrogate:5d} answered by the surrogate "
+              f"(last: {raw.headers.get('x-tracer-reason')}, policy v{raw.headers.get('x-tracer-policy-version', '-')})")
 PY
 echo "traces and policies: $TRACER_DB (proxy log: $WORK/proxy.log)"
