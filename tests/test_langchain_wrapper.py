@@ -147,7 +147,8 @@ def test_surrogate_answers_are_visible_in_the_run_and_recorded_as_surrogate(trai
     (child,) = run.child_runs  # the surrogate's answer, reported as a chat-model run
     assert (child.name, child.run_type) == ("ChatOpenAI", "llm")
     assert child.extra["metadata"]["tracer_handled"] is True and child.extra["metadata"]["ls_provider"] == "openai"
-    assert child.inputs["messages"][0][-1]["kwargs"]["content"] == text
+    assert child.inputs["prompts"][0].endswith(f"Human: {text}")
+    assert child.outputs["generations"][0][0]["message"]["kwargs"]["content"] == wrapper.tracer.route(text).label
     wrapper.tracer.flush()
     surrogate = teacher_traces(trained["db"], wrapper.tracer.fingerprint, source="surrogate")
     assert any(t.input == text and t.route == "handled" and t.policy_version is not None for t in surrogate)
