@@ -170,7 +170,8 @@ def test_a_pinned_fingerprint_is_one_version_but_history_still_goes_to_the_llm(s
     wrapper.invoke(with_history)
     assert server.request_count == before + 1
     wrapper.flush()
-    (trace,) = traces(db, fingerprint="pinned-v1")
+    assert traces(db, fingerprint="pinned-v1") == [], "a history answer never trains the pinned version"
+    (trace,) = traces(db, fingerprint=wrapper.tracer_for(with_history).fingerprint)
     assert trace.route == "conversation_history"
 
 
@@ -373,3 +374,22 @@ def test_an_audit_runs_the_chain_and_records_the_would_be_answer(server, tmp_pat
     for text, predicted in audited:
         assert recorded[text].predicted == predicted and recorded[text].label == table[text]
         assert recorded[text].policy_version is not None
+
+
+class Scored(BaseModel):
+    """An intent with a confidence the stand-in teacher never sends (so parsing fails)."""
+
+    label: str
+    confidence: float
+
+
+def test_include_raw_answer_that_fails_to_parse_is_still_recorded(server, tmp_path, rows, embedder):
+    db = tmp_path / "tracer.db"
+    model = llm(server).with_structured_output(Scored, include_raw=True, method="function_calling")
+    wrapper = wrap(ChatPromptTemplate([("system", SYSTEM), ("human", "{text}")]) | model, db, embedder)
+    text, label = rows[0]
+    out = wrapper.invoke({"text": text})
+    assert out["parsed"] is None and out["parsing_error"] is not None
+    wrapper.flush()
+    (trace,) = traces(db)
+    assert trace.label == json.dumps({"label": label}, separators=(",", ":")) and trace.route == "no_policy"

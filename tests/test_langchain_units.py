@@ -149,6 +149,10 @@ def test_include_raw_codec_labels_parsed_and_rebuilds_raw():
     assert answer["raw"].tool_calls[0]["name"] == "Intent"
     rebuilt = codec_from_spec(json.loads(json.dumps(codec.spec)))
     assert rebuilt.to_label(output) == codec.to_label(output)
+    first_failed = learn_codec(failed)  # the first answer did not parse: it is still labelled, never answered
+    assert first_failed.to_label(failed) == '{"confidence":1,"label":"x"}' and not first_failed.complete
+    with pytest.raises(CodecError, match="parsed type is unknown"):
+        first_failed.from_label("{}")
 
 
 def test_unsupported_outputs_are_clear_errors():
@@ -249,6 +253,17 @@ def test_message_history_is_dropped_and_marked():
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     seen = _version(chain, {"messages": [HumanMessage([{"type": "text", "text": "I lost my card"}, image])]})
     assert seen.blocked == "non_text_content"
+    llm = ChatOpenAI(base_url="http://127.0.0.1:1/v1", api_key="sk-test", model="teacher")
+    direct = ChainIdentity(llm).of([SystemMessage("Classify."), HumanMessage("I lost my card")], "I lost my card")[0]
+    assert direct.blocked is None and direct.fingerprint == one.fingerprint, "system messages are prompt, not history"
+
+
+def test_routed_text_in_the_system_message_is_replaced_there():
+    prompt = ChatPromptTemplate([("system", "Classify the banking query: {text}")])
+    chain = prompt | ChatOpenAI(base_url="http://127.0.0.1:1/v1", api_key="sk-test", model="teacher")
+    version = _version(chain)
+    assert version.messages == (("system", "Classify the banking query: {tracer:input}"),)
+    assert _version(chain, text="Where is my card?").fingerprint == version.fingerprint
 
 
 def test_a_chain_without_a_chat_model_is_described_by_its_serialised_form():

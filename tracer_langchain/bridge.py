@@ -261,9 +261,12 @@ class TracerBridge:
     def output_codec(self, output: Any) -> OutputCodec:
         """The codec for a real chain output, learned from the first one seen."""
         with self._lock:
-            if self.codec is None:
-                self.codec = learn_codec(output)
-            return self.codec
+            if self.codec is not None:
+                return self.codec
+            codec = learn_codec(output)
+            if codec.complete:
+                self.codec = codec
+            return codec
 
     # -- recording -----------------------------------------------------------------------
     def record_teacher(self, call: Call, output: Any, latency_ms: float | None, usage: UsageCollector, run_id: Any) -> None:

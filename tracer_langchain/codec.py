@@ -32,6 +32,8 @@ class OutputCodec:
     """Base codec: `to_label(output) -> str`, `from_label(label) -> output`, `spec` for persistence."""
 
     kind = "abstract"
+    complete = True
+    """False when the codec can label outputs but not build answers (kept only for that output)."""
 
     def to_label(self, output: Any) -> str:
         raise NotImplementedError
@@ -168,13 +170,14 @@ class IncludeRawCodec(OutputCodec):
 
     kind = "include_raw"
 
-    def __init__(self, parsed: OutputCodec, tool: str | None = None) -> None:
+    def __init__(self, parsed: OutputCodec | None, tool: str | None = None) -> None:
         self.parsed = parsed
         self.tool = tool
+        self.complete = parsed is not None  # a first answer that failed to parse does not tell the parsed type
 
     def to_label(self, output: Any) -> str:
         _expect(output, dict, self.kind)
-        if output.get("parsing_error") is None and output.get("parsed") is not None:
+        if output.get("parsing_error") is None and output.get("parsed") is not None and self.parsed is not None:
             return self.parsed.to_label(output["parsed"])
         raw = output.get("raw")
         calls = getattr(raw, "tool_calls", None) or []
@@ -183,6 +186,8 @@ class IncludeRawCodec(OutputCodec):
         return structured_label(raw.text) if isinstance(raw, BaseMessage) else text_label(str(raw))
 
     def from_label(self, label: str, *, chunk: bool = False) -> Any:
+        if self.parsed is None:
+            raise CodecError("no include_raw answer has parsed yet; its parsed type is unknown")
         return {"raw": self.message(label), "parsed": self.parsed.from_label(label), "parsing_error": None}
 
     def message(self, label: str, *, tool: str | None = None) -> AIMessage:
@@ -193,7 +198,7 @@ class IncludeRawCodec(OutputCodec):
 
     @property
     def spec(self) -> dict:
-        return {"kind": self.kind, "parsed": self.parsed.spec, "tool": self.tool}
+        return {"kind": self.kind, "parsed": self.parsed.spec if self.parsed else None, "tool": self.tool}
 
 
 class EnumCodec(OutputCodec):
@@ -285,9 +290,7 @@ def _include_raw_codec(output: dict) -> IncludeRawCodec:
     raw, parsed = output["raw"], output["parsed"]
     calls = getattr(raw, "tool_calls", None) or []
     tool = calls[0]["name"] if len(calls) == 1 else None
-    if parsed is None:
-        raise CodecError("the first include_raw answer failed to parse; its parsed type is unknown")
-    return IncludeRawCodec(learn_codec(parsed), tool)
+    return IncludeRawCodec(learn_codec(parsed) if parsed is not None else None, tool)
 
 
 def codec_from_spec(spec: dict) -> OutputCodec | None:

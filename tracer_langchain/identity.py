@@ -14,6 +14,7 @@ form plus every input besides the routed text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from langchain_core.runnables.history import RunnableWithMessageHistory
 from langchain_core.utils.function_calling import convert_to_openai_function
 
 from tracer_core import TaskIdentity, identify
-from tracer_core.identity import SCHEMA_KEYS
+from tracer_core.identity import ROUTED, SCHEMA_KEYS
 from tracer_langchain.fingerprint import chain_description_hash
 from tracer_langchain.text import is_message_list
 
@@ -155,10 +156,11 @@ class ChainIdentity:
         ls_params = dict(model._get_ls_params(**kwargs))
         invocation = model._get_invocation_params(**kwargs)
         routed = routed_index(messages, text)
-        history_turns = [i for i in from_inputs if i < routed] if routed >= 0 else []
+        # turns that came from message-list inputs before the routed message (system instructions are prompt)
+        history_turns = [i for i in sorted(from_inputs) if i < routed and messages[i].type != "system"]
         identity = identify(
             model=f"{ls_params.get('ls_provider') or type(model).__name__}/{ls_params.get('ls_model_name') or '?'}",
-            messages=[(m.type, m.content) for m in messages],
+            messages=_placeheld(messages, text, routed),
             routed_text=text,
             params=invocation,
             schema=self._schema(kwargs),
@@ -168,7 +170,7 @@ class ChainIdentity:
             pinned=self.pinned,
         )
         view = CallView(messages, _plain(invocation), ls_params, self.serialized, type(model).__name__)
-        return identity, view
+        return unpinned_if_blocked(identity), view
 
     # -- rendering ------------------------------------------------------------------------
     def _render(self, value: Any) -> tuple[list[BaseMessage], set[int], set[str]] | None:
@@ -238,7 +240,7 @@ class ChainIdentity:
             model="langchain/" + self.chain.get_name(), messages=[(m.type, m.content) for m in messages],
             routed_text=text, variables=variables, history=history_turns, origin=ORIGIN, pinned=self.pinned,
         )
-        return identity, CallView(messages, {}, {}, None, "tracer-surrogate")
+        return unpinned_if_blocked(identity), CallView(messages, {}, {}, None, "tracer-surrogate")
 
     @property
     def chain_hash(self) -> str:
@@ -255,6 +257,12 @@ class ChainIdentity:
             except Exception:
                 self._serialized = {}
         return self._serialized or None
+
+
+def unpinned_if_blocked(identity: TaskIdentity) -> TaskIdentity:
+    """A call no surrogate may answer (history, non-text) keeps its own version even under a pin,
+    so its answers never train the pinned one."""
+    return dataclasses.replace(identity, pinned=None) if identity.pinned and identity.blocked else identity
 
 
 def with_history(runnable: RunnableWithMessageHistory, value: Any, history: Sequence[BaseMessage]) -> Any:
@@ -276,6 +284,16 @@ def routed_index(messages: Sequence[BaseMessage], text: str) -> int:
         if text and text in _text(messages[index]):
             return index
     return humans[-1] if humans else -1
+
+
+def _placeheld(messages: Sequence[BaseMessage], text: str, routed: int) -> list[tuple[str, Any]]:
+    """(role, content) pairs; when no human message holds the routed text (a prompt that puts it in the
+    system message), it is replaced by the placeholder where it is, so the version is not one per input."""
+    pairs = [(m.type, m.content) for m in messages]
+    if routed >= 0 and text and text in _text(messages[routed]):
+        return pairs
+    return [(role, content.replace(text, ROUTED) if text and isinstance(content, str) else content)
+            for role, content in pairs]
 
 
 def response_format_of(value: Any) -> Any:
