@@ -352,4 +352,4 @@ def test_unknown_tracer_options_are_clear_errors(teacher, db_path):
     with pytest.raises(SettingsError, match="audit_rate"):
         with_tracer(chain, task=TASK, db=db_path, audit_rate=1.5)
     with pytest.raises(IntegrationConfigError, match="no call has been made"):
-        with_tracer(chain, task=TASK, db=db_path).tracer
+        _ = with_tracer(chain, task=TASK, db=db_path).tracer
