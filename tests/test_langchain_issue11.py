@@ -72,7 +72,7 @@ def wrap(chain, db, embedder, **options):
 
 
 def certify(tracer, rows, to_label=lambda y: y) -> list[tuple[str, str]]:
-    """Record `rows` as teacher traces of this version, certify, return the (text, label) rows it answers.
+    """Record `rows` as teacher traces of this version, certify, return the (text, label) rows it answers, surest first.
 
     An audited decision carries the label only when the policy would have answered.
     """
@@ -80,9 +80,9 @@ def certify(tracer, rows, to_label=lambda y: y) -> list[tuple[str, str]]:
     certificate = tracer.fit()
     assert certificate.deployed, certificate.reason
     decisions = tracer.route_many([t for t, _ in rows])
-    handled = [(t, d.label) for (t, _), d in zip(rows, decisions) if d.handled or (d.reason == "audit" and d.label)]
-    assert len(handled) >= 40
-    return handled
+    covered = [(d.score, t, d.label) for (t, _), d in zip(rows, decisions) if d.handled or (d.reason == "audit" and d.label)]
+    assert len(covered) >= 80
+    return [(t, label) for _, t, label in sorted(covered, key=lambda c: -c[0])]  # surest first: far from the threshold
 
 
 def traces(db, **filters):
@@ -138,9 +138,14 @@ def test_a_second_variable_certified_on_fine_never_answers_coarse(server, db, ro
     assert server.request_count == before + len(sample), "every coarse call reaches the LLM"
     assert answers == [coarse(table[t]) for t, _ in sample]
     wrapper.flush()
+    (t1, p1), (t2, _), (t3, p3) = handled[60:63]
+    before = server.request_count
+    mixed = wrapper.batch([{"text": t1, "granularity": "fine"}, {"text": t2, "granularity": "coarse"},
+                           {"text": t3, "granularity": "fine"}])
+    assert mixed == [p1, coarse(table[t2]), p3] and server.request_count == before + 1, "one batch, two versions"
     coarse_version = wrapper.tracer_for({"text": sample[0][0], "granularity": "coarse"}).fingerprint
     recorded = traces(db, source="teacher", fingerprint=coarse_version)
-    assert len(recorded) == len(sample) and {t.route for t in recorded} == {"no_policy"}
+    assert len(recorded) == len(sample) + 1 and {t.route for t in recorded} == {"no_policy"}
 
 
 def test_ignore_inputs_declares_a_variable_irrelevant(server, db, rows, embedder):
