@@ -43,11 +43,11 @@ from tqdm import tqdm  # noqa: E402
 from demo_parts import table  # noqa: E402
 from demo_parts.pricing import teacher_call_cost  # noqa: E402
 from demo_parts.teacher import make_teacher, system_prompt  # noqa: E402
+from tracer_core.identity import describe_identity  # noqa: E402
 from tracer_core.report.build import build_report  # noqa: E402
 from tracer_demo import banking77_path, banking77_rows  # noqa: E402
 from tracer_langchain import with_tracer  # noqa: E402
 from tracer_litellm import TracerCallback  # noqa: E402
-from tracer_litellm.request import describe_call  # noqa: E402
 
 TASK = "banking77-intent"
 
@@ -140,26 +140,19 @@ def main() -> int:
             metadata={"tracer_task": TASK},
         )
 
-    # One trace set for both integrations. LangChain's default fingerprint hashes the serialised
-    # chain, LiteLLM's hashes model + system prompt + schema, so by default the same task name
-    # would still give two trace sets. Both send the teacher the very same request, so the chain
-    # joins the Tracer the LiteLLM callback keeps for this (task, fingerprint).
-    probe = describe_call({**teacher.litellm_kwargs, "messages": [{"role": "system", "content": system},
-                                                                   {"role": "user", "content": "probe"}],
-                           "metadata": {"tracer_task": TASK}})
-    assert probe is not None, "the probe call is a single question: describe_call always describes it"
-    tracer = callback.tracer_for(probe)
+    # One task version for both integrations, with no sharing code: both compute the version from
+    # what the teacher sees (model, parameters, system prompt; tracer_core.identify), and both ask
+    # the store's process-wide registry for its Tracer, so they share one Tracer and one trace set.
+    probe = [{"role": "system", "content": system}, {"role": "user", "content": "probe"}]
     chain = None
     if teacher.langchain_llm is not None:
         prompt = ChatPromptTemplate([("system", "{labels_prompt}"), ("human", "{text}")]).partial(labels_prompt=system)
-        chain = with_tracer(prompt | teacher.langchain_llm | StrOutputParser(), task=TASK, tracer=tracer)
-        print(
-            f"task {TASK!r}: LangChain (with_tracer) and LiteLLM (TracerCallback, metadata tracer_task) share one "
-            f"Tracer and one trace set (fingerprint {tracer.fingerprint}).\n"
-            "  By default they would not: LangChain fingerprints the serialised chain, LiteLLM the model + prompt,\n"
-            "  so the same task name would split into two trace sets. Both send the teacher the same request,\n"
-            "  so the chain is given the LiteLLM call's Tracer (with_tracer(..., tracer=callback.tracer_for(...)))."
-        )
+        chain = with_tracer(prompt | teacher.langchain_llm | StrOutputParser(), task=TASK, alpha=args.alpha,
+                            delta=args.delta, db=db, refit_every=args.refit_every)
+        tracer = chain.tracer_for({"text": "probe"})
+    else:
+        tracer = callback.tracer_of(**teacher.litellm_kwargs, messages=probe, metadata={"tracer_task": TASK})
+    print(f"task {TASK!r}, version {tracer.fingerprint}: {describe_identity(tracer.store.versions(TASK)[0]['description'])}")
     print(
         f"{len(queries):,} queries over {len(labels)} intents from {banking77_path().name} (seed {args.seed}), "
         f"{'alternating LangChain / LiteLLM' if chain is not None else 'all through LiteLLM'}; "
@@ -192,7 +185,7 @@ def main() -> int:
         else:
             response = litellm_call(row["input"])
             hidden = getattr(response, "_hidden_params", {}) or {}
-            hit = bool(hidden.get("cache_hit") or hidden.get("tracer_surrogate"))
+            hit = bool(hidden.get("cache_hit") or (hidden.get("tracer") or {}).get("handled"))
             answer = response.choices[0].message.content or ""
         agrees = answer.strip() == row["label"]
         for counts in (total, window):
@@ -225,6 +218,7 @@ def main() -> int:
     time.sleep(0.2)  # LiteLLM's logging thread delivers the last traces
     callback.flush()
     report_fits(tracer, seen_versions, print)
+    print_versions(tracer)
     print_totals(args, teacher, tracer, total, stream_s)
 
     # -- report ------------------------------------------------------------------------------
@@ -260,6 +254,18 @@ def report_fits(tracer, seen: set[int], emit) -> None:
         else:
             verdict = f"refused ({cert.get('reason')}); the previous policy stays"
         emit(f"  -> fit v{row['version']} on {cert['n_traces']:,} traces in {cert.get('fit_seconds', 0):.0f} s: {verdict}")
+
+
+def print_versions(tracer) -> None:
+    """Which task versions the stream's calls reached (one: both integrations shared the version)."""
+    versions = tracer.store.versions(TASK)
+    origins = sorted({v["origin"] for v in versions if v["origin"]})
+    if len(versions) == 1:
+        print(f"task {TASK!r}: every call, LangChain and LiteLLM, reached one task version ({tracer.fingerprint}); "
+              f"registered by {', '.join(origins) or '-'}")
+    else:
+        print(f"task {TASK!r}: the calls reached {len(versions)} task versions: "
+              + ", ".join(f"{v['fingerprint']} ({v['teacher']} teacher traces)" for v in versions))
 
 
 def print_totals(args, teacher, tracer, total: table.Counts, stream_s: float) -> None:

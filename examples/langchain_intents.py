@@ -3,7 +3,8 @@
 A local OpenAI-compatible server plays the teacher LLM (it answers Banking77 labels), the
 chain is an ordinary `prompt | ChatOpenAI | StrOutputParser`, and `with_tracer` is the only
 change. Each round sends a batch of queries; tracer refits between rounds and answers the
-inputs its certified policy covers.
+inputs its certified policy covers. All the calls have one task version: the same system
+prompt, model and parameters (only the routed text differs).
 
     HF_HUB_OFFLINE=1 .venv/bin/python examples/langchain_intents.py --labels 10 --rounds 6 --per-round 200
 """
@@ -21,6 +22,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
+from tracer_core.identity import describe_identity
 from tracer_demo import banking77_rows
 from tracer_demo.local_teacher import LocalTeacher
 from tracer_langchain import with_tracer
@@ -57,7 +59,9 @@ def main() -> None:
         chain = with_tracer(prompt | llm | StrOutputParser(), task="banking-intents", alpha=args.alpha, db=db,
                             auto_refit=False)
 
-        print(f"trace store: {db}")
+        version = chain.tracer_for({"text": rows[0][0]})
+        print(f"trace store: {db}; task version {version.fingerprint}: "
+              f"{describe_identity(version.store.versions('banking-intents')[0]['description'])}")
         print(f"{'round':>5} {'queries':>8} {'LLM calls':>10} {'surrogate':>10} {'agree':>7} {'policy':>7} {'coverage':>9}")
         for round_no in range(args.rounds):
             batch = rows[round_no * args.per_round:(round_no + 1) * args.per_round]

@@ -13,7 +13,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from tracer_core import TraceStore
-from tracer_langchain import chain_fingerprint, with_tracer
+from tracer_langchain import with_tracer
 from tracer_langchain.llm_cache import TracerLLMCache
 from tracer_langchain.observer import observe, stop_observing
 
@@ -47,26 +47,26 @@ def test_observer_records_chain_runs_process_wide(teacher, db_path, banking_subs
         thread.start()
         thread.join()
         assert "".join(chain.stream({"text": t3})) == l3
-        observer.tracer.flush()
+        observer.flush()
         traces = _traces(db_path)
         assert sorted((t.input, t.label) for t in traces) == sorted([(t1, l1), (t2, l2), (t3, l3)])
-        assert {t.fingerprint for t in traces} == {chain_fingerprint(chain)}
-        first = next(t for t in traces if t.input == t1)
-        assert first.prompt_tokens and first.completion_tokens == 3 and first.model == "teacher"
-        assert first.metadata["deferred_reason"] == "observe_only"
 
         wrapped = with_tracer(chain, task=TASK, db=db_path, embedder=fake_embedder, auto_refit=False)
+        assert {t.fingerprint for t in traces} == {wrapped.tracer_for({"text": t1}).fingerprint}
+        first = next(t for t in traces if t.input == t1)
+        assert first.prompt_tokens and first.completion_tokens == 3 and first.model == "teacher"
+        assert first.route is None, "recorded outside routing: a uniform sample of traffic"
         try:
             wrapped.invoke({"text": t1})
-            wrapped.tracer.flush()
+            wrapped.flush()
         finally:
             wrapped.close()
-        observer.tracer.flush()
+        observer.flush()
         assert len(_traces(db_path)) == 4, "a with_tracer run must be recorded once, by the wrapper"
     finally:
         stop_observing(observer)
     chain.invoke({"text": t1})
-    observer.tracer.close()
+    observer.flush()
     assert len(_traces(db_path)) == 4
 
 
@@ -77,16 +77,15 @@ def test_observer_run_name_filter(teacher, db_path, banking_subset, fake_embedde
         text, label = banking_subset[0]
         chain.invoke({"text": text})
         chain.with_config(run_name="intent").invoke({"text": text})
-        observer.tracer.flush()
+        observer.flush()
         assert [(t.input, t.label) for t in _traces(db_path)] == [(text, label)]
     finally:
         stop_observing(observer)
-        observer.tracer.close()
 
 
 @pytest.fixture
 def llm_cache(db_path, fake_embedder):
-    cache = TracerLLMCache(TASK, db=db_path, alpha=0.9, embedder=fake_embedder, auto_refit=False)
+    cache = TracerLLMCache(TASK, db=db_path, alpha=0.9, embedder=fake_embedder, auto_refit=False, audit_rate=0.0)
     set_llm_cache(cache)
     yield cache
     set_llm_cache(None)
@@ -103,10 +102,10 @@ def test_llm_cache_answers_certified_structured_calls(teacher, llm_cache, db_pat
     assert chain.batch(inputs, {"max_concurrency": 8}) == [Intent(label=label) for _, label in rows]
     assert teacher.request_count == len(rows)
 
-    (bridge,) = llm_cache._bridges.values()
-    bridge.tracer.flush()
-    assert bridge.tracer.fit().deployed
-    decisions = bridge.tracer.route_many([text for text, _ in rows])
+    (tracer,) = llm_cache.tracers.values()
+    tracer.flush()
+    assert tracer.fit().deployed
+    decisions = tracer.route_many([text for text, _ in rows])
     handled = [(text, json.loads(d.label)["label"]) for (text, _), d in zip(rows, decisions) if d.handled]
     assert len(handled) >= len(rows) // 2
 
@@ -119,5 +118,6 @@ def test_llm_cache_answers_certified_structured_calls(teacher, llm_cache, db_pat
     text, label = handled[0][0], dict(rows)[handled[0][0]]
     assert list(chain.stream({"text": text}))[-1] == Intent(label=label)
     assert teacher.request_count == before + 1
-    bridge.tracer.flush()
-    assert len(_traces(db_path, "surrogate")) >= 30
+    tracer.flush()
+    surrogate = _traces(db_path, "surrogate")
+    assert len(surrogate) >= 30 and {t.route for t in surrogate} == {"handled"}

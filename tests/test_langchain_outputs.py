@@ -13,8 +13,8 @@ from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from tracer_core import Tracer, TraceStore
-from tracer_langchain import chain_fingerprint, with_tracer
+from tracer_core import TraceStore, Tracer
+from tracer_langchain import with_tracer
 
 TASK = "support-intent"
 N_LABELS = 8
@@ -102,7 +102,7 @@ def _train(tracer, rows, to_label) -> None:
 def test_output_kind_roundtrip(kind, teacher, tmp_path, rows, intent_enum, fake_embedder):
     chain, to_label, matches = _kinds(teacher, intent_enum)[kind]
     db = tmp_path / "tracer.db"
-    wrapper = with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=fake_embedder, auto_refit=False)
+    wrapper = with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=fake_embedder, auto_refit=False, audit_rate=0.0)
     try:
         # A real answer: passed through unchanged, recorded with this kind's label.
         text, label = rows[0]
@@ -130,7 +130,7 @@ def test_custom_codec_for_a_model_with_free_text_reasoning(teacher, db_path, row
         label = dict(rows).get(text, "unknown")
         return json.dumps({"label": label, "reasoning": f"because {text[:20]}"})
 
-    from tracer_demo.local_teacher import LocalTeacher
+    from tracer_core.local_teacher import LocalTeacher
 
     with LocalTeacher(answer) as server:
         chain = _prompt() | _llm(server).with_structured_output(Reasoned)
@@ -141,6 +141,7 @@ def test_custom_codec_for_a_model_with_free_text_reasoning(teacher, db_path, row
             db=db_path,
             embedder=fake_embedder,
             auto_refit=False,
+            audit_rate=0.0,
             to_label=lambda out: out.label,
             from_label=lambda label: Reasoned(label=label, reasoning="answered by tracer"),
         )
@@ -162,19 +163,22 @@ def test_codec_is_rebuilt_from_stored_traces_in_a_new_wrapper(teacher, db_path, 
     """A second wrapper (as in a new process) answers before seeing any real output of its own."""
     chain = _prompt() | _llm(teacher).with_structured_output(Intent)
     to_label = lambda y: json.dumps({"label": y}, separators=(",", ":"))  # noqa: E731
-    first = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=fake_embedder, auto_refit=False)
+    first = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=fake_embedder, auto_refit=False, audit_rate=0.0,
+                        policy_check_s=0.0)
     try:
         first.invoke({"text": rows[0][0]})
     finally:
         first.close()
-    other = Tracer(task=TASK, db=db_path, alpha=0.9, fingerprint=chain_fingerprint(chain), embedder=fake_embedder, auto_refit=False)
+    other = Tracer(task=TASK, db=db_path, alpha=0.9, fingerprint=first.tracer.fingerprint, embedder=fake_embedder,
+                   auto_refit=False)
     try:
         _train(other, rows, to_label)
     finally:
         other.close()
-    second = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=fake_embedder, auto_refit=False)
+    second = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=fake_embedder, auto_refit=False, audit_rate=0.0,
+                         policy_check_s=0.0)  # a new wrapper: its codec comes from the stored traces
     try:
-        assert second.tracer.policy_version is not None
+        assert second.tracer_for({"text": rows[0][0]}).policy_version is not None
         handled = [(t, y) for (t, y), d in zip(rows, second.tracer.route_many([t for t, _ in rows])) if d.handled]
         before = teacher.request_count
         assert second.invoke({"text": handled[0][0]}) == Intent(label=handled[0][1])

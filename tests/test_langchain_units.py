@@ -10,7 +10,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from langchain_core.messages.base import TextAccessor
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGeneration, LLMResult
-from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
@@ -27,7 +28,7 @@ from tracer_langchain.codec import (
     learn_codec,
 )
 from tracer_langchain.errors import CodecError, TextExtractionError
-from tracer_langchain.fingerprint import chain_fingerprint
+from tracer_langchain.identity import ChainIdentity
 from tracer_langchain.text import extract_text
 from tracer_langchain.usage import UsageCollector
 
@@ -136,6 +137,24 @@ def test_pydantic_dict_enum_codecs():
         enm.from_label("GREEN")
 
 
+def test_include_raw_codec_labels_parsed_and_rebuilds_raw():
+    raw = AIMessage(content="", tool_calls=[{"name": "Intent", "args": {"label": "x", "confidence": 1}, "id": "c1"}])
+    output = {"raw": raw, "parsed": Intent(label="x"), "parsing_error": None}
+    codec = learn_codec(output)
+    assert codec.to_label(output) == '{"confidence":1.0,"label":"x"}'
+    failed = {"raw": raw, "parsed": None, "parsing_error": ValueError("bad")}
+    assert codec.to_label(failed) == '{"confidence":1,"label":"x"}', "a parse failure is labelled from raw"
+    answer = codec.from_label('{"confidence":1.0,"label":"x"}')
+    assert answer["parsed"] == Intent(label="x") and answer["parsing_error"] is None
+    assert answer["raw"].tool_calls[0]["name"] == "Intent"
+    rebuilt = codec_from_spec(json.loads(json.dumps(codec.spec)))
+    assert rebuilt.to_label(output) == codec.to_label(output)
+    first_failed = learn_codec(failed)  # the first answer did not parse: it is still labelled, never answered
+    assert first_failed.to_label(failed) == '{"confidence":1,"label":"x"}' and not first_failed.complete
+    with pytest.raises(CodecError, match="parsed type is unknown"):
+        first_failed.from_label("{}")
+
+
 def test_unsupported_outputs_are_clear_errors():
     with pytest.raises(CodecError, match="pass to_label= and from_label="):
         learn_codec(3.5)
@@ -166,39 +185,94 @@ def test_codec_spec_roundtrip_uses_loaded_classes_only():
     assert codec_from_spec({"kind": "nonsense"}) is None
 
 
-# -- fingerprint -------------------------------------------------------------------------
+# -- task identity ------------------------------------------------------------------------
 def _chain(system: str = "Classify the banking query.", model: str = "teacher", port: int = 1, **kw):
     prompt = ChatPromptTemplate([("system", system), ("human", "{text}")])
     llm = ChatOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", model=model, max_retries=0, **kw)
     return prompt | llm | StrOutputParser()
 
 
-def test_fingerprint_tracks_the_function_not_the_endpoint():
-    base = chain_fingerprint(_chain())
-    assert base == chain_fingerprint(_chain(port=2))
-    assert base == chain_fingerprint(_chain(timeout=5))
-    assert base != chain_fingerprint(_chain(system="Classify the query into an intent."))
-    assert base != chain_fingerprint(_chain(model="teacher-2"))
-    assert base != chain_fingerprint(_chain(temperature=0.7))
+def _version(chain, value=None, text="I lost my card", **options):
+    return ChainIdentity(chain, **options).of({"text": text} if value is None else value, text)[0]
+
+
+def test_version_tracks_the_function_not_the_endpoint():
+    base = _version(_chain()).fingerprint
+    assert base == _version(_chain(port=2)).fingerprint
+    assert base == _version(_chain(timeout=5, stream_usage=True)).fingerprint
+    assert base == _version(_chain(), text="Where is my card?").fingerprint, "the routed text is not the version"
+    assert base != _version(_chain(system="Classify the query into an intent.")).fingerprint
+    assert base != _version(_chain(model="teacher-2")).fingerprint
+    assert base != _version(_chain(temperature=0.7)).fingerprint
+    assert base != _version(_chain(seed=3)).fingerprint
     assert len(base) == 16
 
 
-def test_fingerprint_has_no_secrets():
-    from tracer_langchain.fingerprint import describe
+def test_version_description_has_no_secrets_and_names_the_model():
+    description = _version(_chain()).description()
+    assert "sk-test" not in json.dumps(description) and "127.0.0.1" not in json.dumps(description)
+    assert description["model"] == "openai/teacher"
+    assert description["messages"] == [["system", "Classify the banking query."], ["user", "{tracer:input}"]]
 
-    described = json.dumps(describe(_chain()))
-    assert "sk-test" not in described and "OPENAI_API_KEY" not in described
 
-
-def test_fingerprint_changes_with_structured_output_schema():
+def test_version_changes_with_structured_output_schema_and_bound_params():
     class Other(BaseModel):
         intent: str
 
     llm = ChatOpenAI(base_url="http://127.0.0.1:1/v1", api_key="sk-test", model="teacher")
     prompt = ChatPromptTemplate([("human", "{text}")])
-    assert chain_fingerprint(prompt | llm.with_structured_output(Intent)) != chain_fingerprint(
-        prompt | llm.with_structured_output(Other)
-    )
+    first = _version(prompt | llm.with_structured_output(Intent))
+    assert first.fingerprint != _version(prompt | llm.with_structured_output(Other)).fingerprint
+    assert first.schema["response_format"]["json_schema"]["name"] == "Intent"
+    tools = _version(prompt | llm.bind_tools([Intent], tool_choice="Intent"))
+    assert tools.schema["tool_choice"] == {"type": "function", "function": {"name": "Intent"}}
+    assert "ls_structured_output_format" not in json.dumps(first.description())
+    assert _version(prompt | llm.bind(temperature=0.2)).params == {"temperature": 0.2}
+
+
+def test_inputs_outside_the_prompt_are_variables_and_ignored_inputs_are_not():
+    prompt = ChatPromptTemplate([("system", "Answer at granularity {granularity}."), ("human", "{text}")])
+    chain = prompt | ChatOpenAI(base_url="http://127.0.0.1:1/v1", api_key="sk-test", model="teacher")
+    fine = _version(chain, {"text": "I lost my card", "granularity": "fine", "user": "u1"})
+    assert fine.variables == {"user": "u1"} and "granularity fine" in fine.messages[0][1]
+    coarse = _version(chain, {"text": "I lost my card", "granularity": "coarse", "user": "u1"})
+    assert coarse.fingerprint != fine.fingerprint
+    ignored = {"ignore_inputs": ("granularity", "user")}
+    assert _version(chain, {"text": "I lost my card", "granularity": "fine", "user": "u1"}, **ignored).fingerprint == \
+        _version(chain, {"text": "I lost my card", "granularity": "coarse", "user": "u2"}, **ignored).fingerprint
+
+
+def test_message_history_is_dropped_and_marked():
+    prompt = ChatPromptTemplate([("system", "Classify."), MessagesPlaceholder("messages")])
+    chain = prompt | ChatOpenAI(base_url="http://127.0.0.1:1/v1", api_key="sk-test", model="teacher")
+    one = _version(chain, {"messages": [HumanMessage("I lost my card")]})
+    assert one.blocked is None
+    turns = _version(chain, {"messages": [HumanMessage("hi"), AIMessage("hello"), HumanMessage("I lost my card")]})
+    other = _version(chain, {"messages": [HumanMessage("yo"), AIMessage("hey"), HumanMessage("I lost my card")]})
+    assert turns.blocked == "conversation_history" and turns.fingerprint == other.fingerprint != one.fingerprint
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    seen = _version(chain, {"messages": [HumanMessage([{"type": "text", "text": "I lost my card"}, image])]})
+    assert seen.blocked == "non_text_content"
+    llm = ChatOpenAI(base_url="http://127.0.0.1:1/v1", api_key="sk-test", model="teacher")
+    direct = ChainIdentity(llm).of([SystemMessage("Classify."), HumanMessage("I lost my card")], "I lost my card")[0]
+    assert direct.blocked is None and direct.fingerprint == one.fingerprint, "system messages are prompt, not history"
+
+
+def test_routed_text_in_the_system_message_is_replaced_there():
+    prompt = ChatPromptTemplate([("system", "Classify the banking query: {text}")])
+    chain = prompt | ChatOpenAI(base_url="http://127.0.0.1:1/v1", api_key="sk-test", model="teacher")
+    version = _version(chain)
+    assert version.messages == (("system", "Classify the banking query: {tracer:input}"),)
+    assert _version(chain, text="Where is my card?").fingerprint == version.fingerprint
+
+
+def test_a_chain_without_a_chat_model_is_described_by_its_serialised_form():
+    chain = RunnableLambda(lambda value: value["text"].upper())
+    version = _version(chain, {"text": "I lost my card", "k": 3})
+    assert version.model == "langchain/RunnableLambda" and version.variables["k"] == 3
+    assert len(version.variables["chain"]) == 16
+    assert _version(chain, {"text": "I lost my card", "k": 4}).fingerprint != version.fingerprint
+    assert _version(chain, {"text": "x", "k": 3}, text="x").fingerprint == version.fingerprint
 
 
 # -- usage -------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 
-from tracer_core import TraceStore
-from tracer_demo.local_teacher import LocalTeacher
-from tracer_langchain import IntegrationConfigError, TracedRunnable, chain_fingerprint, with_tracer
+from tracer_core import TraceStore, Tracer
+from tracer_core.settings import SettingsError
+from tracer_core.local_teacher import LocalTeacher
+from tracer_langchain import IntegrationConfigError, TracedRunnable, with_tracer
 
 TASK = "support-intent"
 SYSTEM = "Classify the banking query into one intent. Answer with the intent name only."
@@ -33,6 +34,8 @@ def teacher_traces(db, fingerprint: str | None = None, source: str = "teacher"):
 
 
 def wrap(chain, db, fake_embedder, **options) -> TracedRunnable:
+    """A wrapper with deterministic routing (no audits, no background refits)."""
+    options = {"audit_rate": 0.0, **options}
     return with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=fake_embedder, auto_refit=False, **options)
 
 
@@ -53,7 +56,7 @@ def trained(tmp_path_factory, rows, fake_embedder):
     db = tmp_path_factory.mktemp("trained") / "tracer.db"
     with LocalTeacher(dict(rows)) as server:
         chain = make_chain(server)
-        wrapper = wrap(chain, db, fake_embedder)
+        wrapper = wrap(chain, db, embedder)
         answers = wrapper.batch([{"text": text} for text, _ in rows], {"max_concurrency": 8})
         assert answers == [label for _, label in rows]
         assert server.request_count == len(rows)
@@ -69,12 +72,12 @@ def trained(tmp_path_factory, rows, fake_embedder):
 
 
 def test_recorded_traces_are_teacher_traces_with_usage(trained):
-    traces = teacher_traces(trained["db"], chain_fingerprint(trained["chain"]))
+    traces = teacher_traces(trained["db"], trained["wrapper"].tracer.fingerprint)
     assert len(traces) >= 320
     first = traces[0]
     assert first.model == "teacher" and first.prompt_tokens and first.completion_tokens == 3
     assert first.latency_ms is not None and first.latency_ms > 0
-    assert first.metadata["deferred_reason"] == "no_policy"
+    assert first.route == "no_policy" and first.policy_version is None
     assert first.metadata["codec"]["kind"] == "str"
 
 
@@ -122,9 +125,13 @@ async def test_astream_and_astream_events_hit(trained):
     text, _, predicted = trained["handled"][1]
     assert [chunk async for chunk in wrapper.astream({"text": text})] == [predicted]
     events = [e async for e in wrapper.astream_events({"text": text}, version="v2")]
-    assert [e["event"] for e in events] == ["on_chain_start", "on_chain_stream", "on_chain_end"]
+    assert [e["event"] for e in events] == [
+        "on_chain_start", "on_chat_model_start", "on_chat_model_stream", "on_chat_model_end",
+        "on_chain_stream", "on_chain_end",
+    ]
     assert events[0]["name"] == "TracedRunnable" and "tracer:surrogate" in events[0]["tags"]
     assert events[0]["metadata"]["tracer_handled"] is True
+    assert events[2]["data"]["chunk"].content == predicted
     assert events[-1]["data"]["output"] == predicted
     assert server.request_count == before
 
@@ -137,10 +144,14 @@ def test_surrogate_answers_are_visible_in_the_run_and_recorded_as_surrogate(trai
     assert run.name == "TracedRunnable" and "tracer:surrogate" in run.tags
     assert run.extra["metadata"]["tracer_handled"] is True
     assert run.extra["metadata"]["tracer_policy_version"] == trained["wrapper"].tracer.policy_version
-    assert run.child_runs == []
+    (child,) = run.child_runs  # the surrogate's answer, reported as a chat-model run
+    assert (child.name, child.run_type) == ("ChatOpenAI", "llm")
+    assert child.extra["metadata"]["tracer_handled"] is True and child.extra["metadata"]["ls_provider"] == "openai"
+    assert child.inputs["prompts"][0].endswith(f"Human: {text}")
+    assert child.outputs["generations"][0][0]["message"]["kwargs"]["content"] == wrapper.tracer.route(text).label
     wrapper.tracer.flush()
-    surrogate = teacher_traces(trained["db"], chain_fingerprint(trained["chain"]), source="surrogate")
-    assert any(t.input == text and t.metadata["policy_version"] is not None for t in surrogate)
+    surrogate = teacher_traces(trained["db"], wrapper.tracer.fingerprint, source="surrogate")
+    assert any(t.input == text and t.route == "handled" and t.policy_version is not None for t in surrogate)
 
 
 def test_tracer_mode_off_forces_the_chain(trained):
@@ -160,10 +171,11 @@ def test_tracer_mode_off_forces_the_chain(trained):
 def test_a_prompt_change_is_a_new_task_version(trained, fake_embedder):
     server = trained["server"]
     edited = make_chain(server, system=SYSTEM + " Be careful.")
-    assert chain_fingerprint(edited) != chain_fingerprint(trained["chain"])
-    wrapper = wrap(edited, trained["db"], fake_embedder)
+    wrapper = wrap(edited, trained["db"], embedder)
     try:
-        assert wrapper.tracer.policy_version is None
+        text = trained["handled"][0][0]
+        assert wrapper.tracer_for({"text": text}).fingerprint != trained["wrapper"].tracer_for({"text": text}).fingerprint
+        assert wrapper.tracer_for({"text": text}).policy_version is None
         before = server.request_count
         text, label, _ = trained["handled"][0]
         assert wrapper.invoke({"text": text}) == label
@@ -176,7 +188,7 @@ def test_a_prompt_change_is_a_new_task_version(trained, fake_embedder):
 @pytest.fixture
 def fresh(teacher, db_path, fake_embedder):
     chain = make_chain(teacher, stream_usage=True)
-    wrapper = wrap(chain, db_path, fake_embedder)
+    wrapper = wrap(chain, db_path, embedder)
     yield teacher, chain, wrapper, db_path
     wrapper.close()
 
@@ -255,25 +267,27 @@ async def test_async_chain_errors_are_reraised(fresh, banking_subset):
     assert teacher_traces(db) == []
 
 
-def test_tracer_failure_falls_back_to_the_chain(trained, fake_embedder, caplog):
-    """A failing fake_embedder under a deployed policy: every call still answers, through the chain."""
+def test_tracer_failure_falls_back_to_the_chain(rows, fake_embedder, tmp_path, caplog):
+    """A failing embedder under a deployed policy: every call still answers, through the chain."""
 
     def broken_embedder(texts: list[str]):
         raise RuntimeError("embedding service is down")
 
-    server = trained["server"]
-    wrapper = wrap(trained["chain"], trained["db"], broken_embedder)
-    try:
-        assert wrapper.tracer.policy_version is not None
-        before = server.request_count
+    db = tmp_path / "tracer.db"
+    with LocalTeacher(dict(rows)) as server:
+        wrapper = wrap(make_chain(server), db, broken_embedder, policy_check_s=0.0)
+        fingerprint = wrapper.tracer_for({"text": rows[0][0]}).fingerprint
+        with Tracer(TASK, db, alpha=0.9, fingerprint=fingerprint, embedder=fake_embedder, auto_refit=False) as fitter:
+            fitter.record_many([t for t, _ in rows], [y for _, y in rows])
+            assert fitter.fit().deployed
+        assert wrapper.tracer_for({"text": rows[0][0]}).policy_version is not None
         with caplog.at_level(logging.WARNING), collect_runs() as runs:
-            for text, label, _ in trained["handled"][:3]:
+            for text, label in rows[:3]:
                 assert wrapper.invoke({"text": text}) == label
-        assert server.request_count == before + 3
+        assert server.request_count == 3
         assert {run.extra["metadata"]["tracer_reason"] for run in runs.traced_runs} == {"error"}
         failures = [r for r in caplog.records if r.levelno >= logging.WARNING and "fail" in r.getMessage()]
         assert len(failures) == 1, "a tracer failure is logged once, not per call"
-    finally:
         wrapper.close()
 
 
@@ -329,14 +343,13 @@ def test_bad_arguments_are_clear_errors(teacher, db_path):
         with_tracer(chain, task=TASK, db=db_path, text_fn="text")
 
 
-def test_a_shared_tracer_must_be_for_the_same_task(teacher, db_path, fake_embedder):
-    from tracer_core import Tracer
-
+def test_unknown_tracer_options_are_clear_errors(teacher, db_path):
     chain = make_chain(teacher)
-    with Tracer(task="other-task", db=db_path, embedder=fake_embedder, auto_refit=False) as tracer:
-        with pytest.raises(IntegrationConfigError, match="differs"):
-            with_tracer(chain, task=TASK, tracer=tracer)
-        with pytest.raises(IntegrationConfigError, match="not both"):
-            with_tracer(chain, task="other-task", tracer=tracer, db=db_path)
-        shared = with_tracer(chain, task="other-task", tracer=tracer)
-        assert shared.tracer is tracer and shared.invoke({"text": "I lost my card"}) == "unknown"
+    with pytest.raises(IntegrationConfigError, match=r"unknown option\(s\) \['tracer'\]"):
+        with_tracer(chain, task=TASK, db=db_path, tracer=object())
+    with pytest.raises(IntegrationConfigError, match="ignore_inputs"):
+        with_tracer(chain, task=TASK, db=db_path, ignore_inputs="granularity")
+    with pytest.raises(SettingsError, match="audit_rate"):
+        with_tracer(chain, task=TASK, db=db_path, audit_rate=1.5)
+    with pytest.raises(IntegrationConfigError, match="no call has been made"):
+        _ = with_tracer(chain, task=TASK, db=db_path).tracer

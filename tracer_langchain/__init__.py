@@ -6,13 +6,14 @@
 
 from tracer_langchain.codec import OutputCodec, learn_codec
 from tracer_langchain.errors import CodecError, IntegrationConfigError, TextExtractionError
-from tracer_langchain.fingerprint import chain_fingerprint
+from tracer_langchain.identity import ChainIdentity
 from tracer_langchain.llm_cache import TracerLLMCache
 from tracer_langchain.observer import TracerObserver, observe, stop_observing
 from tracer_langchain.runnable import TracedRunnable, with_tracer
 from tracer_langchain.text import extract_text
 
 __all__ = [
+    "ChainIdentity",
     "CodecError",
     "IntegrationConfigError",
     "OutputCodec",
@@ -20,7 +21,6 @@ __all__ = [
     "TracedRunnable",
     "TracerLLMCache",
     "TracerObserver",
-    "chain_fingerprint",
     "extract_text",
     "learn_codec",
     "observe",

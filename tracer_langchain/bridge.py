@@ -1,7 +1,10 @@
-"""The tracer side of the wrapper: text extraction, routing, output codec and trace recording.
+"""The tracer side of the wrapper: text, task identity, routing, output codec and trace recording.
 
-Every tracer failure here is logged once per kind and turned into "ask the chain", so the
-wrapped chain keeps working whatever happens to the store, embedder or policy.
+Each call gets the Tracer of its own task version from the store's process-wide registry
+(`tracer_core.registry_for(db).tracer(task, identity)`), shared with the LiteLLM
+integration. Every call that reaches a Tracer is recorded with the decision that routed
+it. Every tracer failure here is logged once per kind and turned into "ask the chain", so
+the wrapped chain keeps working whatever happens to the store, embedder or policy.
 """
 
 from __future__ import annotations
@@ -12,16 +15,21 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 
-from tracer_langchain.codec import OutputCodec, codec_from_spec, learn_codec
+from tracer_core import Decision, Reason, TaskIdentity, Tracer, registry_for
+from tracer_core.decision import deferred
+from tracer_langchain.codec import OutputCodec, codec_for_type, codec_from_spec, learn_codec
 from tracer_langchain.errors import IntegrationConfigError
+from tracer_langchain.history import append_turn, session_history
+from tracer_langchain.identity import CallView, ChainIdentity
 from tracer_langchain.text import TextFn, extract_text
 from tracer_langchain.usage import UsageCollector
 
 log = logging.getLogger("tracer_langchain")
 
-MODES = ("on", "off")
+MODES = ("on", "observe", "off")
 SURROGATE_TAG = "tracer:surrogate"
 TEACHER_TAG = "tracer:llm"
 SCAN_WINDOW = 500
@@ -29,24 +37,42 @@ STORE_SCAN = 20_000
 
 
 @dataclass
-class Route:
-    """What to do with one input: `hit` means `output` is the surrogate's answer."""
+class Call:
+    """What tracer decided for one input; `hit` means `output` is the surrogate's answer.
+
+    `decision` is None only between identifying the call and asking its Tracer.
+    """
 
     text: str | None
-    reason: str
-    decision: Any = None
+    decision: Decision | None
+    mode: str = "on"
+    tracer: Tracer | None = None
+    identity: TaskIdentity | None = None
+    view: CallView | None = None
+    history: Any = None  # the session history of a RunnableWithMessageHistory call
     hit: bool = False
     output: Any = None
 
     @property
-    def policy_version(self) -> int | None:
-        return getattr(self.decision, "policy_version", None)
+    def reason(self) -> str:
+        return str(self.decision.reason) if self.decision is not None else ""
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the chain's answer to this call becomes a trace."""
+        return self.tracer is not None and self.text is not None and self.mode != "off"
 
     def run_metadata(self, task: str) -> dict[str, Any]:
-        """Metadata put on the wrapper's own run (not inherited by the inner chain)."""
-        metadata = {"tracer_task": task, "tracer_handled": self.hit, "tracer_policy_version": self.policy_version}
+        """Metadata of the wrapper's own run and of a surrogate answer's chat-model run."""
+        decision = self.decision
+        metadata = {
+            "tracer_task": task,
+            "tracer_handled": self.hit,
+            "tracer_policy_version": decision.policy_version if decision else None,
+            "tracer_fingerprint": self.tracer.fingerprint if self.tracer else None,
+        }
         if self.hit:
-            metadata["tracer_score"] = float(self.decision.score)
+            metadata["tracer_score"] = float(decision.score)
         else:
             metadata["tracer_reason"] = self.reason
         return metadata
@@ -57,115 +83,168 @@ class Route:
 
 
 class TracerBridge:
-    """Connects one wrapped chain to one `tracer_core.Tracer`."""
+    """Connects one wrapped chain to the Tracers of its task versions."""
 
     def __init__(
         self,
-        tracer: Any,
+        task: str,
+        identity: ChainIdentity,
         *,
+        db: Any = None,
         text_fn: TextFn | None = None,
         input_key: str | None = None,
         codec: OutputCodec | None = None,
+        tracer_options: dict[str, Any] | None = None,
     ) -> None:
-        self.tracer = tracer
+        self.task = task
+        self.identity = identity
+        self.db = db
         self.text_fn = text_fn
         self.input_key = input_key
         self.codec = codec
+        self.tracer_options = dict(tracer_options or {})
+        self.tracers: dict[str, Tracer] = {}
+        self.last_tracer: Tracer | None = None
         self._warned: set[str] = set()
         self._lock = threading.Lock()
-        self._store_checked = False
+        self._store_checked: set[str] = set()
 
-    # -- routing -------------------------------------------------------------------------
-    def text_of(self, value: Any, config: RunnableConfig) -> tuple[str | None, str]:
-        """(text, reason): the text to classify, or None with why routing is skipped."""
+    # -- identifying ---------------------------------------------------------------------
+    def prepare(self, value: Any, config: RunnableConfig) -> Call:
+        """The call's text, identity and Tracer, and its decision when no routing is needed."""
         mode = mode_of(config)
+        if mode == "off":
+            return Call(None, deferred(Reason.TRACER_OFF), mode)
         try:
             text = extract_text(value, text_fn=self.text_fn, input_key=self.input_key)
         except Exception as exc:
             self.warn_once("text", exc)
-            return None, "error"
-        return text, "tracer_off" if mode == "off" else "pending"
+            return Call(None, deferred(Reason.ERROR), mode)
+        try:
+            runnable = self.identity.parts.history
+            history = session_history(runnable, config) if runnable is not None else None
+            identity, view = self.identity.of(value, text, history.messages if history is not None else ())
+            tracer = self.tracer_for(identity)
+        except Exception as exc:
+            self.warn_once("identity", exc)
+            return Call(text, deferred(Reason.ERROR), mode)
+        decision = None
+        if identity.blocked is not None:
+            decision = deferred(identity.blocked)
+        elif mode == "observe":
+            decision = deferred(Reason.TRACER_OFF)
+        return Call(text, decision, mode, tracer, identity, view, history)
 
-    def route(self, value: Any, config: RunnableConfig, *, chunk: bool = False) -> Route:
+    def tracer_for(self, identity: TaskIdentity) -> Tracer:
+        """The process-wide Tracer of this task version."""
+        tracer = registry_for(self.db).tracer(self.task, identity, **self.tracer_options)
+        with self._lock:
+            self.tracers[tracer.fingerprint] = tracer
+            self.last_tracer = tracer
+        return tracer
+
+    # -- routing -------------------------------------------------------------------------
+    def route(self, value: Any, config: RunnableConfig, *, chunk: bool = False) -> Call:
         """Route one input; `chunk=True` builds a hit's answer as a streaming chunk."""
-        text, reason = self.text_of(value, config)
-        if reason != "pending":
-            return Route(text, reason)
-        try:
-            decision = self.tracer.route(text)
-        except Exception as exc:
-            self.warn_once("route", exc)
-            return Route(text, "error")
-        return self.resolve(text, decision, chunk=chunk)
+        call = self.prepare(value, config)
+        if call.decision is None:
+            try:
+                decision = call.tracer.route(call.text)
+            except Exception as exc:
+                self.warn_once("route", exc)
+                call.decision = deferred(Reason.ERROR)
+                return call
+            self.resolve(call, decision, chunk=chunk)
+        return call
 
-    async def aroute(self, value: Any, config: RunnableConfig, *, chunk: bool = False) -> Route:
-        """`route` with the embedding and scoring off the event loop."""
-        text, reason = self.text_of(value, config)
-        if reason != "pending":
-            return Route(text, reason)
-        try:
-            decision = await self.tracer.aroute(text)
-        except Exception as exc:
-            self.warn_once("route", exc)
-            return Route(text, "error")
-        if self.codec is None and not self._store_checked:
-            await asyncio.to_thread(self.answer_codec)  # a one-off store read, off the event loop
-        return self.resolve(text, decision, chunk=chunk)
+    async def aroute(self, value: Any, config: RunnableConfig, *, chunk: bool = False) -> Call:
+        """`route` with identity, embedding and store reads off the event loop."""
+        call = await asyncio.to_thread(self.prepare, value, config)
+        if call.decision is None:
+            try:
+                decision = await call.tracer.aroute(call.text)
+            except Exception as exc:
+                self.warn_once("route", exc)
+                call.decision = deferred(Reason.ERROR)
+                return call
+            if decision.handled:
+                await asyncio.to_thread(self.answer_codec, call.tracer)  # a one-off store read
+            self.resolve(call, decision, chunk=chunk)
+        return call
 
-    def route_many(self, values: list[Any], configs: list[RunnableConfig]) -> list[Route]:
-        pending = [self.text_of(v, c) for v, c in zip(values, configs, strict=True)]
-        todo = [i for i, (_, reason) in enumerate(pending) if reason == "pending"]
-        try:
-            decisions = self.tracer.route_many([pending[i][0] for i in todo]) if todo else []
-        except Exception as exc:
-            self.warn_once("route", exc)
-            decisions = [None] * len(todo)
-        return self._merge(pending, todo, decisions)
+    def route_many(self, values: list[Any], configs: list[RunnableConfig]) -> list[Call]:
+        calls = [self.prepare(v, c) for v, c in zip(values, configs, strict=True)]
+        self._decide_many(calls, lambda tracer, texts: tracer.route_many(texts))
+        return calls
 
-    async def aroute_many(self, values: list[Any], configs: list[RunnableConfig]) -> list[Route]:
-        pending = [self.text_of(v, c) for v, c in zip(values, configs, strict=True)]
-        todo = [i for i, (_, reason) in enumerate(pending) if reason == "pending"]
-        try:
-            decisions = await self.tracer.aroute_many([pending[i][0] for i in todo]) if todo else []
-        except Exception as exc:
-            self.warn_once("route", exc)
-            decisions = [None] * len(todo)
-        if self.codec is None and not self._store_checked:
-            await asyncio.to_thread(self.answer_codec)
-        return self._merge(pending, todo, decisions)
+    async def aroute_many(self, values: list[Any], configs: list[RunnableConfig]) -> list[Call]:
+        calls = await asyncio.to_thread(lambda: [self.prepare(v, c) for v, c in zip(values, configs, strict=True)])
+        groups = _pending_groups(calls)
+        for tracer, indices in groups:
+            try:
+                decisions = await tracer.aroute_many([calls[i].text for i in indices])
+            except Exception as exc:
+                self.warn_once("route", exc)
+                decisions = [deferred(Reason.ERROR)] * len(indices)
+            if any(d.handled for d in decisions):
+                await asyncio.to_thread(self.answer_codec, tracer)
+            for i, decision in zip(indices, decisions, strict=True):
+                self.resolve(calls[i], decision)
+        return calls
 
-    def _merge(self, pending: list[tuple[str | None, str]], todo: list[int], decisions: list[Any]) -> list[Route]:
-        routes = [Route(text, reason) for text, reason in pending]
-        for i, decision in zip(todo, decisions, strict=True):
-            routes[i] = self.resolve(pending[i][0], decision) if decision is not None else Route(pending[i][0], "error")
-        return routes
+    def _decide_many(self, calls: list[Call], route_many: Any) -> None:
+        for tracer, indices in _pending_groups(calls):
+            try:
+                decisions = route_many(tracer, [calls[i].text for i in indices])
+            except Exception as exc:
+                self.warn_once("route", exc)
+                decisions = [deferred(Reason.ERROR)] * len(indices)
+            for i, decision in zip(indices, decisions, strict=True):
+                self.resolve(calls[i], decision)
 
-    def resolve(self, text: str, decision: Any, *, chunk: bool = False) -> Route:
+    def resolve(self, call: Call, decision: Decision, *, chunk: bool = False) -> None:
         """A hit only when the decision is handled under a deployed policy and the answer can be built."""
+        call.decision = decision
         if not (decision.handled and decision.label is not None and decision.policy_version is not None):
-            return Route(text, decision.reason, decision)
-        codec = self.answer_codec()
+            return
+        unanswered = {"policy_version": decision.policy_version, "label": decision.label, "score": decision.score}
+        codec = self.answer_codec(call.tracer)
         if codec is None:
-            return Route(text, "no_codec", decision)
+            call.decision = deferred(Reason.NO_CODEC, **unanswered)
+            return
         try:
-            output = codec.from_label(decision.label, chunk=chunk)
+            call.output = codec.from_label(decision.label, chunk=chunk)
         except Exception as exc:
             self.warn_once("codec", exc)
-            return Route(text, "error", decision)
-        return Route(text, decision.reason, decision, hit=True, output=output)
+            call.decision = deferred(Reason.ERROR, **unanswered)
+            return
+        call.hit = True
+
+    def answer_message(self, call: Call) -> AIMessage:
+        """The chat-model message behind a surrogate answer."""
+        return self.codec.message(call.decision.label, tool=self.identity.parts.tool_name)
 
     # -- codec ---------------------------------------------------------------------------
-    def answer_codec(self) -> OutputCodec | None:
-        """The codec to build surrogate answers: the user's, the learned one, or one rebuilt from stored traces."""
-        if self.codec is None and not self._store_checked:
-            self._store_checked = True
-            self.codec = self._codec_from_store()
+    def answer_codec(self, tracer: Tracer) -> OutputCodec | None:
+        """The codec to build surrogate answers: the user's, the learned one, one rebuilt from stored traces,
+        or the one the chain's declared output type implies."""
+        if self.codec is None and tracer.fingerprint not in self._store_checked:
+            self._store_checked.add(tracer.fingerprint)
+            self.codec = self._codec_from_store(tracer) or self._codec_from_type()
         return self.codec
 
-    def _codec_from_store(self) -> OutputCodec | None:
+    def _codec_from_type(self) -> OutputCodec | None:
+        try:
+            parts = self.identity.parts
+            return codec_for_type((parts.wrapped or self.identity.chain).OutputType, parts.forced_tool)
+        except Exception as exc:
+            self.warn_once("codec", exc)
+            return None
+
+    def _codec_from_store(self, tracer: Tracer) -> OutputCodec | None:
         """The codec of the newest teacher trace that stored one (scanning back at most STORE_SCAN traces)."""
         try:
-            store, task, fingerprint = self.tracer.store, self.tracer.task, self.tracer.fingerprint
+            store, task, fingerprint = tracer.store, tracer.task, tracer.fingerprint
             high = store.max_id(task, source="teacher", fingerprint=fingerprint)
             floor = max(0, high - STORE_SCAN)
             while high > floor:
@@ -182,53 +261,48 @@ class TracerBridge:
     def output_codec(self, output: Any) -> OutputCodec:
         """The codec for a real chain output, learned from the first one seen."""
         with self._lock:
-            if self.codec is None:
-                self.codec = learn_codec(output)
-            return self.codec
+            if self.codec is not None:
+                return self.codec
+            codec = learn_codec(output)
+            if codec.complete:
+                self.codec = codec
+            return codec
 
     # -- recording -----------------------------------------------------------------------
-    def record_teacher(
-        self, route: Route, output: Any, latency_ms: float | None, usage: UsageCollector, run_id: Any
-    ) -> None:
-        """Record a real chain answer as a training trace (skipped, logged once, if anything fails)."""
-        if route.text is None:
+    def record_teacher(self, call: Call, output: Any, latency_ms: float | None, usage: UsageCollector, run_id: Any) -> None:
+        """Record a real chain answer with the decision that sent it to the chain (skipped, logged once, on failure)."""
+        if not call.recorded:
             return
         try:
             codec = self.output_codec(output)
-            self.tracer.record(
-                route.text,
+            call.tracer.record(
+                call.text,
                 codec.to_label(output),
+                decision=call.decision,
                 model=usage.model,
                 latency_ms=latency_ms,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                metadata={
-                    "deferred_reason": route.reason,
-                    "policy_version": route.policy_version,
-                    "codec": codec.spec,
-                    "integration": "langchain",
-                    "run_id": str(run_id),
-                },
+                metadata=self._metadata(call, run_id, codec=codec.spec),
             )
         except Exception as exc:
             self.warn_once("record", exc)
 
-    def record_surrogate(self, route: Route, run_id: Any) -> None:
-        """Record a surrogate answer (never training data)."""
+    def record_surrogate(self, call: Call, value: Any, run_id: Any) -> None:
+        """Record a surrogate answer (a `surrogate` trace, never training data); continue the session history."""
         try:
-            self.tracer.record(
-                route.text,
-                route.decision.label,
-                source="surrogate",
-                metadata={
-                    "score": float(route.decision.score),
-                    "policy_version": route.policy_version,
-                    "integration": "langchain",
-                    "run_id": str(run_id),
-                },
-            )
+            call.tracer.record(call.text, call.decision.label, decision=call.decision, metadata=self._metadata(call, run_id))
+            if call.history is not None:
+                append_turn(call.history, self.identity.parts.history, value, call.output)
         except Exception as exc:
             self.warn_once("record", exc)
+
+    @staticmethod
+    def _metadata(call: Call, run_id: Any, **extra: Any) -> dict[str, Any]:
+        metadata = {"integration": "langchain", "run_id": str(run_id), **extra}
+        if call.mode != "on":
+            metadata["tracer_mode"] = call.mode
+        return metadata
 
     def warn_once(self, kind: str, exc: BaseException) -> None:
         """Log the first failure of each kind; the call goes on through the chain."""
@@ -237,6 +311,15 @@ class TracerBridge:
                 return
             self._warned.add(kind)
         log.warning("tracer %s failed, using the chain instead: %s: %s", kind, type(exc).__name__, exc)
+
+
+def _pending_groups(calls: list[Call]) -> list[tuple[Tracer, list[int]]]:
+    """The calls still to be routed, grouped by Tracer (one embedding batch per task version)."""
+    groups: dict[int, tuple[Tracer, list[int]]] = {}
+    for i, call in enumerate(calls):
+        if call.decision is None:
+            groups.setdefault(id(call.tracer), (call.tracer, []))[1].append(i)
+    return list(groups.values())
 
 
 def mode_of(config: RunnableConfig) -> str:

@@ -1,9 +1,12 @@
 """Output codecs: turn a chain's answer into a label and a label back into an answer of the same type.
 
-A codec is learned from the first real output of the chain. Its `spec` (kind, class path,
-tool name) is stored in each teacher trace's metadata, so another process can rebuild it
-before its first real call, provided the class is already imported there (nothing is
-imported from a stored path).
+Labels use the core's one encoding (`tracer_core.text_label` for text, `structured_label`
+for tool arguments and structured outputs), so LangChain and LiteLLM store one answer as
+one label. A codec is learned from the first real output of the chain. Its `spec` (kind,
+class path, tool name) is stored in each teacher trace's metadata, so another process can
+rebuild it before its first real call, provided the class is already imported there
+(nothing is imported from a stored path). `message(label)` is the chat-model message a
+surrogate answer's chat-model run reports.
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from pydantic import BaseModel
 
+from tracer_core import structured_label, text_label
+from tracer_core.errors import InvalidTraceError
 from tracer_langchain.errors import CodecError
+
+INCLUDE_RAW_KEYS = frozenset({"raw", "parsed", "parsing_error"})
 
 
 class OutputCodec:
     """Base codec: `to_label(output) -> str`, `from_label(label) -> output`, `spec` for persistence."""
 
     kind = "abstract"
+    complete = True
+    """False when the codec can label outputs but not build answers (kept only for that output)."""
 
     def to_label(self, output: Any) -> str:
         raise NotImplementedError
@@ -32,6 +41,12 @@ class OutputCodec:
     def from_label(self, label: str, *, chunk: bool = False) -> Any:
         """The answer for `label`; `chunk=True` asks for a streaming chunk type where one exists."""
         raise NotImplementedError
+
+    def message(self, label: str, *, tool: str | None = None) -> AIMessage:
+        """The chat-model message behind this answer (a tool call when the model answers through `tool`)."""
+        if tool is not None:
+            return tool_call_message(tool, label)
+        return AIMessage(content=label)
 
     @property
     def spec(self) -> dict:
@@ -48,7 +63,7 @@ class StrCodec(OutputCodec):
 
     def to_label(self, output: Any) -> str:
         _expect(output, str, self.kind)
-        return output.strip()
+        return text_label(output)
 
     def from_label(self, label: str, *, chunk: bool = False) -> Any:
         return label if self.cls is str else self.cls(label)
@@ -67,7 +82,10 @@ class MessageTextCodec(OutputCodec):
         _expect(output, BaseMessage, self.kind)
         if getattr(output, "tool_calls", None):
             raise CodecError("message has tool calls but the codec expects a text answer")
-        return output.text.strip()
+        return text_label(output.text)
+
+    def message(self, label: str, *, tool: str | None = None) -> AIMessage:
+        return AIMessage(content=label)
 
     def from_label(self, label: str, *, chunk: bool = False) -> Any:
         cls = AIMessageChunk if chunk else AIMessage
@@ -91,16 +109,18 @@ class MessageToolCodec(OutputCodec):
         return canonical_label(calls[0]["args"])
 
     def from_label(self, label: str, *, chunk: bool = False) -> Any:
-        call_id = "call_tracer_" + uuid.uuid4().hex[:12]
-        metadata = {"tracer_handled": True}
+        message = tool_call_message(self.tool_name, label)
         if chunk:
+            call = message.tool_calls[0]
             return AIMessageChunk(
                 content="",
-                tool_call_chunks=[{"name": self.tool_name, "args": label, "id": call_id, "index": 0}],
-                response_metadata=metadata,
+                tool_call_chunks=[{"name": call["name"], "args": label, "id": call["id"], "index": 0}],
+                response_metadata=message.response_metadata,
             )
-        call = {"name": self.tool_name, "args": json.loads(label), "id": call_id, "type": "tool_call"}
-        return AIMessage(content="", tool_calls=[call], response_metadata=metadata)
+        return message
+
+    def message(self, label: str, *, tool: str | None = None) -> AIMessage:
+        return tool_call_message(self.tool_name, label)
 
     @property
     def spec(self) -> dict:
@@ -138,6 +158,47 @@ class DictCodec(OutputCodec):
 
     def from_label(self, label: str, *, chunk: bool = False) -> Any:
         return json.loads(label)
+
+
+class IncludeRawCodec(OutputCodec):
+    """`with_structured_output(..., include_raw=True)`: `{"raw", "parsed", "parsing_error"}`; the label is `parsed`'s.
+
+    A teacher answer that failed to parse is labelled from its raw message (tool arguments or
+    text), so it is still recorded; a surrogate answer is rebuilt as the raw message the model
+    would have sent (a call to `tool`, else JSON content), its parsed value and no error.
+    """
+
+    kind = "include_raw"
+
+    def __init__(self, parsed: OutputCodec | None, tool: str | None = None) -> None:
+        self.parsed = parsed
+        self.tool = tool
+        self.complete = parsed is not None  # a first answer that failed to parse does not tell the parsed type
+
+    def to_label(self, output: Any) -> str:
+        _expect(output, dict, self.kind)
+        if output.get("parsing_error") is None and output.get("parsed") is not None and self.parsed is not None:
+            return self.parsed.to_label(output["parsed"])
+        raw = output.get("raw")
+        calls = getattr(raw, "tool_calls", None) or []
+        if calls:
+            return canonical_label(calls[0]["args"])
+        return structured_label(raw.text) if isinstance(raw, BaseMessage) else text_label(str(raw))
+
+    def from_label(self, label: str, *, chunk: bool = False) -> Any:
+        if self.parsed is None:
+            raise CodecError("no include_raw answer has parsed yet; its parsed type is unknown")
+        return {"raw": self.message(label), "parsed": self.parsed.from_label(label), "parsing_error": None}
+
+    def message(self, label: str, *, tool: str | None = None) -> AIMessage:
+        tool = self.tool or tool
+        if tool is not None:
+            return tool_call_message(tool, label)
+        return AIMessage(content=label, response_metadata={"tracer_handled": True})
+
+    @property
+    def spec(self) -> dict:
+        return {"kind": self.kind, "parsed": self.parsed.spec if self.parsed else None, "tool": self.tool}
 
 
 class EnumCodec(OutputCodec):
@@ -197,6 +258,8 @@ def learn_codec(output: Any) -> OutputCodec:
         raise CodecError(f"message has {len(calls)} tool calls; a classification answer has at most one")
     if isinstance(output, BaseModel):
         return PydanticCodec(type(output))
+    if isinstance(output, dict) and set(output) == INCLUDE_RAW_KEYS and isinstance(output["raw"], BaseMessage):
+        return _include_raw_codec(output)
     if isinstance(output, dict):
         canonical_label(output)
         return DictCodec()
@@ -205,9 +268,38 @@ def learn_codec(output: Any) -> OutputCodec:
     )
 
 
+def codec_for_type(output_type: Any, tool: str | None = None) -> OutputCodec | None:
+    """The codec a chain's declared output type implies (before any real output is seen), or None.
+
+    `tool` is the tool the model is forced to call, if any (its message then carries a tool call).
+    """
+    if not isinstance(output_type, type):
+        return None
+    if issubclass(output_type, Enum):
+        return EnumCodec(output_type)
+    if issubclass(output_type, str):
+        return StrCodec(output_type)
+    if issubclass(output_type, BaseMessage):
+        return MessageToolCodec(tool) if tool else MessageTextCodec()
+    if issubclass(output_type, BaseModel):
+        return PydanticCodec(output_type)
+    return None
+
+
+def _include_raw_codec(output: dict) -> IncludeRawCodec:
+    raw, parsed = output["raw"], output["parsed"]
+    calls = getattr(raw, "tool_calls", None) or []
+    tool = calls[0]["name"] if len(calls) == 1 else None
+    return IncludeRawCodec(learn_codec(parsed) if parsed is not None else None, tool)
+
+
 def codec_from_spec(spec: dict) -> OutputCodec | None:
     """Rebuild a codec from a stored `spec`, or None when its class is not loaded in this process."""
     kind = spec.get("kind")
+    if kind == "include_raw" and isinstance(spec.get("parsed"), dict):
+        parsed = codec_from_spec(spec["parsed"])
+        tool = spec.get("tool") if isinstance(spec.get("tool"), str) else None
+        return IncludeRawCodec(parsed, tool) if parsed is not None else None
     if kind == "message_text":
         return MessageTextCodec()
     if kind == "message_tool" and isinstance(spec.get("tool"), str):
@@ -227,11 +319,17 @@ def codec_from_spec(spec: dict) -> OutputCodec | None:
 
 
 def canonical_label(value: Any) -> str:
-    """Compact, key-sorted JSON of a JSON-native value; CodecError if it is not JSON-native."""
+    """The core's structured label of a JSON-native value; CodecError if it is not JSON-native."""
     try:
-        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise CodecError(f"output is not plain JSON data: {exc}") from None
+        return structured_label(value)
+    except InvalidTraceError as exc:
+        raise CodecError(str(exc)) from None
+
+
+def tool_call_message(tool: str, label: str) -> AIMessage:
+    """An AI message calling `tool` with the arguments of a structured label."""
+    call = {"name": tool, "args": json.loads(label), "id": "call_tracer_" + uuid.uuid4().hex[:12], "type": "tool_call"}
+    return AIMessage(content="", tool_calls=[call], response_metadata={"tracer_handled": True})
 
 
 def type_path(cls: type) -> str:

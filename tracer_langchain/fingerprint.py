@@ -1,9 +1,7 @@
-"""Task fingerprint: a hash of what the wrapped chain computes (prompt, model, parameters, schema).
+"""The serialised description of a chain whose prompt and model cannot be found (the identity fallback).
 
-Editing the prompt, switching the teacher model or changing its parameters changes the
-fingerprint, so traces of a different function are never used. Secrets, endpoints and
-transport settings (base URL, retries, timeouts, proxies, headers) are left out: they
-change where the call goes, not what it answers.
+Secrets, endpoints and transport settings (base URL, retries, timeouts, proxies, headers)
+are left out: they change where the call goes, not what it answers.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ TRANSPORT_KEYS = frozenset(
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
-def chain_fingerprint(chain: Runnable) -> str:
+def chain_description_hash(chain: Runnable) -> str:
     """A 16-hex-digit hash of the chain's serialised form, without secrets and transport settings."""
     return hash_description(describe(chain))
 

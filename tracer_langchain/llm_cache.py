@@ -1,11 +1,12 @@
 """No-code adoption through LangChain's LLM cache: `set_llm_cache(TracerLLMCache(task=...))`.
 
 Every non-streaming chat-model call consults the cache. The cache routes the last human
-message through a Tracer for that call's function (model settings + the other messages,
-hashed into the fingerprint); a certified hit returns a stored real message of the
+message through the Tracer of that call's task version (`tracer_core.identify` of the
+model settings and the messages); a certified hit returns a stored real message of the
 predicted label (so tool-call and structured-output parsers work), everything else goes to
 the model and its answer is recorded as a teacher trace.
 
+Calls with conversation history or non-text content are recorded, never answered.
 Limits: streaming calls (`stream`/`astream`, `streaming=True`) bypass the LLM cache in
 LangChain, so they are neither answered nor recorded; a label is only replayed after a real
 message with that label was seen by this process; generations with `n > 1` are not cached.
@@ -26,8 +27,11 @@ from langchain_core.load import loads
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from tracer_langchain.bridge import Route, TracerBridge
+from tracer_core import Decision, Reason, TaskIdentity, Tracer, TraceStore, identify, registry_for
+from tracer_core.decision import deferred
+from tracer_langchain.codec import learn_codec
 from tracer_langchain.fingerprint import hash_description, strip_transport
+from tracer_langchain.identity import routed_index
 from tracer_langchain.text import last_human_text
 from tracer_langchain.usage import UsageCollector
 
@@ -39,56 +43,59 @@ class TracerLLMCache(BaseCache):
     """A LangChain `BaseCache` that answers certified chat-model calls from tracer's surrogate."""
 
     def __init__(self, task: str, *, db: Any = None, **tracer_options: Any) -> None:
-        from tracer_core import TraceStore
-
         self.task = task
         self.store = db if isinstance(db, TraceStore) else TraceStore(db)
         self.tracer_options = tracer_options
-        self._bridges: dict[str, TracerBridge] = {}
+        self.tracers: dict[str, Tracer] = {}
         self._replay: dict[tuple[str, str], BaseMessage] = {}
+        self._decisions: dict[tuple[str, str], Decision] = {}
         self._lock = threading.Lock()
         self._warned = False
 
-    def bridge_for(self, fingerprint: str) -> TracerBridge:
-        """The tracer bridge of one chat-model function (created on first use)."""
-        with self._lock:
-            if fingerprint not in self._bridges:
-                from tracer_core import Tracer
-
-                tracer = Tracer(task=self.task, db=self.store, fingerprint=fingerprint, **self.tracer_options)
-                self._bridges[fingerprint] = TracerBridge(tracer=tracer)
-            return self._bridges[fingerprint]
+    def tracer_for(self, identity: TaskIdentity) -> Tracer:
+        tracer = registry_for(self.store).tracer(self.task, identity, **self.tracer_options)
+        self.tracers[tracer.fingerprint] = tracer
+        return tracer
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         try:
-            fingerprint, text = call_key(prompt, llm_string)
-            bridge = self.bridge_for(fingerprint)
-            decision = bridge.tracer.route(text)
-            if not (decision.handled and decision.label is not None and decision.policy_version is not None):
-                return None
-            message = self._replay.get((fingerprint, decision.label))
-            if message is None:
-                return None
-            bridge.record_surrogate(Route(text, decision.reason, decision, hit=True), "llm-cache")
-            metadata = {**message.response_metadata, "tracer_handled": True, "tracer_policy_version": decision.policy_version}
-            return [ChatGeneration(message=message.model_copy(update={"response_metadata": metadata}))]
+            identity, text = call_identity(prompt, llm_string)
+            tracer = self.tracer_for(identity)
+            decision = deferred(identity.blocked) if identity.blocked else tracer.route(text)
+            if decision.handled and decision.label is not None and decision.policy_version is not None:
+                message = self._replay.get((tracer.fingerprint, decision.label))
+                if message is not None:
+                    tracer.record(text, decision.label, decision=decision, metadata={"integration": "langchain-cache"})
+                    metadata = {**message.response_metadata, "tracer_handled": True,
+                                "tracer_policy_version": decision.policy_version}
+                    return [ChatGeneration(message=message.model_copy(update={"response_metadata": metadata}))]
+                decision = deferred(Reason.NO_CODEC, decision.policy_version, decision.label, decision.score)
+            with self._lock:
+                self._decisions[(prompt, llm_string)] = decision
+            return None
         except Exception as exc:
             self._warn(exc)
             return None
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         try:
+            with self._lock:
+                decision = self._decisions.pop((prompt, llm_string), None)
             if len(return_val) != 1 or not isinstance(return_val[0], ChatGeneration):
                 return
-            fingerprint, text = call_key(prompt, llm_string)
-            bridge = self.bridge_for(fingerprint)
+            identity, text = call_identity(prompt, llm_string)
+            tracer = self.tracer_for(identity)
             message = return_val[0].message
             usage = UsageCollector()
             usage.on_llm_end(LLMResult(generations=[list(return_val)]))
-            bridge.record_teacher(Route(text, "llm_cache_miss"), message, None, usage, "llm-cache")
-            label = bridge.output_codec(message).to_label(message)
+            codec = learn_codec(message)
+            label = codec.to_label(message)
+            tracer.record(
+                text, label, decision=decision, model=usage.model, prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens, metadata={"integration": "langchain-cache", "codec": codec.spec},
+            )
             replay = message.model_copy(update={"id": None, "usage_metadata": None})
-            self._replay[(fingerprint, label.strip())] = replay
+            self._replay[(tracer.fingerprint, label)] = replay
         except Exception as exc:
             self._warn(exc)
 
@@ -97,8 +104,9 @@ class TracerLLMCache(BaseCache):
         self._replay.clear()
 
     def close(self) -> None:
-        for bridge in self._bridges.values():
-            bridge.tracer.close()
+        for tracer in self.tracers.values():
+            tracer.wait_for_refit()
+        self.store.flush()
 
     def _warn(self, exc: BaseException) -> None:
         if not self._warned:
@@ -106,17 +114,24 @@ class TracerLLMCache(BaseCache):
             log.warning("tracer LLM cache failed, calling the model instead: %s: %s", type(exc).__name__, exc)
 
 
-def call_key(prompt: str, llm_string: str) -> tuple[str, str]:
-    """(fingerprint, text) of a chat-model call: the function is the model settings plus every message but the text."""
+def call_identity(prompt: str, llm_string: str) -> tuple[TaskIdentity, str]:
+    """(identity, text) of a chat-model call: the model settings plus every message but the text.
+
+    The model is named by a hash of its settings (the cache sees no model object); turns before
+    the last human message other than system messages are conversation history.
+    """
     with suppress_langchain_beta_warning():
         messages = loads(prompt, allowed_objects="messages")
     if not isinstance(messages, Sequence) or not messages:
         raise ValueError("the LLM cache prompt is not a message list")
     text = last_human_text(messages)
-    context = [(m.type, m.text) for m in messages]
-    last = max(i for i, m in enumerate(messages) if m.type == "human")
-    context[last] = ("human", "<text>")
-    return hash_description({"model": _model_description(llm_string), "messages": context}), text
+    routed = routed_index(messages, text)
+    identity = identify(
+        model="llm-cache/" + hash_description(_model_description(llm_string)),
+        messages=[(m.type, m.content) for m in messages], routed_text=text,
+        history=[i for i, m in enumerate(messages) if i < routed and m.type != "system"], origin="langchain",
+    )
+    return identity, text
 
 
 def _model_description(llm_string: str) -> Any:

@@ -5,8 +5,10 @@
     stop_observing(observer)
 
 It records each top-level chain run (optionally only those named `run_name`) as a teacher
-trace: the run's input text, its output as a label, latency and the token usage its LLM calls
-reported. Runs of `with_tracer` wrappers are skipped (they record themselves).
+trace of the task version `with_tracer(chain, ...)` would give the same input (see
+`tracer_langchain.identity`): the run's input text, its output as a label, latency and the
+token usage its LLM calls reported. Runs of `with_tracer` wrappers are skipped (they record
+themselves).
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from langchain_core.outputs import LLMResult
 from langchain_core.runnables import Runnable
 from langchain_core.tracers import context as tracer_context
 
-from tracer_langchain.bridge import SURROGATE_TAG, TEACHER_TAG, Route, TracerBridge
+from tracer_langchain.bridge import SURROGATE_TAG, TEACHER_TAG, TracerBridge
 from tracer_langchain.codec import CustomCodec
 from tracer_langchain.errors import IntegrationConfigError
-from tracer_langchain.fingerprint import chain_fingerprint
+from tracer_langchain.identity import ChainIdentity
 from tracer_langchain.text import TextFn
 from tracer_langchain.usage import UsageCollector
 
@@ -41,31 +43,21 @@ class _Watched:
 
 
 class TracerObserver(BaseCallbackHandler):
-    """Records top-level chain runs as teacher traces of `tracer`; never changes what a chain returns."""
+    """Records top-level chain runs as teacher traces of their task versions; never changes what a chain returns."""
 
     run_inline = True
 
-    def __init__(
-        self,
-        tracer: Any,
-        *,
-        run_name: str | None = None,
-        text_fn: TextFn | None = None,
-        input_key: str | None = None,
-        to_label: Any = None,
-    ) -> None:
+    def __init__(self, bridge: TracerBridge, *, run_name: str | None = None) -> None:
         super().__init__()
-        # An observer never builds answers, so a custom codec needs only to_label.
-        codec = CustomCodec(to_label, str) if to_label is not None else None
-        self.bridge = TracerBridge(tracer=tracer, text_fn=text_fn, input_key=input_key, codec=codec)
+        self.bridge = bridge
         self.run_name = run_name
         self._lock = threading.Lock()
         self._watched: dict[UUID, _Watched] = {}
         self._root_of: dict[UUID, UUID] = {}
 
-    @property
-    def tracer(self) -> Any:
-        return self.bridge.tracer
+    def flush(self) -> None:
+        for tracer in list(self.bridge.tracers.values()):
+            tracer.flush()
 
     def on_chain_start(
         self,
@@ -109,9 +101,10 @@ class TracerObserver(BaseCallbackHandler):
         if watched is None:
             return
         value = inputs if inputs is not None else watched.input
-        text, _ = self.bridge.text_of(value, {})
+        call = self.bridge.prepare(value, {})
         latency_ms = (time.perf_counter() - watched.started) * 1000.0
-        self.bridge.record_teacher(Route(text, "observe_only"), outputs, latency_ms, watched.usage, run_id)
+        # recorded outside routing (no decision) unless the identity blocks routing (history, non-text)
+        self.bridge.record_teacher(call, outputs, latency_ms, watched.usage, run_id)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
@@ -132,32 +125,33 @@ _hooks: dict[int, ContextVar] = {}
 
 
 def observe(
-    tracer: Any = None,
+    task: str,
+    chain: Runnable,
     *,
-    task: str | None = None,
-    chain: Runnable | None = None,
-    fingerprint: str | None = None,
     db: Any = None,
     run_name: str | None = None,
     text_fn: TextFn | None = None,
     input_key: str | None = None,
+    ignore_inputs: tuple[str, ...] = (),
+    fingerprint: str | None = None,
     to_label: Any = None,
     **tracer_options: Any,
 ) -> TracerObserver:
-    """Attach a `TracerObserver` to every LangChain run in this process (all threads); returns it.
+    """Attach a `TracerObserver` of `chain`'s task versions to every LangChain run in this process (all threads).
 
-    Give `chain=` (or its `fingerprint=`) so the traces share the task version `with_tracer(chain, ...)`
-    will use later; give `run_name=` to watch only runs of that name.
+    The traces land in the versions `with_tracer(chain, task=task, ...)` with the same options
+    will route later; give `run_name=` to watch only runs of that name.
     """
-    if tracer is None:
-        if not isinstance(task, str) or not task.strip():
-            raise IntegrationConfigError(f"observe needs task= (a non-empty string) or tracer=, got task={task!r}")
-        from tracer_core import Tracer
-
-        if fingerprint is None and chain is not None:
-            fingerprint = chain_fingerprint(chain)
-        tracer = Tracer(task=task, db=db, fingerprint=fingerprint, **tracer_options)
-    observer = TracerObserver(tracer, run_name=run_name, text_fn=text_fn, input_key=input_key, to_label=to_label)
+    if not isinstance(task, str) or not task.strip():
+        raise IntegrationConfigError(f"observe needs task= (a non-empty string), got task={task!r}")
+    if not isinstance(chain, Runnable):
+        raise IntegrationConfigError(f"observe needs the observed chain (a Runnable), got {type(chain).__name__}")
+    identity = ChainIdentity(chain, input_key=input_key, ignore_inputs=ignore_inputs, pinned=fingerprint)
+    # An observer never builds answers, so a custom codec needs only to_label.
+    codec = CustomCodec(to_label, str) if to_label is not None else None
+    bridge = TracerBridge(task, identity, db=db, text_fn=text_fn, input_key=input_key, codec=codec,
+                          tracer_options=tracer_options)
+    observer = TracerObserver(bridge, run_name=run_name)
     var: ContextVar = ContextVar(f"tracer_observer_{id(observer)}", default=observer)
     tracer_context.register_configure_hook(var, inheritable=True)
     _hooks[id(observer)] = var
@@ -169,4 +163,4 @@ def stop_observing(observer: TracerObserver) -> None:
     var = _hooks.pop(id(observer), None)
     if var is not None:
         tracer_context._configure_hooks[:] = [hook for hook in tracer_context._configure_hooks if hook[0] is not var]
-    observer.tracer.flush()
+    observer.flush()

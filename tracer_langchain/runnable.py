@@ -2,14 +2,16 @@
 
 The wrapper is a `RunnableSerializable` (the pattern of langchain-core's `RunnableWithFallbacks`):
 it opens its own run, tagged `tracer:surrogate` or `tracer:llm` with metadata `tracer_handled`,
-`tracer_policy_version`; on a miss the wrapped chain runs nested under it and its answer is
-recorded as a teacher trace.
+`tracer_policy_version`, `tracer_fingerprint` and `tracer_reason`; on a miss the wrapped chain
+runs nested under it and its answer is recorded as a teacher trace; a hit is reported as a
+chat-model run nested under it (see `tracer_langchain.emit`).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks.manager import (
@@ -32,10 +34,13 @@ from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langchain_core.utils.pydantic import TypeBaseModel
 from pydantic import ConfigDict
 
-from tracer_langchain.bridge import Route, TracerBridge
+from tracer_core import Tracer
+from tracer_core.settings import check
+from tracer_langchain.bridge import Call, TracerBridge
 from tracer_langchain.codec import CustomCodec
+from tracer_langchain.emit import aemit_chat_model_run, emit_chat_model_run
 from tracer_langchain.errors import IntegrationConfigError
-from tracer_langchain.fingerprint import chain_fingerprint
+from tracer_langchain.identity import ChainIdentity
 from tracer_langchain.text import TextFn
 from tracer_langchain.usage import UsageCollector
 
@@ -43,9 +48,12 @@ TRACER_MODE_SPEC = ConfigurableFieldSpec(
     id="tracer_mode",
     annotation=str,
     name="tracer mode",
-    description='"on" routes through tracer; "off" always calls the wrapped chain.',
+    description='"on" routes through tracer; "observe" records but never answers; "off" calls the chain, records nothing.',
     default="on",
 )
+
+
+TRACER_OPTIONS = frozenset(inspect.signature(Tracer).parameters) - {"task", "db", "fingerprint", "self"}
 
 
 class TracedRunnable(RunnableSerializable[Input, Output]):
@@ -54,22 +62,38 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
     runnable: Runnable[Input, Output]
     """The wrapped chain (the teacher)."""
     bridge: TracerBridge
-    """Routing, codec and recording against the `tracer_core.Tracer`."""
-    owns_tracer: bool = False
-    """Whether `close()` closes the tracer (it was created by `with_tracer`)."""
+    """Task identity, routing, codec and recording against the Tracers of the chain's task versions."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     @property
-    def tracer(self) -> Any:
-        return self.bridge.tracer
+    def tracer(self) -> Tracer:
+        """The Tracer of the task version of the latest call (see `tracer_for` for a given input)."""
+        if self.bridge.last_tracer is None:
+            raise IntegrationConfigError("no call has been made yet; use tracer_for(input) to get a version's Tracer")
+        return self.bridge.last_tracer
+
+    @property
+    def tracers(self) -> list[Tracer]:
+        """The Tracers of every task version this wrapper has called."""
+        return list(self.bridge.tracers.values())
+
+    def tracer_for(self, input: Input, config: RunnableConfig | None = None) -> Tracer:
+        """The Tracer of the task version `input` would be routed by."""
+        call = self.bridge.prepare(input, ensure_config(config))
+        if call.tracer is None:
+            raise IntegrationConfigError(f"this input reaches no task version ({call.reason})")
+        return call.tracer
+
+    def flush(self) -> None:
+        for tracer in self.tracers:
+            tracer.flush()
 
     def close(self) -> None:
-        """Flush traces and close the tracer if this wrapper created it."""
-        if self.owns_tracer:
-            self.tracer.close()
-        else:
-            self.tracer.flush()
+        """Wait for running refits and flush traces (the stores stay open for other users in the process)."""
+        for tracer in self.tracers:
+            tracer.wait_for_refit()
+            tracer.flush()
 
     # -- schema delegation ---------------------------------------------------------------
     @property
@@ -91,19 +115,36 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         return get_unique_config_specs([*self.runnable.config_specs, TRACER_MODE_SPEC])
 
     # -- run helpers ---------------------------------------------------------------------
-    def _callback_manager(self, config: RunnableConfig, route: Route, manager: Any) -> Any:
+    def _callback_manager(self, config: RunnableConfig, route: Call, manager: Any) -> Any:
         """The config's callback manager with this run's tracer tag and metadata (not inherited)."""
-        manager.add_metadata(route.run_metadata(self.bridge.tracer.task), inherit=False)
+        manager.add_metadata(route.run_metadata(self.bridge.task), inherit=False)
         manager.add_tags([route.tag], inherit=False)
         return manager
 
-    def _start(self, value: Any, config: RunnableConfig, route: Route) -> CallbackManagerForChainRun:
+    def _hit(self, value: Any, route: Call, run: CallbackManagerForChainRun) -> None:
+        """Report a surrogate answer as a chat-model run under `run`, then record it."""
+        try:
+            emit_chat_model_run(run, route.view, self.bridge.answer_message(route), route.run_metadata(self.bridge.task))
+        except Exception as exc:
+            self.bridge.warn_once("events", exc)
+        self.bridge.record_surrogate(route, value, run.run_id)
+
+    async def _ahit(self, value: Any, route: Call, run: AsyncCallbackManagerForChainRun) -> None:
+        try:
+            await aemit_chat_model_run(
+                run, route.view, self.bridge.answer_message(route), route.run_metadata(self.bridge.task)
+            )
+        except Exception as exc:
+            self.bridge.warn_once("events", exc)
+        self.bridge.record_surrogate(route, value, run.run_id)
+
+    def _start(self, value: Any, config: RunnableConfig, route: Call) -> CallbackManagerForChainRun:
         manager: CallbackManager = self._callback_manager(config, route, get_callback_manager_for_config(config))
         return manager.on_chain_start(
             None, value, name=config.get("run_name") or self.get_name(), run_id=config.pop("run_id", None)
         )
 
-    async def _astart(self, value: Any, config: RunnableConfig, route: Route) -> AsyncCallbackManagerForChainRun:
+    async def _astart(self, value: Any, config: RunnableConfig, route: Call) -> AsyncCallbackManagerForChainRun:
         manager: AsyncCallbackManager = self._callback_manager(
             config, route, get_async_callback_manager_for_config(config)
         )
@@ -125,8 +166,8 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         route = self.bridge.route(input, config)
         run = self._start(input, config, route)
         if route.hit:
+            self._hit(input, route, run)
             run.on_chain_end(route.output)
-            self.bridge.record_surrogate(route, run.run_id)
             return route.output
         child_config, usage = self._child(config, run)
         started = time.perf_counter()
@@ -145,8 +186,8 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         route = await self.bridge.aroute(input, config)
         run = await self._astart(input, config, route)
         if route.hit:
+            await self._ahit(input, route, run)
             await run.on_chain_end(route.output)
-            self.bridge.record_surrogate(route, run.run_id)
             return route.output
         child_config, usage = self._child(config, run)
         started = time.perf_counter()
@@ -175,7 +216,7 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         configs = get_config_list(config, len(inputs))
         routes = self.bridge.route_many(inputs, configs)
         runs = [self._start(x, c, r) for x, c, r in zip(inputs, configs, routes, strict=True)]
-        misses = self._end_hits(routes, runs)
+        misses = self._end_hits(inputs, routes, runs)
         outputs: dict[int, Any] = {}
         if misses:
             children = [self._child(configs[i], runs[i]) for i in misses]
@@ -206,7 +247,7 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         configs = get_config_list(config, len(inputs))
         routes = await self.bridge.aroute_many(inputs, configs)
         runs = [await self._astart(x, c, r) for x, c, r in zip(inputs, configs, routes, strict=True)]
-        misses = await self._aend_hits(routes, runs)
+        misses = await self._aend_hits(inputs, routes, runs)
         outputs: dict[int, Any] = {}
         if misses:
             children = [self._child(configs[i], runs[i]) for i in misses]
@@ -224,19 +265,21 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
                 outputs[i] = result
         return _collect(routes, outputs, return_exceptions)
 
-    def _end_hits(self, routes: list[Route], runs: list[CallbackManagerForChainRun]) -> list[int]:
+    def _end_hits(self, inputs: list[Any], routes: list[Call], runs: list[CallbackManagerForChainRun]) -> list[int]:
         """End the runs answered by the surrogate; return the indices that need the chain."""
-        for route, run in zip(routes, runs, strict=True):
+        for value, route, run in zip(inputs, routes, runs, strict=True):
             if route.hit:
+                self._hit(value, route, run)
                 run.on_chain_end(route.output)
-                self.bridge.record_surrogate(route, run.run_id)
         return [i for i, route in enumerate(routes) if not route.hit]
 
-    async def _aend_hits(self, routes: list[Route], runs: list[AsyncCallbackManagerForChainRun]) -> list[int]:
-        for route, run in zip(routes, runs, strict=True):
+    async def _aend_hits(
+        self, inputs: list[Any], routes: list[Call], runs: list[AsyncCallbackManagerForChainRun]
+    ) -> list[int]:
+        for value, route, run in zip(inputs, routes, runs, strict=True):
             if route.hit:
+                await self._ahit(value, route, run)
                 await run.on_chain_end(route.output)
-                self.bridge.record_surrogate(route, run.run_id)
         return [i for i, route in enumerate(routes) if not route.hit]
 
     # -- stream --------------------------------------------------------------------------
@@ -245,9 +288,9 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         route = self.bridge.route(input, config, chunk=True)
         run = self._start(input, config, route)
         if route.hit:
+            self._hit(input, route, run)
             yield from _tap(run, iter([route.output]))
             run.on_chain_end(route.output)
-            self.bridge.record_surrogate(route, run.run_id)
             return
         child_config, usage = self._child(config, run)
         started = time.perf_counter()
@@ -272,10 +315,10 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         route = await self.bridge.aroute(input, config, chunk=True)
         run = await self._astart(input, config, route)
         if route.hit:
+            await self._ahit(input, route, run)
             async for chunk in _atap(run, _once(route.output)):
                 yield chunk
             await run.on_chain_end(route.output)
-            self.bridge.record_surrogate(route, run.run_id)
             return
         child_config, usage = self._child(config, run)
         started = time.perf_counter()
@@ -300,55 +343,64 @@ def with_tracer(
     *,
     alpha: float = 0.95,
     delta: float = 0.05,
+    audit_rate: float | None = None,
     db: Any = None,
-    tracer: Any = None,
     fingerprint: str | None = None,
     embedder: Callable | None = None,
     text_fn: TextFn | None = None,
     input_key: str | None = None,
+    ignore_inputs: Sequence[str] = (),
     to_label: Callable[[Any], str] | None = None,
     from_label: Callable[[str], Any] | None = None,
     **tracer_options: Any,
 ) -> TracedRunnable:
     """Wrap `chain` so tracer answers the inputs its certified surrogate covers; everything else runs the chain.
 
-    `fingerprint` defaults to `chain_fingerprint(chain)`; pass `tracer=` to share an existing
-    `tracer_core.Tracer` (then `alpha`, `delta`, `db`, `fingerprint`, `embedder` and options are its own).
+    Each call is routed by the Tracer of its task version: the chain's prompt rendered with
+    the call's input, its chat model and parameters, its output schema and the inputs the
+    prompt does not consume (see `tracer_langchain.identity`). `input_key` names the routed
+    field; `ignore_inputs` names inputs that do not change the answer (rendered with a fixed
+    placeholder, left out of the version); `fingerprint` pins one version for every call
+    (the user vouches that nothing else changes the answer; history and non-text content
+    still go to the chain). `audit_rate` is the share of covered calls the chain still
+    answers so the certificate keeps fresh evidence (`tracer_core.Tracer`'s default if None).
     """
-    _check_arguments(chain, task, tracer, text_fn, input_key, to_label, from_label)
-    owns_tracer = tracer is None
-    if tracer is None:
-        from tracer_core import Tracer
-
-        tracer = Tracer(
-            task=task,
-            db=db,
-            alpha=alpha,
-            delta=delta,
-            fingerprint=fingerprint or _fingerprint_of(chain),
-            embedder=embedder,
-            **tracer_options,
+    _check_arguments(chain, task, text_fn, input_key, ignore_inputs, to_label, from_label, fingerprint)
+    unknown = sorted(set(tracer_options) - TRACER_OPTIONS)
+    if unknown:
+        raise IntegrationConfigError(
+            f"with_tracer got unknown option(s) {unknown}; Tracer options are {sorted(TRACER_OPTIONS)} "
+            "(each task version's Tracer is shared through tracer_core.registry_for(db))"
         )
-    elif db is not None or fingerprint is not None or embedder is not None or tracer_options:
-        raise IntegrationConfigError("pass either tracer= or the options to build one (db, fingerprint, ...), not both")
-    elif tracer.task != task:
-        raise IntegrationConfigError(f"task {task!r} differs from the given tracer's task {tracer.task!r}")
+    options = {"alpha": check("alpha", alpha), "delta": check("delta", delta), "embedder": embedder, **tracer_options}
+    if audit_rate is not None:
+        options["audit_rate"] = check("audit_rate", audit_rate)
+    identity = ChainIdentity(chain, input_key=input_key, ignore_inputs=tuple(ignore_inputs), pinned=fingerprint)
     codec = CustomCodec(to_label, from_label) if to_label is not None else None
-    bridge = TracerBridge(tracer=tracer, text_fn=text_fn, input_key=input_key, codec=codec)
-    return TracedRunnable(runnable=chain, bridge=bridge, owns_tracer=owns_tracer)
+    bridge = TracerBridge(
+        task, identity, db=db, text_fn=text_fn, input_key=input_key, codec=codec, tracer_options=options
+    )
+    return TracedRunnable(runnable=chain, bridge=bridge)
 
 
 def _check_arguments(
-    chain: Any, task: Any, tracer: Any, text_fn: Any, input_key: Any, to_label: Any, from_label: Any
+    chain: Any, task: Any, text_fn: Any, input_key: Any, ignore_inputs: Any, to_label: Any, from_label: Any,
+    fingerprint: Any,
 ) -> None:
     if not isinstance(chain, Runnable):
         raise IntegrationConfigError(f"with_tracer needs a LangChain Runnable, got {type(chain).__name__}")
-    if tracer is None and (not isinstance(task, str) or not task.strip()):
+    if not isinstance(task, str) or not task.strip():
         raise IntegrationConfigError(f"task must be a non-empty string, got {task!r}")
     if text_fn is not None and not callable(text_fn):
         raise IntegrationConfigError(f"text_fn must be callable, got {type(text_fn).__name__}")
     if input_key is not None and (not isinstance(input_key, str) or not input_key):
         raise IntegrationConfigError(f"input_key must be a non-empty string, got {input_key!r}")
+    if isinstance(ignore_inputs, str) or not all(isinstance(k, str) and k for k in ignore_inputs):
+        raise IntegrationConfigError(f"ignore_inputs must be a sequence of input names, got {ignore_inputs!r}")
+    if input_key is not None and input_key in ignore_inputs:
+        raise IntegrationConfigError(f"input_key {input_key!r} is the routed input; it cannot also be ignored")
+    if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint.strip()):
+        raise IntegrationConfigError(f"fingerprint must be a non-empty string, got {fingerprint!r}")
     if (to_label is None) != (from_label is None):
         raise IntegrationConfigError("to_label and from_label go together: pass both or neither")
     for name, fn in (("to_label", to_label), ("from_label", from_label)):
@@ -356,16 +408,7 @@ def _check_arguments(
             raise IntegrationConfigError(f"{name} must be callable, got {type(fn).__name__}")
 
 
-def _fingerprint_of(chain: Runnable) -> str:
-    try:
-        return chain_fingerprint(chain)
-    except Exception as exc:
-        raise IntegrationConfigError(
-            f"cannot derive a task fingerprint from this chain ({type(exc).__name__}: {exc}); pass fingerprint="
-        ) from exc
-
-
-def _collect(routes: list[Route], outputs: dict[int, Any], return_exceptions: bool) -> list[Any]:
+def _collect(routes: list[Call], outputs: dict[int, Any], return_exceptions: bool) -> list[Any]:
     """Outputs in input order; the first chain error is raised unless `return_exceptions`."""
     results = [route.output if route.hit else outputs[i] for i, route in enumerate(routes)]
     if not return_exceptions:

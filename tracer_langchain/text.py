@@ -38,7 +38,7 @@ def default_text(value: Any) -> str:
         return last_human_text(value.to_messages())
     if isinstance(value, BaseMessage):
         return value.text
-    if _is_message_list(value):
+    if is_message_list(value):
         return last_human_text(value)
     if isinstance(value, Mapping):
         return _mapping_text(value)
@@ -68,7 +68,7 @@ def _mapping_text(value: Mapping) -> str:
             return value[key]
     if len(value) == 1:
         only = next(iter(value.values()))
-        if _is_message_list(only):
+        if is_message_list(only):
             return last_human_text(only)
     return canonical_json(value)
 
@@ -79,7 +79,7 @@ def _as_text(value: Any) -> str:
     return default_text(value)
 
 
-def _is_message_list(value: Any) -> bool:
+def is_message_list(value: Any) -> bool:
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence) or not value:
         return False
     return all(_looks_like_message(m) for m in value)
