@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from tracer_core import TraceStore, Tracer
+from tracer_core import Tracer, TraceStore
 from tracer_langchain import with_tracer
 
 TASK = "support-intent"

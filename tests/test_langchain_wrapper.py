@@ -13,9 +13,9 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 
-from tracer_core import TraceStore, Tracer
-from tracer_core.settings import SettingsError
+from tracer_core import Tracer, TraceStore
 from tracer_core.local_teacher import LocalTeacher
+from tracer_core.settings import SettingsError
 from tracer_langchain import IntegrationConfigError, TracedRunnable, with_tracer
 
 TASK = "support-intent"
@@ -56,7 +56,7 @@ def trained(tmp_path_factory, rows, fake_embedder):
     db = tmp_path_factory.mktemp("trained") / "tracer.db"
     with LocalTeacher(dict(rows)) as server:
         chain = make_chain(server)
-        wrapper = wrap(chain, db, embedder)
+        wrapper = wrap(chain, db, fake_embedder)
         answers = wrapper.batch([{"text": text} for text, _ in rows], {"max_concurrency": 8})
         assert answers == [label for _, label in rows]
         assert server.request_count == len(rows)
@@ -171,7 +171,7 @@ def test_tracer_mode_off_forces_the_chain(trained):
 def test_a_prompt_change_is_a_new_task_version(trained, fake_embedder):
     server = trained["server"]
     edited = make_chain(server, system=SYSTEM + " Be careful.")
-    wrapper = wrap(edited, trained["db"], embedder)
+    wrapper = wrap(edited, trained["db"], fake_embedder)
     try:
         text = trained["handled"][0][0]
         assert wrapper.tracer_for({"text": text}).fingerprint != trained["wrapper"].tracer_for({"text": text}).fingerprint
@@ -188,7 +188,7 @@ def test_a_prompt_change_is_a_new_task_version(trained, fake_embedder):
 @pytest.fixture
 def fresh(teacher, db_path, fake_embedder):
     chain = make_chain(teacher, stream_usage=True)
-    wrapper = wrap(chain, db_path, embedder)
+    wrapper = wrap(chain, db_path, fake_embedder)
     yield teacher, chain, wrapper, db_path
     wrapper.close()
 

@@ -182,7 +182,7 @@ class TracerBridge:
         groups = _pending_groups(calls)
         for tracer, indices in groups:
             try:
-                decisions = await tracer.aroute_many([calls[i].text for i in indices])
+                decisions = await tracer.aroute_many([str(calls[i].text) for i in indices])
             except Exception as exc:
                 self.warn_once("route", exc)
                 decisions = [deferred(Reason.ERROR)] * len(indices)

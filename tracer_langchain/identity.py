@@ -253,7 +253,7 @@ class ChainIdentity:
         """The chat model's serialised form, as chat-model runs report it."""
         if self._serialized is None and self.parts.model is not None:
             try:
-                self._serialized = self.parts.model.to_json()  # type: ignore[assignment]
+                self._serialized = self.parts.model.to_json()
             except Exception:
                 self._serialized = {}
         return self._serialized or None
