@@ -21,7 +21,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from tracer_core import TraceStore, identify
-from tracer_core.local_teacher import LocalTeacher, message_text
+from tracer_demo.local_teacher import LocalTeacher, message_text
 from tracer_langchain import with_tracer
 
 TASK = "support-intent"

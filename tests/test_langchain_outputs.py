@@ -130,7 +130,7 @@ def test_custom_codec_for_a_model_with_free_text_reasoning(teacher, db_path, row
         label = dict(rows).get(text, "unknown")
         return json.dumps({"label": label, "reasoning": f"because {text[:20]}"})
 
-    from tracer_core.local_teacher import LocalTeacher
+    from tracer_demo.local_teacher import LocalTeacher
 
     with LocalTeacher(answer) as server:
         chain = _prompt() | _llm(server).with_structured_output(Reasoned)

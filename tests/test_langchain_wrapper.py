@@ -14,7 +14,7 @@ from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 
 from tracer_core import Tracer, TraceStore
-from tracer_core.local_teacher import LocalTeacher
+from tracer_demo.local_teacher import LocalTeacher
 from tracer_core.settings import SettingsError
 from tracer_langchain import IntegrationConfigError, TracedRunnable, with_tracer
 

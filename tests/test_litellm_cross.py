@@ -29,13 +29,13 @@ def langchain_fingerprint(prompt: ChatPromptTemplate, model: ChatOpenAI, text: s
     ).fingerprint
 
 
-def test_langchain_and_litellm_reach_the_same_task_version(teacher, db_path, banking_subset, embedder):
+def test_langchain_and_litellm_reach_the_same_task_version(teacher, db_path, banking_subset, fake_embedder):
     text, label = banking_subset[0]
     prompt = ChatPromptTemplate.from_messages([("system", S), ("human", "{text}")])
     model = ChatOpenAI(model="stand-in", base_url=teacher.base_url, api_key="x", temperature=0)
     assert (prompt | model).invoke({"text": text}).content == label
 
-    callback = TracerCallback(alpha=0.9, db=str(db_path), embedder=embedder, audit_rate=0.0)
+    callback = TracerCallback(alpha=0.9, db=str(db_path), embedder=fake_embedder, audit_rate=0.0)
     litellm.callbacks = [callback]
     try:
         response = litellm.completion(

@@ -556,11 +556,12 @@ NO_FASTAPI = textwrap.dedent(
     sys.meta_path.insert(0, NoFastAPI())
 
     import litellm
-    from tracer_core.local_teacher import LocalTeacher
+    from tests.conftest import HashEmbedder  # the embedder the trained store was fitted with
+    from tracer_demo.local_teacher import LocalTeacher
     from tracer_litellm import TracerCallback
 
     db, alpha, text, label = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
-    litellm.callbacks = [TracerCallback(alpha=alpha, db=db, audit_rate=0.0)]
+    litellm.callbacks = [TracerCallback(alpha=alpha, db=db, audit_rate=0.0, embedder=HashEmbedder())]
     with LocalTeacher({text: "teacher-answer"}) as srv:
         kwargs = dict(model="openai/teacher", api_base=srv.base_url, api_key="sk-test",
                       messages=[SYSTEM, {"role": "user", "content": text}])
@@ -577,7 +578,7 @@ ASYNC_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
     import litellm
-    from tracer_core.local_teacher import LocalTeacher
+    from tracer_demo.local_teacher import LocalTeacher
     from tracer_litellm import TracerCallback
 
     db, texts = sys.argv[1], sys.argv[2:]

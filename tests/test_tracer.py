@@ -157,7 +157,7 @@ def test_another_process_fit_is_picked_up_without_restart(fitted_db, tmp_path, e
 
 
 def test_background_refit_deploys_and_ignores_surrogate_traces(db_path, fake_embedder, banking_subset):
-    tracer = Tracer("live", db_path, alpha=0.9, embedder=fake_embedder, refit_every=800)
+    tracer = Tracer("live", db_path, alpha=0.9, embedder=fake_embedder, refit_every=800, audit_rate=0.0)
     for text, label in banking_subset[:799]:
         tracer.record(text, label)
     tracer.wait_for_refit(timeout=600)  # returns at once: 799 < refit_every started no refit
