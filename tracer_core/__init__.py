@@ -6,6 +6,7 @@ from tracer_core.embedder import Embedder, get_default_embedder
 from tracer_core.errors import TracerError
 from tracer_core.store import TraceStore
 from tracer_core.tracer import Tracer
+from tracer_core.writer import FlushReport
 
-__all__ = ["Certificate", "Decision", "Embedder", "TraceStore", "Tracer", "TracerError", "get_default_embedder"]
+__all__ = ["Certificate", "Decision", "Embedder", "FlushReport", "TraceStore", "Tracer", "TracerError", "get_default_embedder"]
 __version__ = "0.1.0"

@@ -12,8 +12,13 @@ UNSEEN_LABEL = "unseen_label"
 LABEL_NOT_CERTIFIED = "label_not_certified"
 FREE_TEXT_TASK = "free_text_task"
 ERROR = "error"
+INVALID_POLICY = "invalid_policy"
+STORE_UNAVAILABLE = "store_unavailable"
 
-DEFER_REASONS = (NO_POLICY, LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, UNSEEN_LABEL, LABEL_NOT_CERTIFIED, FREE_TEXT_TASK, ERROR)
+DEFER_REASONS = (
+    NO_POLICY, LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, UNSEEN_LABEL, LABEL_NOT_CERTIFIED, FREE_TEXT_TASK, ERROR,
+    INVALID_POLICY, STORE_UNAVAILABLE,
+)
 
 REASON_TEXT = {
     HANDLED: "the certified surrogate answered",
@@ -24,6 +29,8 @@ REASON_TEXT = {
     LABEL_NOT_CERTIFIED: "the predicted label's own evidence does not support alpha",
     FREE_TEXT_TASK: "outputs are mostly distinct: not a classification task",
     ERROR: "tracer failed internally; the LLM answers",
+    INVALID_POLICY: "the stored policy failed validation and is not used",
+    STORE_UNAVAILABLE: "the trace store cannot be written (degraded mode); the LLM answers",
 }
 
 

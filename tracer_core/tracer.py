@@ -6,10 +6,11 @@ import asyncio
 import fcntl
 import hashlib
 import logging
+import numbers
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,15 @@ from tracer_core import decision as reasons
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
-from tracer_core.errors import InvalidTraceError, TracerError
+from tracer_core.errors import InvalidTraceError, PolicyError, StoreError, TracerError
 from tracer_core.fit import fit_policy
 from tracer_core.policy import Policy
+from tracer_core.shutdown import FitCancelled, register_refit
 from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace, normalise_input
+from tracer_core.trace import as_list, check_task, make_trace, normalise_input
+from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
+
+DEFAULT_CLOSE_TIMEOUT_S = 60.0
 
 log = logging.getLogger("tracer")
 
@@ -49,10 +54,9 @@ class Tracer:
         policy_check_s: float = 1.0,
         seed: int = 0,
     ):
-        if not isinstance(task, str) or not task.strip():
-            raise TracerError(f"task must be a non-empty string, got {task!r}")
+        check_task(task)
         for name, value in (("alpha", alpha), ("delta", delta)):
-            if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
                 raise TracerError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
         if not isinstance(refit_every, int) or refit_every < 1:
             raise TracerError(f"refit_every must be a positive integer, got {refit_every!r}")
@@ -77,6 +81,8 @@ class Tracer:
         self._last_fit_at = time.time()
         self._refit_thread: threading.Thread | None = None
         self._error_logged = False
+        self.policy_error: str | None = None  # why the newest deployed policy is not used
+        self._deployed_seen: int | None = None
 
     # -- recording --------------------------------------------------------------------
     def record(self, text: str, label: str, *, source: str = "teacher", **fields) -> None:
@@ -85,8 +91,9 @@ class Tracer:
         if source == "teacher":
             self._count_new(1)
 
-    def record_many(self, texts: Sequence[str], labels: Sequence[str], *, source: str = "teacher", **fields) -> int:
-        """Validate all traces first, then write them in one transaction."""
+    def record_many(self, texts: Iterable[str], labels: Iterable[str], *, source: str = "teacher", **fields) -> int:
+        """Validate all traces first, then write them in one transaction (any iterables, not a single str)."""
+        texts, labels = as_list("texts", texts), as_list("labels", labels)
         if len(texts) != len(labels):
             raise InvalidTraceError(f"record_many got {len(texts)} texts but {len(labels)} labels")
         traces = [
@@ -137,7 +144,7 @@ class Tracer:
         self._maybe_refit()
 
     def _maybe_refit(self) -> None:
-        if not self.auto_refit:
+        if not self.auto_refit or self.store.degraded:
             return
         with self._state_lock:
             due = self._pending >= self.refit_every or (
@@ -148,6 +155,7 @@ class Tracer:
             self._pending = 0
             self._refit_thread = threading.Thread(target=self._refit, name=f"tracer-refit-{self.task}", daemon=True)
             self._refit_thread.start()
+            register_refit(self._refit_thread)
 
     def _refit(self) -> None:
         """Background refit under a cross-process lock; a failure keeps the old policy."""
@@ -158,6 +166,8 @@ class Tracer:
                     return
                 cert = self.fit()
                 log.info("tracer task %r: refit v%s: %s", self.task, cert.version, cert.summary())
+        except FitCancelled:
+            log.info("tracer task %r: background refit stopped at interpreter exit", self.task)
         except Exception:
             log.exception("tracer task %r: background refit failed; the previous policy stays", self.task)
 
@@ -180,10 +190,12 @@ class Tracer:
         """Vectorised `route()`: one embedding batch, same decisions."""
         texts = [normalise_input(t) for t in texts]
         try:
+            if self.store.degraded:
+                return [deferred(reasons.STORE_UNAVAILABLE) for _ in texts]
             policy = self._current_policy()
             if policy is None:
                 reason = reasons.FREE_TEXT_TASK if self._refusal and self._refusal.reason_code == FREE_TEXT else reasons.NO_POLICY
-                return [deferred(reason) for _ in texts]
+                return [deferred(reasons.INVALID_POLICY if self.policy_error else reason) for _ in texts]
             if not texts:
                 return []
             return policy.decide(texts, embed_checked(self.embed, texts))
@@ -222,17 +234,34 @@ class Tracer:
         with self._state_lock:
             self._checked_at = now
             latest_any = self.store.latest_policy_version(self.task, fingerprint=self.fingerprint, status=None)
-            if latest_any == self._latest_any:
+            deployed = self.store.latest_policy_version(self.task, fingerprint=self.fingerprint)
+            if latest_any == self._latest_any and deployed == self._deployed_seen:
                 return self._policy
             row = self.store.latest_policy(self.task, fingerprint=self.fingerprint, status=None)
             if row and row["status"] != "deployed":
                 self._refusal = _certificate_of(row)
-            deployed = self.store.latest_policy_version(self.task, fingerprint=self.fingerprint)
-            if deployed is not None and (self._policy is None or self._policy.version != deployed):
-                self._policy = Policy.from_row(self.store.latest_policy(self.task, fingerprint=self.fingerprint))
-                self._policy.certificate.version = self._policy.version
-            self._latest_any = latest_any
+            if deployed is None:  # never deployed, or every deployed row was deleted
+                self._policy, self.policy_error = None, None
+            elif self._policy is None or self._policy.version != deployed:
+                self._policy = self._load_deployed()
+            self._latest_any, self._deployed_seen = latest_any, deployed
             return self._policy
+
+    def _load_deployed(self) -> Policy | None:
+        """The newest deployed policy if it passes validation; else None, with `policy_error` saying why."""
+        row = self.store.latest_policy(self.task, fingerprint=self.fingerprint)
+        try:
+            if row is None:
+                return None
+            policy = Policy.from_row(row)
+        except PolicyError as exc:
+            if self.policy_error != str(exc):
+                log.error("tracer task %r: policy v%s is not used: %s", self.task, row["version"], exc)
+            self.policy_error = str(exc)
+            return None
+        policy.certificate.version = policy.version
+        self.policy_error = None
+        return policy
 
     # -- status and lifecycle ---------------------------------------------------------
     def status(self) -> dict:
@@ -241,30 +270,37 @@ class Tracer:
         versions = self.store.policies(self.task, fingerprint=self.fingerprint)
         last = versions[0] if versions else None
         cert = policy.certificate if policy else None
+        try:
+            traces = self.store.counts(self.task)
+        except StoreError:
+            traces = {}  # `degraded` says why
         return {
             "task": self.task,
             "fingerprint": self.fingerprint,
-            "traces": self.store.counts(self.task),
+            "traces": traces,
+            "degraded": self.store.degraded,
+            "policy_error": self.policy_error,
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
             "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
             "alpha": self.alpha,
             "delta": self.delta,
             "last_fit_at": last["created_at"] if last else None,
-            "last_fit": last["certificate"]["reason"] if last else "never fitted",
+            "last_fit": last["certificate"].get("reason", "") if last else "never fitted",
             "versions": len(versions),
         }
 
-    def flush(self) -> None:
-        self.store.flush()
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+        """Wait at most `timeout` s for queued traces to be written; the report says what was not."""
+        return self.store.flush(timeout)
 
-    def close(self) -> None:
-        """Wait for a running refit, flush queued traces, close the store if this tracer opened it."""
-        self.wait_for_refit()
-        if self._owns_store:
-            self.store.close()
-        else:
-            self.store.flush()
+    def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
+        """Wait for a running refit and flush queued traces (together at most `timeout` s); close the
+        store if this tracer opened it. The report says what could not be written."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.wait_for_refit(timeout)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        return self.store.close(left) if self._owns_store else self.store.flush(left)
 
     def __enter__(self) -> Tracer:
         return self
@@ -274,7 +310,15 @@ class Tracer:
 
 
 def _certificate_of(row: dict) -> Certificate:
-    cert = Certificate.from_dict(row["certificate"])
+    data = row["certificate"]
+    try:
+        cert = Certificate.from_dict(data)
+    except TypeError:  # a corrupt certificate: keep its reason, claim nothing
+        cert = Certificate(
+            task=row["task"], fingerprint=row["fingerprint"], deployed=False, alpha=0.0, delta=0.0,
+            reason=str(data.get("reason", "unreadable certificate")), reason_code=str(data.get("reason_code", "")),
+            n_traces=row["n_traces"],
+        )
     cert.version = row["version"]
     return cert
 
