@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
 from tracer_core.cli_report import report_commands
-from tracer_core.cli_store import db_option, store_commands
+from tracer_core.cli_store import db_option, require_db, store_commands
 from tracer_core.errors import TracerError
 
 
@@ -20,6 +21,7 @@ def main() -> None:
 def _tracer(db: str, task: str, fingerprint: str, alpha: float, delta: float):
     from tracer_core.tracer import Tracer
 
+    require_db(db)
     try:
         return Tracer(task, db, alpha=alpha, delta=delta, fingerprint=fingerprint, auto_refit=False)
     except TracerError as exc:
@@ -67,7 +69,10 @@ def route(task: str, fingerprint: str, db: str, texts: tuple[str, ...]) -> None:
         except TracerError as exc:
             raise click.ClickException(str(exc)) from None
     for text, decision in zip(texts, decisions):
-        click.echo(json.dumps({"input": text, **decision.to_dict()}))
+        record = {"input": text, **decision.to_dict()}
+        if not math.isfinite(record["score"]):
+            record["score"] = None  # strict JSON has no NaN
+        click.echo(json.dumps(record, allow_nan=False))
 
 
 for command in (*store_commands, *report_commands):

@@ -5,25 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from tracer_core.cli_store import db_option, open_store
+from tracer_core.cli_store import db_option, open_store, require_db, require_task
 from tracer_core.report import build_report
 from tracer_core.report.summary import summary_facts, tasks_overview
-from tracer_core.report.terminal import summary_view, tasks_table
-from tracer_core.store import TraceStore
-
-
-def require_db(db: str) -> None:
-    """Reading commands must not create an empty store by accident."""
-    if not Path(db).is_file():
-        raise click.ClickException(f"trace store {db!r} does not exist")
-
-
-def require_task(store: TraceStore, task: str) -> None:
-    if not any(store.counts(task).values()):
-        known = ", ".join(repr(t["task"]) for t in store.tasks()) or "none"
-        raise click.ClickException(f"task {task!r} has no traces in {str(store.path)!r} (tasks: {known})")
+from tracer_core.report.terminal import plain_console, summary_view, tasks_table
 
 
 @click.command()
@@ -55,7 +41,7 @@ def report(db: str, task: str, fingerprint: str | None, out: str, json_out: str 
 def status(db: str, task: str | None, fingerprint: str | None) -> None:
     """All tasks at a glance, or one task's certificate summary and live call counters."""
     require_db(db)
-    console = Console(width=120)
+    console = plain_console()
     with open_store(db) as store:
         if task is None:
             console.print(tasks_table(tasks_overview(store), db))

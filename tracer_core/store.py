@@ -356,7 +356,7 @@ class TraceStore:
         rows = self._read(f"SELECT input, label, id FROM traces WHERE {where} ORDER BY id", params)
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
-    def max_id(self, task: str, *, source: str = "teacher", fingerprint: str | None = None) -> int:
+    def max_id(self, task: str, *, source: str | None = "teacher", fingerprint: str | None = None) -> int:
         """Highest trace id of `task` and `source` (0 if none)."""
         where, params = _trace_filter(task, source, fingerprint)
         return self._read(f"SELECT max(id) FROM traces WHERE {where}", params)[0][0] or 0

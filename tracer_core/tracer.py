@@ -54,7 +54,9 @@ class Tracer:
         policy_check_s: float = 1.0,
         seed: int = 0,
     ):
-        check_task(task)
+        if not isinstance(task, str) or not task.strip():
+            raise TracerError(f"task must be a non-empty string, got {task!r}")
+        check_task(task)  # the length and encoding limits of a stored trace, checked now
         for name, value in (("alpha", alpha), ("delta", delta)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
                 raise TracerError(f"{name} must be a number strictly between 0 and 1, got {value!r}")

@@ -113,10 +113,14 @@ class BackgroundWriter:
         self._finish(1)
 
     def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
-        """Wait (at most `timeout` s) until every trace queued before this call is committed or spilled."""
+        """Wait (at most `timeout` s) until every trace queued before this call is committed or spilled;
+        traces a full queue spilled are then replayed into a healthy store."""
         with self._done:
             target = self._enqueued
             self._done.wait_for(lambda: self._finished >= target, timeout)
+        if self._spilled and self._degraded is None and self._finished >= target:
+            self._replay_spill()
+        with self._done:
             return self._report(max(target - self._finished, 0))
 
     def stop(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
@@ -128,6 +132,8 @@ class BackgroundWriter:
             except queue.Full:
                 pass  # the writer checks `_stopping` once the queue is drained
         self._thread.join(timeout)
+        if self._spilled and self._degraded is None and not self._thread.is_alive():
+            self._replay_spill()
         with self._done:
             return self._report(max(self._enqueued - self._finished, 0))
 

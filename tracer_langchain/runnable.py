@@ -32,6 +32,8 @@ from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langchain_core.utils.pydantic import TypeBaseModel
 from pydantic import ConfigDict
 
+from tracer_core.tracer import DEFAULT_CLOSE_TIMEOUT_S
+from tracer_core.writer import FlushReport
 from tracer_langchain.bridge import Route, TracerBridge
 from tracer_langchain.codec import CustomCodec
 from tracer_langchain.errors import IntegrationConfigError
@@ -64,12 +66,11 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
     def tracer(self) -> Any:
         return self.bridge.tracer
 
-    def close(self) -> None:
-        """Flush traces and close the tracer if this wrapper created it."""
+    def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
+        """Flush traces and close the tracer if this wrapper created it (within about `timeout` s)."""
         if self.owns_tracer:
-            self.tracer.close()
-        else:
-            self.tracer.flush()
+            return self.tracer.close(timeout)
+        return self.tracer.flush(timeout)
 
     # -- schema delegation ---------------------------------------------------------------
     @property

@@ -16,6 +16,7 @@ import datetime
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -24,7 +25,9 @@ import numpy as np
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import CallTypes
 
-from tracer_core import Decision, Tracer, TraceStore
+from tracer_core import Decision, FlushReport, Tracer, TraceStore
+from tracer_core.tracer import DEFAULT_CLOSE_TIMEOUT_S
+from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S
 from tracer_litellm.codec import is_surrogate_response, label_from_response, surrogate_response
 from tracer_litellm.compat import make_cache_hits_import_safe
 from tracer_litellm.request import CallInfo, describe_call
@@ -209,20 +212,24 @@ class TracerCallback(CustomLogger):
         with self._lock:
             return list(self._tracers.values())
 
-    def flush(self) -> None:
-        """Write every queued trace."""
-        for tracer in self.tracers():
-            tracer.flush()
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+        """Wait at most `timeout` s for every queued trace to be written; the report says what was not."""
+        store = self._store
+        return store.flush(timeout) if store is not None else FlushReport()
 
-    def close(self) -> None:
-        """Flush and close every Tracer and the store."""
+    def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
+        """Close every Tracer (waiting for refits) and the store, together within about `timeout` s."""
         with self._lock:
             tracers, self._tracers = list(self._tracers.values()), {}
             store, self._store = self._store, None
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
         for tracer in tracers:
-            tracer.close()
-        if store is not None:
-            store.close()
+            tracer.wait_for_refit(left())
+        return store.close(left()) if store is not None else FlushReport()
 
     def _warn_once(self, where: str, exc: Exception) -> None:
         key = f"{where}:{type(exc).__name__}"

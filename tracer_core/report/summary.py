@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from tracer_core.errors import PolicyError
+from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
 
 HOUR_S = 3600.0
@@ -25,6 +27,16 @@ def current_policy_row(store: TraceStore, task: str, fingerprint: str | None) ->
     return store.latest_policy(task, fingerprint=fingerprint, status="deployed") or store.latest_policy(
         task, fingerprint=fingerprint, status=None
     )
+
+
+def usable_policy(row: dict | None) -> tuple[Policy | None, str | None]:
+    """(the deployed policy of `row` if it passes validation, why it does not); (None, None) if not deployed."""
+    if not row or row["status"] != "deployed":
+        return None, None
+    try:
+        return Policy.from_row(row), None
+    except PolicyError as exc:
+        return None, str(exc)
 
 
 def live_counts(store: TraceStore, task: str, since: float) -> dict:
@@ -62,8 +74,10 @@ def teacher_cost(store: TraceStore, task: str, fingerprint: str | None) -> dict:
     return {"calls_with_cost": n, "total_usd": total, "mean_usd": total / n if n else None}
 
 
-def verdict(cert: dict | None, task: str) -> str:
+def verdict(cert: dict | None, task: str, policy_error: str | None = None) -> str:
     """One line: what the surrogate handles at which agreement, or why it does not."""
+    if policy_error is not None:
+        return f"the deployed policy is not used ({policy_error}) - every call goes to the LLM"
     if cert is None:
         return f"no policy fitted yet for {task!r}: every call goes to the LLM (run `tracer fit --task {task}`)"
     if not cert.get("deployed"):
@@ -80,6 +94,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
     fingerprint = pick_fingerprint(store, task, fingerprint)
     row = current_policy_row(store, task, fingerprint)
     cert = row["certificate"] if row else None
+    policy_error = usable_policy(row)[1]
     newest = store.policies(task, fingerprint=fingerprint)[:1] if fingerprint is not None else []
     counts = store.counts(task)
     cost = teacher_cost(store, task, fingerprint)
@@ -94,7 +109,8 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "last_fit_at": newest[0]["created_at"] if newest else None,
         "last_fit_refused": bool(newest and newest[0]["status"] != "deployed" and row and row["status"] == "deployed"),
         "last_fit_reason": newest[0]["certificate"].get("reason") if newest else None,
-        "deployed": bool(cert and cert.get("deployed")),
+        "deployed": bool(cert and cert.get("deployed")) and policy_error is None,
+        "policy_error": policy_error,
         "alpha": cert["alpha"] if cert else None,
         "delta": cert["delta"] if cert else None,
         "agreement_lower_bound": cert.get("agreement_lower_bound") if cert else None,
@@ -105,7 +121,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "mean_teacher_cost_usd": cost["mean_usd"],
         "dollars_saved": saved_calls * cost["mean_usd"] if cost["mean_usd"] is not None else None,
         "teacher_cost_usd": cost["total_usd"],
-        "verdict": verdict(cert, task),
+        "verdict": verdict(cert, task, policy_error),
         "live_all_time": live_counts(store, task, 0.0),
         "live_last_hour": live_counts(store, task, now - HOUR_S),
         "sources": {
