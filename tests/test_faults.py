@@ -142,14 +142,20 @@ def test_1_full_queue_and_locked_store_never_block_and_lose_nothing(db_path: Pat
     tracer = Tracer("t", db=store, auto_refit=False)
     locker = sqlite3.connect(db_path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
-    stalls = []
-    for i in range(2_000):
-        start = time.perf_counter()
-        tracer.record(f"queued {i}", "x")
-        stalls.append(time.perf_counter() - start)
-    assert max(stalls) < STALL_S
-    locker.execute("ROLLBACK")
-    locker.close()
+
+    def record_all() -> list[float]:
+        stalls = []
+        for i in range(2_000):
+            start = time.perf_counter()
+            tracer.record(f"queued {i}", "x")
+            stalls.append(time.perf_counter() - start)
+        return stalls
+
+    try:
+        assert max(within(60, record_all)) < STALL_S
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
     assert wait_until(lambda: store.degraded is None, 15)
     report = within(15, tracer.flush)
     assert report.ok, report
@@ -262,7 +268,11 @@ REFIT_AT_EXIT = textwrap.dedent("""
     tracer = Tracer("exit-refit", db=sys.argv[1], alpha=0.9, refit_every=200)
     tracer.record_many([f"{r['input']} (variant {k})" for k in range(2) for r in rows],
                        [r["label"] for k in range(2) for r in rows])
-    time.sleep(6)  # the refit is embedding the uncached texts when the script ends
+    from tracer_core import embedder
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (embedder._default is None or embedder._default._model is None):
+        time.sleep(0.1)  # until the refit thread has loaded the model
+    time.sleep(2)  # the refit is embedding the uncached texts when the script ends
     print("script end", flush=True)
 """)
 

@@ -46,9 +46,16 @@ class SpillFile:
                         fh.flush()
                         return
 
+    def waiting(self) -> bool:
+        """Whether there are spilled traces to replay (the spill file, or one a dead replayer left)."""
+        return self.path.exists() or bool(self._orphans())
+
+    def _orphans(self) -> list[pathlib.Path]:
+        return [p for p in self.path.parent.glob(self.path.name + TAKEN_MARK + "*") if not _owner_alive(p)]
+
     def take(self) -> list[pathlib.Path]:
         """Rename the spill file (and orphans of dead replayers) for replay; [] if there is none."""
-        taken = [p for p in self.path.parent.glob(self.path.name + TAKEN_MARK + "*") if not _owner_alive(p)]
+        taken = self._orphans()
         try:
             with open(self.path, "r+", encoding="utf-8") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)

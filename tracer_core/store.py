@@ -247,7 +247,7 @@ class TraceStore:
             conn.executemany(_INSERT_SQL, new)
             return len(new)
 
-        return self._write(insert, WRITER_LOCK_BUDGET_S)
+        return self._write_bounded(insert)
 
     def enqueue(self, trace: Trace) -> None:
         """Validate now (raising in the caller), then hand off to the background writer (never blocks)."""
@@ -313,12 +313,20 @@ class TraceStore:
     def _append_from_writer(self, traces: list[Trace]) -> None:
         """The writer thread's commit: like append_many, but gives up on a locked store quickly."""
         rows = [_row(trace) for trace in traces]
-        self._db().conn.execute(f"PRAGMA busy_timeout = {int(WRITER_LOCK_BUDGET_S * 1000)}")
-        self._write(lambda conn: conn.executemany(_INSERT_SQL, rows), WRITER_LOCK_BUDGET_S)
+        self._write_bounded(lambda conn: conn.executemany(_INSERT_SQL, rows))
 
     def _probe_write(self) -> None:
         """Raise unless a write transaction on `traces` can start (inserts nothing)."""
-        self._write(lambda conn: conn.execute("INSERT INTO traces (task) SELECT NULL WHERE 0"), WRITER_LOCK_BUDGET_S)
+        self._write_bounded(lambda conn: conn.execute("INSERT INTO traces (task) SELECT NULL WHERE 0"))
+
+    def _write_bounded(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`_write` that waits for a locked store at most about 2 x WRITER_LOCK_BUDGET_S."""
+        conn = self._db().conn
+        conn.execute(f"PRAGMA busy_timeout = {int(WRITER_LOCK_BUDGET_S * 1000)}")
+        try:
+            return self._write(fn, WRITER_LOCK_BUDGET_S)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def _replay_spill_at_start(self) -> None:
         try:

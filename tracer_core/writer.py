@@ -181,11 +181,13 @@ class BackgroundWriter:
         self._finish(len(batch))
 
     def _on_idle(self) -> None:
-        """While idle: probe a failing store; replay traces a full queue spilled."""
+        """While idle: probe a failing store; replay a spill file (a full queue's, or another process's)."""
         if self._degraded is not None:
             self._try_recover()
-        elif self._spilled:
-            self._replay_spill()
+        elif time.monotonic() >= self._next_probe:
+            self._next_probe = time.monotonic() + PROBE_EVERY_S
+            if self._spilled or self.spill.waiting():
+                self._replay_spill()
 
     def _try_recover(self) -> bool:
         """At most every PROBE_EVERY_S: probe the store and replay the spill file; True if healthy again."""

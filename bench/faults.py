@@ -1,0 +1,358 @@
+"""Fault benchmark: inject store, file, policy and process faults while calls run; measure what the caller sees.
+
+Each scenario runs CALLS calls of `route()` + `record()` (what an integration does per LLM call)
+through a Tracer with a certified Banking77 policy (real MiniLM, real SQLite file), injects its
+fault after a third of the calls (and repairs it after two thirds where a repair exists), closes the
+Tracer with a timeout, reopens the store (which replays the spill file) and counts the traces
+recorded after the fault that did not reach the store. Targets: no call on the caller's path
+stalls above 1 s, nothing is lost that was not spilled and replayed, and no surrogate answer comes
+from a broken policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+TASK = "faults-bench"
+CALLS = 300
+FIT_ROWS = 1_500
+STALL_TARGET_S = 1.0
+CLOSE_TIMEOUT_S = 10.0
+LOCK_S = 8.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    """What one scenario saw."""
+
+    completed: int = 0
+    stall_s: float = 0.0
+    after_fault: set[int] = field(default_factory=set)  # call numbers recorded after the fault
+    broken_answers: int = 0  # surrogate answers while the policy was broken
+    spilled: int = 0
+    note: str = ""
+
+
+def _rows() -> list[dict]:
+    path = files("tracer_core").joinpath("data/banking77_demo.jsonl")
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh][:FIT_ROWS]
+
+
+def _fitted_db(folder: Path, embed) -> Path:
+    from tracer_core import Tracer
+
+    path = folder / "fitted.db"
+    rows = _rows()
+    with Tracer(TASK, path, alpha=0.9, embedder=embed, auto_refit=False) as tracer:
+        tracer.record_many([r["input"] for r in rows], [r["label"] for r in rows])
+        cert = tracer.fit()
+    assert cert.deployed, cert.reason
+    return path
+
+
+def _sql(db: Path, *statements: str, params: tuple = ()) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        for statement in statements:
+            conn.execute(statement, params)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _tamper(db: Path, change) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        version, blob = conn.execute(
+            "SELECT version, artifact FROM policies WHERE status = 'deployed' ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+        change(arrays, meta)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        conn.execute("UPDATE policies SET artifact = ? WHERE version = ?", (buf.getvalue(), version))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _nan_threshold(arrays, meta) -> None:
+    meta["threshold"] = float("nan")
+
+
+def _nan_weights(arrays, meta) -> None:
+    for key in [k for k in arrays if k.startswith("s_w")]:
+        arrays[key] = np.full_like(arrays[key], np.nan)
+
+
+class Locker:
+    """Holds the database's write lock from another connection (another process would do the same)."""
+
+    def __init__(self, db: Path):
+        self.conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+    def lock(self) -> None:
+        self.conn.execute("BEGIN EXCLUSIVE")
+
+    def unlock(self) -> None:
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+def _scenarios(db: Path) -> list[tuple[str, dict]]:
+    """(name, {"fault": fn, "repair": fn or None, "queue": size, "policy_fault": bool})."""
+    create = {}
+
+    def drop() -> None:
+        conn = sqlite3.connect(db)
+        (create["sql"],) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'traces'").fetchone()
+        conn.execute("DROP TABLE traces")
+        conn.commit()
+        conn.close()
+
+    locker: dict = {}
+
+    def lock() -> None:
+        """Hold the write lock for LOCK_S (longer than the writer's attempts: it turns degraded)."""
+        locker["l"] = Locker(db)
+        locker["l"].lock()
+        threading.Timer(LOCK_S, locker["l"].unlock).start()
+
+    def replace() -> None:
+        from tracer_core import TraceStore
+
+        other = db.with_name("replacement.db")
+        TraceStore(other).close()
+        os.replace(other, db)
+
+    return [
+        ("traces table dropped, then restored", dict(fault=drop, repair=lambda: _sql(db, create["sql"]))),
+        (f"write lock held by another connection for {LOCK_S:.0f} s", dict(fault=lock, repair=lambda: None)),
+        (f"full queue (50) + write lock held for {LOCK_S:.0f} s", dict(fault=lock, repair=lambda: None, queue=50)),
+        ("database file deleted", dict(fault=lambda: db.unlink())),
+        ("database file replaced", dict(fault=replace)),
+        ("policy threshold set to NaN", dict(fault=lambda: _tamper(db, _nan_threshold), policy_fault=True)),
+        ("policy weights set to NaN", dict(fault=lambda: _tamper(db, _nan_weights), policy_fault=True)),
+        ("every policy row deleted", dict(fault=lambda: _sql(db, "DELETE FROM policies"), policy_fault=True)),
+    ]
+
+
+def _run_scenario(db: Path, spec: dict, rows: list[dict], embed) -> Run:
+    from tracer_core import Tracer, TraceStore
+
+    run = Run()
+    store = TraceStore(db, queue_size=spec.get("queue", 10_000))
+    tracer = Tracer(TASK, db=store, alpha=0.9, embedder=embed, auto_refit=False, policy_check_s=0.2)
+    fault_at, repair_at = CALLS // 3, 2 * CALLS // 3
+    faulted_at = None
+    for i in range(CALLS):
+        if i == fault_at:
+            spec["fault"]()
+            faulted_at = time.monotonic()
+        if i == repair_at and spec.get("repair"):
+            spec["repair"]()
+        row = rows[i % len(rows)]
+        start = time.perf_counter()
+        decision = tracer.route(row["input"])
+        tracer.record(row["input"], row["label"], metadata={"call": i})
+        run.stall_s = max(run.stall_s, time.perf_counter() - start)
+        run.completed += 1
+        if i >= fault_at:
+            run.after_fault.add(i)
+            # a policy fault counts once every process has had policy_check_s to notice it
+            if spec.get("policy_fault") and decision.handled and time.monotonic() - faulted_at > tracer.policy_check_s:
+                run.broken_answers += 1
+    if spec.get("repair"):
+        deadline = time.monotonic() + 15
+        while store.degraded and time.monotonic() < deadline:
+            time.sleep(0.1)  # the writer probes the repaired store and replays its spill
+    start = time.perf_counter()
+    report = tracer.close(timeout=CLOSE_TIMEOUT_S)
+    store.close(timeout=CLOSE_TIMEOUT_S)
+    run.spilled = report.spilled
+    run.note = f"close {time.perf_counter() - start:.2f} s"
+    return run
+
+
+def _stored_calls(db: Path) -> set[int]:
+    """Call numbers of the scenario's traces in the store after a restart (which replays the spill)."""
+    from tracer_core import TraceStore
+
+    with TraceStore(db) as store:
+        return {t.metadata.get("call") for t in store.iter_traces(TASK) if "call" in t.metadata}
+
+
+REFIT_AT_EXIT = textwrap.dedent("""
+    import json, sys, time
+    from tracer_core import Tracer, embedder
+    rows = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
+    tracer = Tracer("exit-refit", db=sys.argv[1], alpha=0.9, refit_every=200)
+    tracer.record_many([f"{r['input']} (exit run {k})" for k in range(2) for r in rows],
+                       [r["label"] for k in range(2) for r in rows])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (embedder._default is None or embedder._default._model is None):
+        time.sleep(0.1)
+    time.sleep(2)
+""")
+
+SIGKILL = textwrap.dedent("""
+    import sys, time
+    from tracer_core import Tracer, TraceStore
+    tracer = Tracer("kill", db=TraceStore(sys.argv[1], queue_size=int(sys.argv[2])), auto_refit=False)
+    for i in range(5000):
+        tracer.record(f"trace {i}", "x")
+    print("recorded", flush=True)
+    time.sleep(60)
+""")
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+def _exit_during_refit(folder: Path) -> dict:
+    data = REPO / "tests" / "data" / "banking77_subset.jsonl"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", REFIT_AT_EXIT, str(folder / "exit.db"), str(data)],
+                          env=_env(TRACER_CACHE_DIR=str(folder / "fresh-cache")), capture_output=True, text=True,
+                          timeout=300)
+    aborted = done.returncode != 0 or "terminate called" in done.stderr
+    return _row("process exits while a refit embeds (subprocess)", 1, 0 if aborted else 1, 1_600,
+                1_600 - _count(folder / "exit.db"), "-", None, 0,
+                f"exit code {done.returncode}, exit took {time.monotonic() - started:.0f} s")
+
+
+def _sigkill(folder: Path, queue_size: int = 100) -> dict:
+    db = folder / "kill.db"
+    child = subprocess.Popen([sys.executable, "-c", SIGKILL, str(db), str(queue_size)], env=_env(),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    lost = 5_000 - _count(db)
+    row = _row(f"SIGKILL right after 5,000 record() calls (queue {queue_size})", 5_000, 5_000, 5_000, lost, "-", None, 0,
+               f"bound: queue + one batch = {2 * queue_size}")
+    row["ok"] = lost <= 2 * queue_size
+    return row
+
+
+def _count(db: Path) -> int:
+    from tracer_core import TraceStore
+
+    with TraceStore(db) as store:
+        return sum(store.counts().values())
+
+
+def _litellm_broken_store(folder: Path, embed) -> dict:
+    """40 acompletion calls through TracerCallback over HTTP to a local teacher, traces table dropped."""
+    import litellm
+
+    from tracer_core.local_teacher import LocalTeacher
+    from tracer_litellm import TracerCallback
+
+    rows = _rows()[:41]
+    db = folder / "litellm.db"
+    system = {"role": "system", "content": "Classify the banking query. Answer with the label only."}
+    stall = 0.0
+    completed = 0
+    with LocalTeacher({r["input"]: r["label"] for r in rows}) as teacher:
+        callback = TracerCallback(alpha=0.9, db=str(db), embedder=embed, sync_short_circuit=False)
+        litellm.callbacks = [callback]
+
+        async def calls() -> None:
+            nonlocal stall, completed
+            for i, r in enumerate(rows):
+                if i == 1:
+                    for _ in range(200):
+                        if db.exists() and _sql_count(db) >= 1:
+                            break
+                        await asyncio.sleep(0.05)
+                    conn = sqlite3.connect(db)
+                    conn.execute("DROP TABLE traces")
+                    conn.commit()
+                    conn.close()
+                start = time.perf_counter()
+                response = await asyncio.wait_for(litellm.acompletion(
+                    model="openai/teacher", api_base=teacher.base_url, api_key="sk-test",
+                    messages=[system, {"role": "user", "content": r["input"]}]), timeout=30)
+                stall = max(stall, time.perf_counter() - start)
+                completed += response.choices[0].message.content == r["label"]
+
+        asyncio.run(calls())
+        time.sleep(1)  # LiteLLM's success logging runs after the response
+        start = time.perf_counter()
+        report = callback.close(timeout=CLOSE_TIMEOUT_S)
+        close_s = time.perf_counter() - start
+        litellm.logging_callback_manager._reset_all_callbacks()
+    return _row("LiteLLM acompletion, traces table dropped (HTTP to a local teacher)", len(rows), completed,
+                report.spilled, report.lost + report.pending, report.spilled, None, stall,
+                f"close {close_s:.2f} s; includes the teacher's HTTP round trip")
+
+
+def _sql_count(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM traces").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+def _row(fault: str, calls: int, completed: int, recorded_after: int, lost: int, spilled: int | str,
+         broken: int | None, stall_s: float, note: str) -> dict:
+    return {
+        "fault": fault, "calls": calls, "completed": completed, "traces after fault": recorded_after,
+        "lost": lost, "spilled then replayed": spilled, "answers from a broken policy": "-" if broken is None else broken,
+        "longest stall (ms)": f"{stall_s * 1000:.0f}", "note": note,
+        "ok": completed == calls and lost == 0 and stall_s <= STALL_TARGET_S and not broken,
+    }
+
+
+def faults() -> list[dict]:
+    from tracer_core.embedder import get_default_embedder
+
+    embed = get_default_embedder()
+    rows = _rows()
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        fitted = _fitted_db(folder, embed)
+        for name, spec in _scenarios(folder / "run.db"):
+            db = folder / "run.db"
+            for leftover in folder.glob("run.db*"):
+                leftover.unlink()
+            shutil.copy(fitted, db)
+            run = _run_scenario(db, spec, rows, embed)
+            stored = _stored_calls(db)
+            lost = len(run.after_fault - stored)
+            out.append(_row(name, CALLS, run.completed, len(run.after_fault), lost, run.spilled,
+                            run.broken_answers if spec.get("policy_fault") else None, run.stall_s, run.note))
+        out.append(_litellm_broken_store(folder, embed))
+        out.append(_exit_during_refit(folder))
+        out.append(_sigkill(folder))
+    return out
