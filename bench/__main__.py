@@ -155,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                        "the fault after a third of them (restored after two thirds where a repair exists); "
                        "lost = traces recorded after the fault that are not in the store after a restart "
                        "(which replays the spill file); longest stall = the slowest route() + record() call; "
-                       "answers from a broken policy count handled decisions more than policy_check_s after "
-                       "the policy broke.")
+                       "answers from a broken policy count handled decisions more than policy_check_s (0.2 s) "
+                       "after the policy broke (a policy row edited in place is seen by processes that load it; "
+                       "a running process keeps answering from the valid copy it loaded and certified).")
             report.write()
         keys = rb.fit_keys(only, runs)
         cache.submit(keys)  # queue every fit now; the tables below wait for their own

@@ -2,7 +2,7 @@
 
 Each scenario runs CALLS calls of `route()` + `record()` (what an integration does per LLM call)
 through a Tracer with a certified Banking77 policy (real MiniLM, real SQLite file), injects its
-fault after a third of the calls (and repairs it after two thirds where a repair exists), closes the
+fault after a third of the calls (the rest spread over FAULT_S; a store fault is then repaired), closes the
 Tracer with a timeout, reopens the store (which replays the spill file) and counts the traces
 recorded after the fault that did not reach the store. Targets: no call on the caller's path
 stalls above 1 s, nothing is lost that was not spilled and replayed, and no surrogate answer comes
@@ -35,7 +35,7 @@ CALLS = 300
 FIT_ROWS = 1_500
 STALL_TARGET_S = 1.0
 CLOSE_TIMEOUT_S = 10.0
-LOCK_S = 8.0
+FAULT_S = 6.0  # how long every fault lasts while calls go on
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -122,7 +122,7 @@ class Locker:
 
 
 def _scenarios(db: Path) -> list[tuple[str, dict]]:
-    """(name, {"fault": fn, "repair": fn or None, "queue": size, "policy_fault": bool})."""
+    """(name, {"fault": fn, "restore": fn run FAULT_S after the fault, "queue": size, "policy_fault": bool})."""
     create = {}
 
     def drop() -> None:
@@ -135,10 +135,8 @@ def _scenarios(db: Path) -> list[tuple[str, dict]]:
     locker: dict = {}
 
     def lock() -> None:
-        """Hold the write lock for LOCK_S (longer than the writer's attempts: it turns degraded)."""
         locker["l"] = Locker(db)
         locker["l"].lock()
-        threading.Timer(LOCK_S, locker["l"].unlock).start()
 
     def replace() -> None:
         from tracer_core import TraceStore
@@ -148,13 +146,18 @@ def _scenarios(db: Path) -> list[tuple[str, dict]]:
         os.replace(other, db)
 
     return [
-        ("traces table dropped, then restored", dict(fault=drop, repair=lambda: _sql(db, create["sql"]))),
-        (f"write lock held by another connection for {LOCK_S:.0f} s", dict(fault=lock, repair=lambda: None)),
-        (f"full queue (50) + write lock held for {LOCK_S:.0f} s", dict(fault=lock, repair=lambda: None, queue=50)),
+        (f"traces table dropped, restored {FAULT_S:.0f} s later",
+         dict(fault=drop, restore=lambda: _sql(db, create["sql"]))),
+        (f"write lock held by another connection for {FAULT_S:.0f} s",
+         dict(fault=lock, restore=lambda: locker["l"].unlock())),
+        (f"full queue (50) + write lock held for {FAULT_S:.0f} s",
+         dict(fault=lock, restore=lambda: locker["l"].unlock(), queue=50)),
         ("database file deleted", dict(fault=lambda: db.unlink())),
         ("database file replaced", dict(fault=replace)),
-        ("policy threshold set to NaN", dict(fault=lambda: _tamper(db, _nan_threshold), policy_fault=True)),
-        ("policy weights set to NaN", dict(fault=lambda: _tamper(db, _nan_weights), policy_fault=True)),
+        ("policy threshold set to NaN (a process starting after it)",
+         dict(fault=lambda: _tamper(db, _nan_threshold), policy_fault=True, fresh=True)),
+        ("policy weights set to NaN (a process starting after it)",
+         dict(fault=lambda: _tamper(db, _nan_weights), policy_fault=True, fresh=True)),
         ("every policy row deleted", dict(fault=lambda: _sql(db, "DELETE FROM policies"), policy_fault=True)),
     ]
 
@@ -165,34 +168,38 @@ def _run_scenario(db: Path, spec: dict, rows: list[dict], embed) -> Run:
     run = Run()
     store = TraceStore(db, queue_size=spec.get("queue", 10_000))
     tracer = Tracer(TASK, db=store, alpha=0.9, embedder=embed, auto_refit=False, policy_check_s=0.2)
-    fault_at, repair_at = CALLS // 3, 2 * CALLS // 3
+    fault_at = CALLS // 3
     faulted_at = None
     for i in range(CALLS):
         if i == fault_at:
             spec["fault"]()
             faulted_at = time.monotonic()
-        if i == repair_at and spec.get("repair"):
-            spec["repair"]()
+            if spec.get("fresh"):  # the process that loads the broken row; the running one keeps its valid copy
+                tracer = Tracer(TASK, db=store, alpha=0.9, embedder=embed, auto_refit=False, policy_check_s=0.2)
         row = rows[i % len(rows)]
         start = time.perf_counter()
         decision = tracer.route(row["input"])
         tracer.record(row["input"], row["label"], metadata={"call": i})
         run.stall_s = max(run.stall_s, time.perf_counter() - start)
         run.completed += 1
+        if faulted_at is not None:  # spread the calls after the fault over FAULT_S
+            time.sleep(max(0.0, faulted_at + FAULT_S * (i - fault_at + 1) / (CALLS - fault_at) - time.monotonic()))
         if i >= fault_at:
             run.after_fault.add(i)
             # a policy fault counts once every process has had policy_check_s to notice it
             if spec.get("policy_fault") and decision.handled and time.monotonic() - faulted_at > tracer.policy_check_s:
                 run.broken_answers += 1
-    if spec.get("repair"):
+    if spec.get("restore"):
+        spec["restore"]()
         deadline = time.monotonic() + 15
-        while store.degraded and time.monotonic() < deadline:
+        while (store.degraded or store.spill_path.exists()) and time.monotonic() < deadline:
             time.sleep(0.1)  # the writer probes the repaired store and replays its spill
     start = time.perf_counter()
-    report = tracer.close(timeout=CLOSE_TIMEOUT_S)
-    store.close(timeout=CLOSE_TIMEOUT_S)
-    run.spilled = report.spilled
-    run.note = f"close {time.perf_counter() - start:.2f} s"
+    tracer.close(timeout=CLOSE_TIMEOUT_S)
+    report = store.close(timeout=CLOSE_TIMEOUT_S)
+    run.spilled = store._writer.spilled_total if store._writer else 0
+    run.note = f"{report.spilled} still in the spill file at close; "
+    run.note += f"close {time.perf_counter() - start:.2f} s"
     return run
 
 
@@ -240,7 +247,7 @@ def _exit_during_refit(folder: Path) -> dict:
                           timeout=300)
     aborted = done.returncode != 0 or "terminate called" in done.stderr
     return _row("process exits while a refit embeds (subprocess)", 1, 0 if aborted else 1, 1_600,
-                1_600 - _count(folder / "exit.db"), "-", None, 0,
+                1_600 - _count(folder / "exit.db"), "-", None, None,
                 f"exit code {done.returncode}, exit took {time.monotonic() - started:.0f} s")
 
 
@@ -254,7 +261,7 @@ def _sigkill(folder: Path, queue_size: int = 100) -> dict:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     lost = 5_000 - _count(db)
-    row = _row(f"SIGKILL right after 5,000 record() calls (queue {queue_size})", 5_000, 5_000, 5_000, lost, "-", None, 0,
+    row = _row(f"SIGKILL right after 5,000 record() calls (queue {queue_size})", 5_000, 5_000, 5_000, lost, "-", None, None,
                f"bound: queue + one batch = {2 * queue_size}")
     row["ok"] = lost <= 2 * queue_size
     return row
@@ -279,6 +286,7 @@ def _litellm_broken_store(folder: Path, embed) -> dict:
     system = {"role": "system", "content": "Classify the banking query. Answer with the label only."}
     stall = 0.0
     completed = 0
+    create: dict = {}
     with LocalTeacher({r["input"]: r["label"] for r in rows}) as teacher:
         callback = TracerCallback(alpha=0.9, db=str(db), embedder=embed, sync_short_circuit=False)
         litellm.callbacks = [callback]
@@ -292,6 +300,7 @@ def _litellm_broken_store(folder: Path, embed) -> dict:
                             break
                         await asyncio.sleep(0.05)
                     conn = sqlite3.connect(db)
+                    (create["sql"],) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'traces'").fetchone()
                     conn.execute("DROP TABLE traces")
                     conn.commit()
                     conn.close()
@@ -301,16 +310,20 @@ def _litellm_broken_store(folder: Path, embed) -> dict:
                     messages=[system, {"role": "user", "content": r["input"]}]), timeout=30)
                 stall = max(stall, time.perf_counter() - start)
                 completed += response.choices[0].message.content == r["label"]
+            await asyncio.sleep(1)  # LiteLLM logs each success in a task on this loop
 
         asyncio.run(calls())
-        time.sleep(1)  # LiteLLM's success logging runs after the response
         start = time.perf_counter()
         report = callback.close(timeout=CLOSE_TIMEOUT_S)
         close_s = time.perf_counter() - start
         litellm.logging_callback_manager._reset_all_callbacks()
+    _sql(db, create["sql"])  # repaired after the process ended: the next start replays the spill
+    stored = _count(db)
+    after = len(rows) - 1
     return _row("LiteLLM acompletion, traces table dropped (HTTP to a local teacher)", len(rows), completed,
-                report.spilled, report.lost + report.pending, report.spilled, None, stall,
-                f"close {close_s:.2f} s; includes the teacher's HTTP round trip")
+                after, after - stored, report.spilled, None, stall,
+                f"table restored after close, then replayed at the next start; close {close_s:.2f} s; "
+                "stall includes the teacher's HTTP round trip")
 
 
 def _sql_count(db: Path) -> int:
@@ -324,12 +337,12 @@ def _sql_count(db: Path) -> int:
 
 
 def _row(fault: str, calls: int, completed: int, recorded_after: int, lost: int, spilled: int | str,
-         broken: int | None, stall_s: float, note: str) -> dict:
+         broken: int | None, stall_s: float | None, note: str) -> dict:
     return {
         "fault": fault, "calls": calls, "completed": completed, "traces after fault": recorded_after,
         "lost": lost, "spilled then replayed": spilled, "answers from a broken policy": "-" if broken is None else broken,
-        "longest stall (ms)": f"{stall_s * 1000:.0f}", "note": note,
-        "ok": completed == calls and lost == 0 and stall_s <= STALL_TARGET_S and not broken,
+        "longest stall (ms)": "-" if stall_s is None else f"{stall_s * 1000:.0f}", "note": note,
+        "ok": completed == calls and lost == 0 and (stall_s or 0.0) <= STALL_TARGET_S and not broken,
     }
 
 

@@ -532,6 +532,8 @@ def test_8_a_replaced_database_file_is_noticed(db_path: Path, tmp_path: Path) ->
     report = within(10, tracer.flush, timeout=5)
     assert report.spilled == 1 and "replaced" in report.degraded
     within(10, tracer.close, timeout=5)
+    with TraceStore(db_path) as store:  # the old file's write-ahead log was not applied to the new file
+        assert [t.input for t in store.iter_traces("t")] == ["after"]
 
 
 # -- 9. the smaller points ----------------------------------------------------------------------

@@ -130,7 +130,7 @@ class TraceStore:
             raise StoreError(f"trace store {str(self.path)!r} is closed")
         if os.getpid() != self._pid:
             self._after_fork()
-        self._identity.check()
+        self._identity.check(self._empty_old_wal)
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._connect()
@@ -154,6 +154,18 @@ class TraceStore:
         with self._lock:
             self._conns.append(conn)
         return db
+
+    def _empty_old_wal(self) -> None:
+        """The file was deleted or replaced: move this process's WAL frames into the old file and
+        truncate the `-wal` beside the path, so whoever opens the new file does not apply them to it."""
+        db = getattr(self._local, "db", None)
+        with self._lock:
+            conn = db.conn if db is not None else (self._conns[0] if self._conns else None)
+        if conn is not None:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                log.error("could not empty the write-ahead log of the moved store file: %s", exc)
 
     def _after_fork(self) -> None:
         """A forked child must not reuse the parent's connections or writer thread."""

@@ -7,6 +7,7 @@ import logging
 import os
 import pathlib
 import sqlite3
+from collections.abc import Callable
 
 from tracer_core.errors import StoreError
 
@@ -53,8 +54,9 @@ class FileIdentity:
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
 
-    def check(self) -> None:
-        """Raise StoreError (logging loudly, once) if the file at the path is not the opened one."""
+    def check(self, on_change: Callable[[], None]) -> None:
+        """Raise StoreError (logging loudly, once) if the file at the path is not the opened one;
+        `on_change` runs once, when the change is first noticed."""
         if self.problem is None and self._identity is not None:
             try:
                 st = os.stat(self.path)
@@ -69,5 +71,6 @@ class FileIdentity:
                     "open (or create) the file now at that path, which replays the spill file",
                     self.path, self.problem,
                 )
+                on_change()
         if self.problem is not None:
             raise StoreError(f"trace store file {str(self.path)!r} {self.problem} while open; restart to reopen it")

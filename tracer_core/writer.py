@@ -85,6 +85,7 @@ class BackgroundWriter:
         self._enqueued = 0
         self._finished = 0
         self._spilled = 0  # spilled by this process and not yet replayed
+        self.spilled_total = 0  # every trace this writer ever sent to the spill file
         self._lost = 0
         self._stopping = False
         self._degraded: str | None = None
@@ -235,6 +236,7 @@ class BackgroundWriter:
             return
         with self._done:
             self._spilled += len(traces)
+            self.spilled_total += len(traces)
         self._warn("spill", "saved %d traces to %s (%s); they are replayed into the store when it accepts "
                    "writes, or at the next start", len(traces), self.spill.path, why)
 
