@@ -12,7 +12,6 @@ from a broken policy.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import shutil
@@ -21,14 +20,15 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import textwrap
-import threading
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-import numpy as np
+from tests.faultkit import (
+    RECORD_THEN_WAIT, REFIT_AT_EXIT, SUBSET, drop_traces_table, nan_threshold, nan_weights, run_sql,
+    subprocess_env, tamper,
+)
 
 TASK = "faults-bench"
 CALLS = 300
@@ -36,7 +36,6 @@ FIT_ROWS = 1_500
 STALL_TARGET_S = 1.0
 CLOSE_TIMEOUT_S = 10.0
 FAULT_S = 6.0  # how long every fault lasts while calls go on
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -69,44 +68,6 @@ def _fitted_db(folder: Path, embed) -> Path:
     return path
 
 
-def _sql(db: Path, *statements: str, params: tuple = ()) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        for statement in statements:
-            conn.execute(statement, params)
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def _tamper(db: Path, change) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        version, blob = conn.execute(
-            "SELECT version, artifact FROM policies WHERE status = 'deployed' ORDER BY version DESC LIMIT 1"
-        ).fetchone()
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-        change(arrays, meta)
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        conn.execute("UPDATE policies SET artifact = ? WHERE version = ?", (buf.getvalue(), version))
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def _nan_threshold(arrays, meta) -> None:
-    meta["threshold"] = float("nan")
-
-
-def _nan_weights(arrays, meta) -> None:
-    for key in [k for k in arrays if k.startswith("s_w")]:
-        arrays[key] = np.full_like(arrays[key], np.nan)
-
-
 class Locker:
     """Holds the database's write lock from another connection (another process would do the same)."""
 
@@ -126,11 +87,7 @@ def _scenarios(db: Path) -> list[tuple[str, dict]]:
     create = {}
 
     def drop() -> None:
-        conn = sqlite3.connect(db)
-        (create["sql"],) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'traces'").fetchone()
-        conn.execute("DROP TABLE traces")
-        conn.commit()
-        conn.close()
+        create["sql"] = drop_traces_table(db)
 
     locker: dict = {}
 
@@ -147,7 +104,7 @@ def _scenarios(db: Path) -> list[tuple[str, dict]]:
 
     return [
         (f"traces table dropped, restored {FAULT_S:.0f} s later",
-         dict(fault=drop, restore=lambda: _sql(db, create["sql"]))),
+         dict(fault=drop, restore=lambda: run_sql(db, create["sql"]))),
         (f"write lock held by another connection for {FAULT_S:.0f} s",
          dict(fault=lock, restore=lambda: locker["l"].unlock())),
         (f"full queue (50) + write lock held for {FAULT_S:.0f} s",
@@ -155,10 +112,10 @@ def _scenarios(db: Path) -> list[tuple[str, dict]]:
         ("database file deleted", dict(fault=lambda: db.unlink())),
         ("database file replaced", dict(fault=replace)),
         ("policy threshold set to NaN (a process starting after it)",
-         dict(fault=lambda: _tamper(db, _nan_threshold), policy_fault=True, fresh=True)),
+         dict(fault=lambda: tamper(db, nan_threshold), policy_fault=True, fresh=True)),
         ("policy weights set to NaN (a process starting after it)",
-         dict(fault=lambda: _tamper(db, _nan_weights), policy_fault=True, fresh=True)),
-        ("every policy row deleted", dict(fault=lambda: _sql(db, "DELETE FROM policies"), policy_fault=True)),
+         dict(fault=lambda: tamper(db, nan_weights), policy_fault=True, fresh=True)),
+        ("every policy row deleted", dict(fault=lambda: run_sql(db, "DELETE FROM policies"), policy_fault=True)),
     ]
 
 
@@ -211,39 +168,10 @@ def _stored_calls(db: Path) -> set[int]:
         return {t.metadata.get("call") for t in store.iter_traces(TASK) if "call" in t.metadata}
 
 
-REFIT_AT_EXIT = textwrap.dedent("""
-    import json, sys, time
-    from tracer_core import Tracer, embedder
-    rows = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
-    tracer = Tracer("exit-refit", db=sys.argv[1], alpha=0.9, refit_every=200)
-    tracer.record_many([f"{r['input']} (exit run {k})" for k in range(2) for r in rows],
-                       [r["label"] for k in range(2) for r in rows])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (embedder._default is None or embedder._default._model is None):
-        time.sleep(0.1)
-    time.sleep(2)
-""")
-
-SIGKILL = textwrap.dedent("""
-    import sys, time
-    from tracer_core import Tracer, TraceStore
-    tracer = Tracer("kill", db=TraceStore(sys.argv[1], queue_size=int(sys.argv[2])), auto_refit=False)
-    for i in range(5000):
-        tracer.record(f"trace {i}", "x")
-    print("recorded", flush=True)
-    time.sleep(60)
-""")
-
-
-def _env(**extra: str) -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra}
-
-
 def _exit_during_refit(folder: Path) -> dict:
-    data = REPO / "tests" / "data" / "banking77_subset.jsonl"
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", REFIT_AT_EXIT, str(folder / "exit.db"), str(data)],
-                          env=_env(TRACER_CACHE_DIR=str(folder / "fresh-cache")), capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", REFIT_AT_EXIT, str(folder / "exit.db"), str(SUBSET)],
+                          env=subprocess_env(TRACER_CACHE_DIR=str(folder / "fresh-cache")), capture_output=True, text=True,
                           timeout=300)
     aborted = done.returncode != 0 or "terminate called" in done.stderr
     return _row("process exits while a refit embeds (subprocess)", 1, 0 if aborted else 1, 1_600,
@@ -253,7 +181,7 @@ def _exit_during_refit(folder: Path) -> dict:
 
 def _sigkill(folder: Path, queue_size: int = 100) -> dict:
     db = folder / "kill.db"
-    child = subprocess.Popen([sys.executable, "-c", SIGKILL, str(db), str(queue_size)], env=_env(),
+    child = subprocess.Popen([sys.executable, "-c", RECORD_THEN_WAIT, str(db), str(queue_size)], env=subprocess_env(),
                              stdout=subprocess.PIPE, text=True)
     try:
         child.stdout.readline()
@@ -299,11 +227,7 @@ def _litellm_broken_store(folder: Path, embed) -> dict:
                         if db.exists() and _sql_count(db) >= 1:
                             break
                         await asyncio.sleep(0.05)
-                    conn = sqlite3.connect(db)
-                    (create["sql"],) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'traces'").fetchone()
-                    conn.execute("DROP TABLE traces")
-                    conn.commit()
-                    conn.close()
+                    create["sql"] = drop_traces_table(db)
                 start = time.perf_counter()
                 response = await asyncio.wait_for(litellm.acompletion(
                     model="openai/teacher", api_base=teacher.base_url, api_key="sk-test",
@@ -317,7 +241,7 @@ def _litellm_broken_store(folder: Path, embed) -> dict:
         report = callback.close(timeout=CLOSE_TIMEOUT_S)
         close_s = time.perf_counter() - start
         litellm.logging_callback_manager._reset_all_callbacks()
-    _sql(db, create["sql"])  # repaired after the process ended: the next start replays the spill
+    run_sql(db, create["sql"])  # repaired after the process ended: the next start replays the spill
     stored = _count(db)
     after = len(rows) - 1
     return _row("LiteLLM acompletion, traces table dropped (HTTP to a local teacher)", len(rows), completed,

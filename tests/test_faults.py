@@ -17,7 +17,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -34,7 +33,11 @@ from tracer_core.jsonl import export_jsonl
 from tracer_core.policy import Policy
 from tracer_core.trace import make_trace
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.faultkit import (
+    RECORD_THEN_WAIT, REFIT_AT_EXIT, SUBSET, drop_traces_table, nan_threshold, nan_weights, run_sql,
+    subprocess_env, tamper,
+)
+
 TASK = "faults"
 STALL_S = 1.0  # the longest any single call on the caller's path may take
 
@@ -64,32 +67,6 @@ def rows(db: Path, sql: str = "SELECT count(*) FROM traces") -> list[tuple]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
-
-
-def drop_traces_table(db: Path) -> str:
-    """Drop `traces` from another connection; returns its CREATE statement to restore it."""
-    conn = sqlite3.connect(db)
-    try:
-        (create,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'traces'").fetchone()
-        conn.execute("DROP TABLE traces")
-        conn.commit()
-    finally:
-        conn.close()
-    return create
-
-
-def run_sql(db: Path, *statements: str) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        for statement in statements:
-            conn.execute(statement)
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def subprocess_env(**extra: str) -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **extra}
 
 
 def wait_until(predicate, seconds: float) -> bool:
@@ -261,24 +238,8 @@ def test_1_langchain_invoke_keeps_answering_with_a_broken_store(teacher, db_path
 
 # -- 2. a background refit at interpreter exit does not abort the process ---------------------
 
-REFIT_AT_EXIT = textwrap.dedent("""
-    import json, sys, time
-    from tracer_core import Tracer
-    rows = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
-    tracer = Tracer("exit-refit", db=sys.argv[1], alpha=0.9, refit_every=200)
-    tracer.record_many([f"{r['input']} (variant {k})" for k in range(2) for r in rows],
-                       [r["label"] for k in range(2) for r in rows])
-    from tracer_core import embedder
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (embedder._default is None or embedder._default._model is None):
-        time.sleep(0.1)  # until the refit thread has loaded the model
-    time.sleep(2)  # the refit is embedding the uncached texts when the script ends
-    print("script end", flush=True)
-""")
-
-
 def test_2_process_exits_cleanly_while_a_refit_embeds(tmp_path: Path) -> None:
-    data = ROOT / "tests" / "data" / "banking77_subset.jsonl"
+    data = SUBSET
     env = subprocess_env(TRACER_CACHE_DIR=str(tmp_path / "fresh-cache"))
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", REFIT_AT_EXIT, str(tmp_path / "exit.db"), str(data)],
@@ -309,37 +270,8 @@ def fitted(fitted_db: Path, tmp_path: Path) -> Path:
     return path
 
 
-def tamper(db: Path, change) -> None:
-    """Rewrite the newest deployed policy's artifact: `change(arrays, meta)` edits it in place."""
-    conn = sqlite3.connect(db)
-    try:
-        version, blob = conn.execute(
-            "SELECT version, artifact FROM policies WHERE status = 'deployed' ORDER BY version DESC LIMIT 1"
-        ).fetchone()
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-        change(arrays, meta)
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        conn.execute("UPDATE policies SET artifact = ? WHERE version = ?", (buf.getvalue(), version))
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def _nan_threshold(arrays, meta):
-    meta["threshold"] = float("nan")
-
-
 def _nan_ood_threshold(arrays, meta):
     meta["ood_threshold"] = float("nan")
-
-
-def _nan_weights(arrays, meta):
-    for key in [k for k in arrays if k.startswith("s_w")]:
-        arrays[key] = np.full_like(arrays[key], np.nan)
 
 
 def _weights_cut_to_5_labels(arrays, meta):
@@ -360,9 +292,9 @@ def _threshold_out_of_range(arrays, meta):
 
 
 @pytest.mark.parametrize("change, problem", [
-    (_nan_threshold, "threshold"),
+    (nan_threshold, "threshold"),
     (_nan_ood_threshold, "ood_threshold"),
-    (_nan_weights, "NaN"),
+    (nan_weights, "NaN"),
     (_weights_cut_to_5_labels, "shape"),
     (_duplicate_labels, "not unique"),
     (_threshold_out_of_range, "threshold"),
@@ -425,7 +357,7 @@ def test_5_a_null_certificate_crashes_nothing(fitted: Path, embedder, tmp_path: 
 
 
 def test_5_a_nan_weight_policy_does_not_crash_the_report(fitted: Path, tmp_path: Path) -> None:
-    tamper(fitted, _nan_weights)
+    tamper(fitted, nan_weights)
     out = tmp_path / "r.html"
     result = CliRunner().invoke(cli, ["report", "--db", str(fitted), "--task", TASK, "--no-refit", "--out", str(out)])
     assert result.exit_code == 0, (result.output, result.exception)
@@ -434,7 +366,7 @@ def test_5_a_nan_weight_policy_does_not_crash_the_report(fitted: Path, tmp_path:
 
 
 def test_9_route_prints_strict_json_even_from_a_nan_policy(fitted: Path) -> None:
-    tamper(fitted, _nan_weights)
+    tamper(fitted, nan_weights)
     result = CliRunner().invoke(cli, ["route", "--db", str(fitted), "--task", TASK, "I lost my card", "top up"])
     assert result.exit_code == 0, result.output
 
@@ -572,20 +504,9 @@ def test_9_tracer_arguments(db_path: Path) -> None:
     assert rows(db_path) == [(3,)]
 
 
-SIGKILL_SCRIPT = textwrap.dedent("""
-    import sys, time
-    from tracer_core import Tracer, TraceStore
-    tracer = Tracer("kill", db=TraceStore(sys.argv[1], queue_size=int(sys.argv[2])), auto_refit=False)
-    for i in range(5000):
-        tracer.record(f"trace {i}", "x")
-    print("recorded", flush=True)
-    time.sleep(60)
-""")
-
-
 def test_9_sigkill_loses_at_most_what_the_queue_holds(db_path: Path) -> None:
     queue_size = 100
-    child = subprocess.Popen([sys.executable, "-c", SIGKILL_SCRIPT, str(db_path), str(queue_size)],
+    child = subprocess.Popen([sys.executable, "-c", RECORD_THEN_WAIT, str(db_path), str(queue_size)],
                              env=subprocess_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "recorded"
