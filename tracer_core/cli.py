@@ -21,7 +21,6 @@ def main() -> None:
 def _tracer(db: str, task: str, fingerprint: str, alpha: float, delta: float):
     from tracer_core.tracer import Tracer
 
-    require_db(db)
     try:
         return Tracer(task, db, alpha=alpha, delta=delta, fingerprint=fingerprint, auto_refit=False)
     except TracerError as exc:
@@ -63,6 +62,7 @@ def fit(task: str, fingerprint: str, alpha: float, delta: float, db: str, as_jso
 @click.argument("texts", nargs=-1, required=True)
 def route(task: str, fingerprint: str, db: str, texts: tuple[str, ...]) -> None:
     """Route TEXTS with the newest deployed policy; one JSON decision per line."""
+    require_db(db)
     with _tracer(db, task, fingerprint, 0.95, 0.05) as tracer:
         try:
             decisions = tracer.route_many(list(texts))
