@@ -24,7 +24,7 @@ def refuse_foreign(path: pathlib.Path, *, adopt_foreign_db: bool) -> None:
     if adopt_foreign_db or not path.is_file() or path.stat().st_size == 0:
         return
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
