@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity,faults] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "replay")
+SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "faults", "replay")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -147,6 +147,19 @@ def main(argv: list[str] | None = None) -> int:
             report.add("Speed", speed(cache), "Fit timed alone in the main process; decide() = "
                        "`policy.decide([text], vec[None])` (surrogate + OOD + unseen-label checks); "
                        "Tracer.route() includes embedding and the store's policy check.")
+            report.write()
+        if "faults" in only:  # before the pool starts: stalls are measured without fits beside them
+            from bench.faults import CALLS, faults
+
+            report.add("Faults: what the caller sees when the store, the file, the policy or the process fails",
+                       faults(),
+                       f"Each scenario: {CALLS} calls of route() + record() with a certified Banking77 policy; "
+                       "the fault after a third of them (restored after two thirds where a repair exists); "
+                       "lost = traces recorded after the fault that are not in the store after a restart "
+                       "(which replays the spill file); longest stall = the slowest route() + record() call; "
+                       "answers from a broken policy count handled decisions more than policy_check_s (0.2 s) "
+                       "after the policy broke (a policy row edited in place is seen by processes that load it; "
+                       "a running process keeps answering from the valid copy it loaded and certified).")
             report.write()
         keys = rb.fit_keys(only, runs)
         cache.submit(keys)  # queue every fit now; the tables below wait for their own

@@ -14,8 +14,8 @@ from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 
 from tracer_core import Tracer, TraceStore
-from tracer_demo.local_teacher import LocalTeacher
 from tracer_core.settings import SettingsError
+from tracer_demo.local_teacher import LocalTeacher
 from tracer_langchain import IntegrationConfigError, TracedRunnable, with_tracer
 
 TASK = "support-intent"

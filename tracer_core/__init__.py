@@ -9,9 +9,10 @@ from tracer_core.labels import structured_label, text_label
 from tracer_core.registry import TracerRegistry, registry_for
 from tracer_core.store import TraceStore
 from tracer_core.tracer import Tracer
+from tracer_core.writer import FlushReport
 
 __all__ = [
-    "Certificate", "Decision", "Embedder", "Reason", "TaskIdentity", "TraceStore", "Tracer", "TracerError",
+    "Certificate", "Decision", "Embedder", "FlushReport", "Reason", "TaskIdentity", "TraceStore", "Tracer", "TracerError",
     "TracerRegistry", "get_default_embedder", "identify", "registry_for", "structured_label", "text_label",
 ]
 __version__ = "0.1.0"

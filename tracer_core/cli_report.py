@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from tracer_core.cli_store import db_option, open_store, require_db
 from tracer_core.report import build_report
 from tracer_core.report.summary import summary_facts, tasks_overview
-from tracer_core.report.terminal import summary_view, tasks_table
+from tracer_core.report.terminal import plain_console, summary_view, tasks_table
 from tracer_core.store import TraceStore
 from tracer_core.versions import VersionError, resolve_version
 
@@ -53,7 +52,7 @@ def report(db: str, task: str, fingerprint: str | None, out: str, json_out: str 
 def status(db: str, task: str | None, fingerprint: str | None) -> None:
     """All task versions at a glance, or one task's certificate summary, suspension and live counters."""
     require_db(db)
-    console = Console(width=140)
+    console = plain_console(width=140)
     with open_store(db) as store:
         if task is None:
             console.print(tasks_table(tasks_overview(store), db))

@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from tracer_core import versions
 from tracer_core.errors import TracerError
 from tracer_core.jsonl import export_jsonl, import_jsonl
+from tracer_core.report.terminal import plain, plain_console
 from tracer_core.store import DEFAULT_DB, TraceStore
 from tracer_core.trace import SOURCES
 
@@ -30,6 +30,12 @@ db_option = click.option(
 )
 
 
+adopt_option = click.option(
+    "--adopt-foreign-db", is_flag=True,
+    help="Add tracer's tables to an SQLite file that already holds another application's tables.",
+)
+
+
 def require_db(db: str) -> None:
     """Reading commands must not create an empty store by accident."""
     if not Path(db).is_file():
@@ -37,10 +43,10 @@ def require_db(db: str) -> None:
 
 
 @contextlib.contextmanager
-def open_store(db: str) -> Iterator[TraceStore]:
+def open_store(db: str, *, adopt_foreign_db: bool = False) -> Iterator[TraceStore]:
     """Open the store, turning any TracerError into a one-line CLI error (exit 1)."""
     try:
-        with TraceStore(db) as store:
+        with TraceStore(db, adopt_foreign_db=adopt_foreign_db) as store:
             yield store
     except TracerError as exc:
         raise click.ClickException(str(exc)) from None
@@ -57,15 +63,15 @@ def tasks(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=Text(f"Task versions in {db}"))
+    table = Table(title=plain(f"Task versions in {db}"))
     for column in ("task", "version", "teacher", "surrogate", "last trace", "what it came from"):
         table.add_column(column, justify="right" if column in ("teacher", "surrogate") else "left")
     for row in rows:
         last = row["last_trace_at"]
         when = datetime.datetime.fromtimestamp(last).isoformat(sep=" ", timespec="seconds") if last else "-"
-        table.add_row(Text(row["task"]), versions.label(row), str(row["teacher"]), str(row["surrogate"]), when,
-                      Text(versions.origin(row)))
-    Console(width=160).print(table)
+        table.add_row(plain(row["task"]), versions.label(row), str(row["teacher"]), str(row["surrogate"]), when,
+                      plain(versions.origin(row)))
+    plain_console(width=160).print(table)
 
 
 @click.command(name="import")
@@ -73,9 +79,10 @@ def tasks(db: str, as_json: bool) -> None:
 @click.option("--task", required=True, help="Task the traces belong to.")
 @click.option("--skip-bad", is_flag=True, help="Skip bad lines (reported) instead of importing nothing.")
 @db_option
-def import_(file: str, task: str, skip_bad: bool, db: str) -> None:
+@adopt_option
+def import_(file: str, task: str, skip_bad: bool, db: str, adopt_foreign_db: bool) -> None:
     """Import traces from a JSONL FILE ({"input", "label"} or {"input", "teacher"} per line)."""
-    with open_store(db) as store:
+    with open_store(db, adopt_foreign_db=adopt_foreign_db) as store:
         result = import_jsonl(store, file, task, skip_bad=skip_bad)
     for number, reason in result.skipped:
         click.echo(f"skipped line {number}: {reason}", err=True)
@@ -85,17 +92,40 @@ def import_(file: str, task: str, skip_bad: bool, db: str) -> None:
 @click.command()
 @click.option("--task", required=True, help="Task to export.")
 @click.option("--source", type=click.Choice(SOURCES), default=None, help="Only traces from this source.")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write here instead of stdout.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
 @db_option
 def export(task: str, source: str | None, out: str | None, db: str) -> None:
-    """Export the traces of a task as JSONL."""
+    """Export the traces of a task as JSONL (the traces stored when the export starts)."""
+    require_db(db)
     with open_store(db) as store:
+        require_task(store, task)
         if out is None:
             count = export_jsonl(store, task, sys.stdout, source=source)
         else:
-            with open(out, "w", encoding="utf-8") as fh:
-                count = export_jsonl(store, task, fh, source=source)
+            count = _export_to_file(store, task, Path(out), source)
     click.echo(f"exported {count} traces of task {task!r}", err=True)
+
+
+def _export_to_file(store: TraceStore, task: str, out: Path, source: str | None) -> int:
+    """Export to `out` through a temporary file beside it, so a failed export leaves `out` untouched."""
+    if not out.parent.is_dir():
+        raise click.ClickException(f"cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as fh:
+            count = export_jsonl(store, task, fh, source=source)
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {str(out)!r}: {exc.strerror}") from None
+    return count
+
+
+def require_task(store: TraceStore, task: str) -> None:
+    """Commands about one task fail (exit 1) when it has no traces, naming the tasks there are."""
+    if not any(store.counts(task).values()):
+        known = ", ".join(repr(t["task"]) for t in store.tasks()) or "none"
+        raise click.ClickException(f"task {task!r} has no traces in {str(store.path)!r} (tasks: {known})")
 
 
 store_commands = [tasks, import_, export]

@@ -21,7 +21,6 @@ from scipy.stats import binom
 
 from tracer_core import certificate as codes
 from tracer_core.certificate import Certificate
-from tracer_core.embedder import embed_checked
 from tracer_core.features import Tfidf, join_features, predict_proba
 from tracer_core.gate import (
     agreement_lower_bound,
@@ -31,6 +30,7 @@ from tracer_core.gate import (
 )
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
+from tracer_core.shutdown import check_exit, embed_in_steps
 from tracer_core.surrogate import Surrogate, fit_logistic, fit_mlp
 
 CAL_FRACTION = 0.30
@@ -173,7 +173,7 @@ def fit_policy(
     if len(counts) < 2:
         return refuse(codes.SINGLE_LABEL, f"all {n} traces carry one label; nothing to learn yet")
 
-    vectors = embed_checked(embed, list(texts))
+    vectors = embed_in_steps(embed, list(texts))  # checks for interpreter exit between chunks
     split = _Split(n, seed, pool)
     text_arr = np.array(texts, dtype=object)
     label_arr = np.array(labels, dtype=object)
@@ -199,6 +199,7 @@ def fit_policy(
     # 2. Candidates trained on train, compared on validation by coverage at alpha.
     results = {}
     for cand in CANDIDATES:
+        check_exit()
         tfidf = Tfidf.fit(list(text_arr[train])) if cand.use_tfidf else None
         model = cand.fit(join_features(vectors[train], list(text_arr[train]), tfidf), y[train], len(label_names), seed=seed)
         proba = predict_proba(model, vectors[split.val], list(text_arr[split.val]), tfidf)
@@ -219,6 +220,7 @@ def fit_policy(
     val_eligible = val_ok & ~np.isin(val_pred, [index[label] for label in excluded_val])
 
     # 4. Final surrogate on train + validation; the grid is fixed from validation scores.
+    check_exit()
     tfidf = Tfidf.fit(list(text_arr[fit_rows])) if cand.use_tfidf else None
     model = cand.fit(join_features(vectors[fit_rows], list(text_arr[fit_rows]), tfidf), y[fit_rows], len(label_names), seed=seed)
     ood = MahalanobisOOD.fit(vectors[fit_rows], y[fit_rows])

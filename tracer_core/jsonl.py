@@ -122,9 +122,13 @@ def _describe_bad_lines(path: str | os.PathLike, bad: list[tuple[int, str]]) -> 
 
 
 def export_jsonl(store: TraceStore, task: str, fh: IO[str], *, source: str | None = None) -> int:
-    """Write the traces of `task` (optionally one source) as JSONL to `fh`; returns the count."""
+    """Write the traces of `task` (optionally one source) as JSONL to `fh`; returns the count.
+
+    A snapshot: the highest trace id is read first, so traces written during the export are left out.
+    """
     count = 0
-    for trace in store.iter_traces(task, source=source):
+    until_id = store.max_id(task, source=source)
+    for trace in store.iter_traces(task, source=source, until_id=until_id):
         fh.write(json.dumps(trace_record(trace), ensure_ascii=False) + "\n")
         count += 1
     return count

@@ -17,6 +17,7 @@ from tracer_core.decision import Decision, Reason
 from tracer_core.errors import PolicyError
 from tracer_core.features import Tfidf, predict_proba
 from tracer_core.ood import MahalanobisOOD
+from tracer_core.policy_check import check_policy
 from tracer_core.surrogate import Surrogate, surrogate_from_arrays
 
 FORMAT = "tracer-policy/1"
@@ -101,19 +102,30 @@ class Policy:
             meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
         except Exception as exc:
             raise PolicyError(f"stored policy is not a readable tracer policy: {exc}") from exc
-        if meta.get("format") != FORMAT:
-            raise PolicyError(f"stored policy has format {meta.get('format')!r}, expected {FORMAT!r}")
-        surrogate = surrogate_from_arrays(meta["surrogate"], {k[2:]: v for k, v in arrays.items() if k.startswith("s_")})
-        tfidf = Tfidf(meta["tfidf_terms"], arrays["tfidf_idf"]) if meta["tfidf_terms"] else None
-        ood = MahalanobisOOD(arrays["ood_means"], arrays["ood_whitener"])
-        return cls(
-            labels=meta["labels"], surrogate=surrogate, tfidf=tfidf, ood=ood,
-            ood_threshold=meta["ood_threshold"], threshold=meta["threshold"], excluded=set(meta["excluded"]),
-            unseen_vectors=arrays["unseen_vectors"], unseen_labels=meta["unseen_labels"],
-            unseen_threshold=meta["unseen_threshold"], certificate=certificate, version=version,
-        )
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise PolicyError(f"stored policy has format {found!r}, expected {FORMAT!r}")
+        try:
+            surrogate = surrogate_from_arrays(meta["surrogate"], {k[2:]: v for k, v in arrays.items() if k.startswith("s_")})
+            tfidf = Tfidf(meta["tfidf_terms"], arrays["tfidf_idf"]) if meta["tfidf_terms"] else None
+            policy = cls(
+                labels=meta["labels"], surrogate=surrogate, tfidf=tfidf,
+                ood=MahalanobisOOD(arrays["ood_means"], arrays["ood_whitener"]),
+                ood_threshold=meta["ood_threshold"], threshold=meta["threshold"], excluded=set(meta["excluded"]),
+                unseen_vectors=arrays["unseen_vectors"], unseen_labels=meta["unseen_labels"],
+                unseen_threshold=meta["unseen_threshold"], certificate=certificate, version=version,
+            )
+        except Exception as exc:
+            raise PolicyError(f"stored policy is incomplete: {type(exc).__name__}: {exc}") from None
+        check_policy(policy)
+        return policy
 
     @classmethod
     def from_row(cls, row: dict) -> Policy:
-        """Load a row of the store's `policies` table."""
-        return cls.from_bytes(row["artifact"], Certificate.from_dict(row["certificate"]), row["version"])
+        """Load and validate a row of the store's `policies` table (PolicyError if it is not usable)."""
+        try:
+            certificate = Certificate.from_dict(row["certificate"])
+        except TypeError as exc:
+            reason = row["certificate"].get("reason") if isinstance(row["certificate"], dict) else None
+            raise PolicyError(reason or f"policy v{row['version']} has an incomplete certificate: {exc}") from None
+        return cls.from_bytes(row["artifact"], certificate, row["version"])

@@ -11,14 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from tracer_core.shutdown import register_refit
+
 log = logging.getLogger("tracer")
 
 
 class RefitScheduler:
     """Starts `refit` in a background thread after `every` new teacher traces, or `interval_s` with any new one."""
 
-    def __init__(self, refit: Callable[[], None], *, every: int, interval_s: float, enabled: bool, name: str) -> None:
+    def __init__(self, refit: Callable[[], None], *, every: int, interval_s: float, enabled: bool, name: str,
+                 paused: Callable[[], bool] = lambda: False) -> None:
         self._refit, self.every, self.interval_s, self.enabled, self.name = refit, every, interval_s, enabled, name
+        self._paused = paused  # e.g. while the store cannot be written
         self._lock = threading.Lock()
         self._pending = 0
         self._last_fit_at = time.time()
@@ -34,7 +38,7 @@ class RefitScheduler:
             self._last_fit_at = time.time()
 
     def maybe_start(self) -> None:
-        if not self.enabled:
+        if not self.enabled or self._paused():
             return
         with self._lock:
             due = self._pending >= self.every or (
@@ -45,6 +49,7 @@ class RefitScheduler:
             self._pending = 0
             self._thread = threading.Thread(target=self._refit, name=self.name, daemon=True)
             self._thread.start()
+            register_refit(self._thread)  # stopped cleanly at interpreter exit
 
     @property
     def running(self) -> bool:

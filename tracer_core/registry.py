@@ -17,6 +17,7 @@ from tracer_core.errors import TracerError
 from tracer_core.identity import TaskIdentity
 from tracer_core.store import TraceStore, resolve_path
 from tracer_core.tracer import Tracer
+from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 
 MAX_TRACERS = 512  # least recently used task versions beyond this are let go (their data stays in the store)
 _SHARED_SETTINGS = ("alpha", "delta")
@@ -54,8 +55,9 @@ class TracerRegistry:
         with self._lock:
             return list(self._tracers.values())
 
-    def flush(self, timeout: float | None = None) -> None:
-        self.store.flush(timeout)
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+        """Wait at most `timeout` s for the store's queued traces; the report says what was not written."""
+        return self.store.flush(timeout)
 
     def _evict(self) -> None:
         while len(self._tracers) > MAX_TRACERS:

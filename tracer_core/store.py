@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import sqlite3
@@ -19,15 +20,19 @@ import sqlite_utils
 
 from tracer_core.decision import UNSELECTED
 from tracer_core.errors import CorruptStoreError, PolicyError, StoreError
+from tracer_core.spill import SpillFile
+from tracer_core.store_guard import FileIdentity, refuse_foreign
 from tracer_core.trace import SOURCES, Trace, validate
-from tracer_core.writer import BackgroundWriter
+from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, BackgroundWriter, FlushReport
 
 DEFAULT_DB = "tracer.db"
 BUSY_TIMEOUT_S = 30.0
 LOCK_RETRY_S = 60.0
+WRITER_LOCK_BUDGET_S = 2.0  # the background writer gives up on a locked store this fast, then spills
 ITER_CHUNK = 1_000
 
 T = TypeVar("T")
+log = logging.getLogger("tracer.store")
 
 TRACE_COLUMNS = (
     "task", "fingerprint", "input", "input_hash", "label", "source", "model", "latency_ms",
@@ -36,6 +41,8 @@ TRACE_COLUMNS = (
 )
 _INSERT_SQL = f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.join('?' * len(TRACE_COLUMNS))})"
 _POLICY_COLUMNS = "id, task, fingerprint, version, created_at, status, n_traces, certificate"
+_EXISTS_SQL = "SELECT 1 FROM traces WHERE task = ? AND created_at = ? AND input_hash = ? AND source = ? LIMIT 1"
+CORRUPT_CERTIFICATE = "corrupt_certificate"
 
 
 def input_hash(text: str) -> str:
@@ -128,9 +135,15 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class TraceStore:
-    """The one place traces and policies are kept. Safe to share between threads and processes."""
+    """The one place traces and policies are kept. Safe to share between threads and processes.
 
-    def __init__(self, path: str | os.PathLike | None = None, *, queue_size: int = 10_000) -> None:
+    A file that is an SQLite database of another application is refused unless `adopt_foreign_db`.
+    Traces left in the spill file by an earlier run are replayed when the store opens.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike | None = None, *, queue_size: int = 10_000, adopt_foreign_db: bool = False
+    ) -> None:
         self.path = resolve_path(path)
         self._queue_size = queue_size
         self._local = threading.local()
@@ -140,7 +153,11 @@ class TraceStore:
         self._closed = False
         self._pid = os.getpid()
         self._check_path()
+        refuse_foreign(self.path, adopt_foreign_db=adopt_foreign_db)
+        self._identity = FileIdentity(self.path)
         self._migrate(self._db())
+        self._identity.capture()
+        self._replay_spill_at_start()
         _OPEN_STORES.add(self)
 
     @property
@@ -162,6 +179,7 @@ class TraceStore:
             raise StoreError(f"trace store {str(self.path)!r} is closed")
         if os.getpid() != self._pid:
             self._after_fork()
+        self._identity.check(self._empty_old_wal)
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._connect()
@@ -186,6 +204,18 @@ class TraceStore:
             self._conns.append(conn)
         return db
 
+    def _empty_old_wal(self) -> None:
+        """The file was deleted or replaced: move this process's WAL frames into the old file and
+        truncate the `-wal` beside the path, so whoever opens the new file does not apply them to it."""
+        db = getattr(self._local, "db", None)
+        with self._lock:
+            conn = db.conn if db is not None else (self._conns[0] if self._conns else None)
+        if conn is not None:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                log.error("could not empty the write-ahead log of the moved store file: %s", exc)
+
     def _after_fork(self) -> None:
         """A forked child must not reuse the parent's connections or writer thread."""
         self._local = threading.local()
@@ -194,9 +224,9 @@ class TraceStore:
         self._writer = None
         self._pid = os.getpid()
 
-    def _retry_locked(self, fn: Callable[[], T]) -> T:
+    def _retry_locked(self, fn: Callable[[], T], budget_s: float = LOCK_RETRY_S) -> T:
         """Run `fn`, retrying while the database is locked; map SQLite errors to StoreErrors."""
-        deadline = time.monotonic() + LOCK_RETRY_S
+        deadline = time.monotonic() + budget_s
         delay = 0.01
         while True:
             try:
@@ -215,8 +245,8 @@ class TraceStore:
                     ) from None
                 raise StoreError(f"trace store {str(self.path)!r}: {exc}") from None
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` in one BEGIN IMMEDIATE transaction, retrying while locked."""
+    def _write(self, fn: Callable[[sqlite3.Connection], T], budget_s: float = LOCK_RETRY_S) -> T:
+        """Run `fn(conn)` in one BEGIN IMMEDIATE transaction, retrying while locked (for `budget_s`)."""
         conn = self._db().conn
 
         def attempt() -> T:
@@ -230,7 +260,7 @@ class TraceStore:
                     conn.execute("ROLLBACK")
                 raise
 
-        return self._retry_locked(attempt)
+        return self._retry_locked(attempt, budget_s)
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
         conn = self._db().conn
@@ -269,30 +299,55 @@ class TraceStore:
             self._write(lambda conn: conn.executemany(_INSERT_SQL, rows))
         return len(rows)
 
+    def append_new(self, traces: list[Trace]) -> int:
+        """Store the traces not already present (same task, source, input, created_at); returns how many."""
+        rows = [_row(validate(trace)) for trace in traces]
+
+        def insert(conn: sqlite3.Connection) -> int:
+            new = [r for r in rows if conn.execute(_EXISTS_SQL, (r[0], r[11], r[3], r[5])).fetchone() is None]
+            conn.executemany(_INSERT_SQL, new)
+            return len(new)
+
+        return self._write_bounded(insert)
+
     def enqueue(self, trace: Trace) -> None:
-        """Validate now (raising in the caller), then hand off to the background writer."""
+        """Validate now (raising in the caller), then hand off to the background writer (never blocks)."""
         validate(trace)
         self._background().put(trace)
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every queued trace is committed."""
-        if self._writer is not None and os.getpid() == self._pid:
-            self._writer.flush(timeout)
+    @property
+    def spill_path(self) -> pathlib.Path:
+        """Where traces that cannot reach the store are kept until replayed (JSONL)."""
+        return self.path.with_name(self.path.name + ".spill.jsonl")
 
-    def close(self) -> None:
-        """Flush queued traces, stop the writer and close connections. Idempotent."""
+    @property
+    def degraded(self) -> str | None:
+        """Why traces are not being written to the store (they go to the spill file), or None."""
+        if self._identity.problem is not None:
+            return f"trace store file {self._identity.problem} while open"
+        writer = self._writer
+        return writer.degraded if writer is not None else None
+
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+        """Wait at most `timeout` s until every queued trace is committed; report what was not."""
+        if self._writer is not None and os.getpid() == self._pid:
+            return self._writer.flush(timeout)
+        return FlushReport(degraded=self.degraded)
+
+    def close(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+        """Flush queued traces (at most `timeout` s), stop the writer, close connections. Idempotent."""
         if self._closed:
-            return
+            return FlushReport()
         if os.getpid() != self._pid:
             self._after_fork()
-        if self._writer is not None:
-            self._writer.stop()
+        report = self._writer.stop(timeout) if self._writer is not None else FlushReport(degraded=self.degraded)
         self._closed = True
         with self._lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
         _OPEN_STORES.discard(self)
+        return report
 
     def __enter__(self) -> TraceStore:
         return self
@@ -308,11 +363,37 @@ class TraceStore:
         with self._lock:
             if self._writer is None:
                 self._writer = BackgroundWriter(
-                    self.append_many,
+                    self._append_from_writer,
                     queue_size=self._queue_size,
-                    spill_path=self.path.with_name(self.path.name + ".spill.jsonl"),
+                    spill_path=self.spill_path,
+                    replay=lambda spill: spill.replay(self.append_new),
+                    probe=self._probe_write,
                 )
             return self._writer
+
+    def _append_from_writer(self, traces: list[Trace]) -> None:
+        """The writer thread's commit: like append_many, but gives up on a locked store quickly."""
+        rows = [_row(trace) for trace in traces]
+        self._write_bounded(lambda conn: conn.executemany(_INSERT_SQL, rows))
+
+    def _probe_write(self) -> None:
+        """Raise unless a write transaction on `traces` can start (inserts nothing)."""
+        self._write_bounded(lambda conn: conn.execute("INSERT INTO traces (task) SELECT NULL WHERE 0"))
+
+    def _write_bounded(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`_write` that waits for a locked store at most about 2 x WRITER_LOCK_BUDGET_S."""
+        conn = self._db().conn
+        conn.execute(f"PRAGMA busy_timeout = {int(WRITER_LOCK_BUDGET_S * 1000)}")
+        try:
+            return self._write(fn, WRITER_LOCK_BUDGET_S)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
+    def _replay_spill_at_start(self) -> None:
+        try:
+            SpillFile(self.spill_path).replay(self.append_new)
+        except Exception as exc:  # noqa: BLE001 - an old spill file must never stop the store from opening
+            log.error("could not replay the spill file %s (%s); it is kept for the next start", self.spill_path, exc)
 
     def iter_traces(
         self,
@@ -344,7 +425,7 @@ class TraceStore:
         rows = self._read(f"SELECT input, label, id FROM traces WHERE {where} ORDER BY id", params)
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
-    def max_id(self, task: str, *, source: str = "teacher", fingerprint: str | None = None) -> int:
+    def max_id(self, task: str, *, source: str | None = "teacher", fingerprint: str | None = None) -> int:
         """Highest trace id of `task` and `source` (0 if none)."""
         where, params = _trace_filter(task, source, fingerprint)
         return self._read(f"SELECT max(id) FROM traces WHERE {where}", params)[0][0] or 0
@@ -582,9 +663,14 @@ def _policy(row: tuple, *, with_artifact: bool) -> dict:
     keys = ["id", "task", "fingerprint", "version", "created_at", "status", "n_traces", "certificate"]
     policy = dict(zip(keys + (["artifact"] if with_artifact else []), row))
     try:
-        policy["certificate"] = json.loads(policy["certificate"])
-    except json.JSONDecodeError as exc:
-        raise PolicyError(f"policy {policy['task']!r} v{policy['version']} has a corrupt certificate: {exc}") from None
+        certificate = json.loads(policy["certificate"])
+        problem = None if isinstance(certificate, dict) else f"JSON {type(certificate).__name__}, not an object"
+    except (json.JSONDecodeError, TypeError) as exc:
+        problem = str(exc)
+    if problem is not None:  # listed with a reason; Policy.from_row refuses to load it
+        certificate = {"deployed": False, "reason_code": CORRUPT_CERTIFICATE,
+                       "reason": f"policy v{policy['version']} has a corrupt certificate ({problem})"}
+    policy["certificate"] = certificate
     return policy
 
 

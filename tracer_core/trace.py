@@ -70,6 +70,22 @@ def validate(trace: Trace) -> Trace:
     return trace
 
 
+def check_task(task: object) -> str:
+    """A task name as stored: a non-empty string within the label size limit."""
+    _check_text("task", task, max_chars=MAX_LABEL_CHARS)
+    return task  # type: ignore[return-value]
+
+
+def as_list(name: str, values: object) -> list:
+    """`values` (any iterable, not a single string) as a list; InvalidTraceError otherwise."""
+    if isinstance(values, (str, bytes, bytearray)):
+        raise InvalidTraceError(f"{name} must be an iterable of strings, not a single {type(values).__name__}")
+    try:
+        return list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidTraceError(f"{name} must be an iterable of strings, got {type(values).__name__}") from None
+
+
 def normalise_input(value: object) -> str:
     """An input text as stored and routed: UTF-8 bytes decoded, non-empty, within the size limit."""
     if isinstance(value, (bytes, bytearray)):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -14,18 +15,21 @@ from tracer_core.audits import AuditSampler, as_audit
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
-from tracer_core.errors import InvalidTraceError, NoTracesError, TracerError
+from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import fit_policy
 from tracer_core.refit import ProcessLock, RefitScheduler, lock_path
 from tracer_core.settings import check
+from tracer_core.shutdown import FitCancelled
 from tracer_core.store import Evidence, TraceStore
 from tracer_core.suspension import Suspensions, contradiction
-from tracer_core.trace import MAX_LABEL_CHARS, Trace, make_trace, normalise_input
+from tracer_core.trace import Trace, as_list, check_task, make_trace, normalise_input
 from tracer_core.watcher import InForce, PolicyWatcher
+from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 
 log = logging.getLogger("tracer")
 
 DEFAULT_AUDIT_RATE = 0.05
+DEFAULT_CLOSE_TIMEOUT_S = 60.0
 
 
 class Tracer:
@@ -56,8 +60,7 @@ class Tracer:
     ):
         if not isinstance(task, str) or not task.strip():
             raise TracerError(f"task must be a non-empty string, got {task!r}")
-        if len(task) > MAX_LABEL_CHARS:
-            raise TracerError(f"task name is too long: {len(task):,} characters; the limit is {MAX_LABEL_CHARS:,}")
+        check_task(task)  # the length and encoding limits of a stored trace, checked now
         self.task = task
         self.alpha = float(check("alpha", alpha))
         self.delta = float(check("delta", delta))
@@ -78,7 +81,7 @@ class Tracer:
         self.refits = RefitScheduler(
             self._refit, every=int(check("refit_every", refit_every)),
             interval_s=float(check("refit_interval_s", refit_interval_s)), enabled=auto_refit,
-            name=f"tracer-refit-{task}",
+            name=f"tracer-refit-{task}", paused=lambda: self.store.degraded is not None,
         )
 
     # -- recording --------------------------------------------------------------------
@@ -99,9 +102,7 @@ class Tracer:
         self, texts: Iterable[str], labels: Iterable[str], *, decisions: Sequence[Decision] | None = None, **fields
     ) -> int:
         """Validate all traces first, then write them in one transaction; returns the count written."""
-        if isinstance(texts, (str, bytes)) or isinstance(labels, (str, bytes)):
-            raise InvalidTraceError("record_many takes sequences of texts and labels, not a single string")
-        texts, labels = list(texts), list(labels)
+        texts, labels = as_list("texts", texts), as_list("labels", labels)
         if len(texts) != len(labels) or (decisions is not None and len(decisions) != len(texts)):
             raise InvalidTraceError(
                 f"record_many got {len(texts)} texts, {len(labels)} labels"
@@ -179,6 +180,8 @@ class Tracer:
                     return
                 cert = self.fit()
                 log.info("tracer task %r: refit v%s: %s", self.task, cert.version, cert.summary())
+        except FitCancelled:
+            log.info("tracer task %r: background refit stopped at interpreter exit", self.task)
         except Exception:
             log.exception("tracer task %r: background refit failed; the previous policy stays", self.task)
 
@@ -205,6 +208,8 @@ class Tracer:
             self.refits.maybe_start()
 
     def _decide(self, texts: list[str]) -> list[Decision]:
+        if self.store.degraded:
+            return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         audited = self.audits.draw(len(texts), self.watcher.monitor)  # drawn before routing
         in_force = self.watcher.current()
         if in_force.suspension is None and self.watcher.monitor.rejected:
@@ -215,7 +220,7 @@ class Tracer:
         if policy is None:
             refusal = in_force.refusal
             reason = Reason.FREE_TEXT_TASK if refusal and refusal.reason_code == FREE_TEXT else Reason.NO_POLICY
-            return [deferred(reason) for _ in texts]
+            return [deferred(Reason.INVALID_POLICY if in_force.policy_error else reason) for _ in texts]
         if not texts:
             return []
         decisions = policy.decide(texts, embed_checked(self.embed, texts))
@@ -295,10 +300,16 @@ class Tracer:
         versions = self.store.policies(self.task, fingerprint=self.fingerprint)
         last = versions[0] if versions else None
         cert = policy.certificate if policy else None
+        try:
+            traces = self.store.counts(self.task)
+        except StoreError:
+            traces = {}  # `degraded` says why
         return {
             "task": self.task,
             "fingerprint": self.fingerprint,
-            "traces": self.store.counts(self.task),
+            "traces": traces,
+            "degraded": self.store.degraded,
+            "policy_error": in_force.policy_error,
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
             "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
@@ -312,16 +323,17 @@ class Tracer:
             "audit_rate": self.current_audit_rate,
         }
 
-    def flush(self, timeout: float | None = None) -> None:
-        self.store.flush(timeout)
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+        """Wait at most `timeout` s for queued traces to be written; the report says what was not."""
+        return self.store.flush(timeout)
 
-    def close(self) -> None:
-        """Wait for a running refit, flush queued traces, close the store if this tracer opened it."""
-        self.wait_for_refit()
-        if self._owns_store:
-            self.store.close()
-        else:
-            self.store.flush()
+    def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
+        """Wait for a running refit and flush queued traces (together at most `timeout` s); close the
+        store if this tracer opened it. The report says what could not be written."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.wait_for_refit(timeout)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        return self.store.close(left) if self._owns_store else self.store.flush(left)
 
     def __enter__(self) -> Tracer:
         return self

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from tracer_core.certificate import Certificate
+from tracer_core.errors import PolicyError
 from tracer_core.monitor import AgreementMonitor
 from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
@@ -27,6 +28,7 @@ class InForce:
     policy: Policy | None
     refusal: Certificate | None
     suspension: dict | None
+    policy_error: str | None = None  # why the newest deployed policy is not used (it failed validation)
 
 
 class PolicyWatcher:
@@ -43,6 +45,7 @@ class PolicyWatcher:
         self._monitor = AgreementMonitor(alpha, delta)
         self._monitor_floor: int | None = None  # suspension id the monitor was reset at
         self._audit_seen = 0
+        self._rejected: int | None = None  # a deployed version that failed validation (not re-read)
 
     @property
     def monitor(self) -> AgreementMonitor:
@@ -62,7 +65,8 @@ class PolicyWatcher:
     def adopt(self, policy: Policy | None, refusal: Certificate | None) -> None:
         """Take the result of a fit made in this process without waiting for the next poll."""
         with self._lock:
-            self._state = InForce(policy if policy is not None else self._state.policy, refusal, self._state.suspension)
+            self._state = InForce(policy if policy is not None else self._state.policy, refusal, self._state.suspension,
+                                  None if policy is not None else self._state.policy_error)
             self._checked_at = -float("inf")
 
     def _read(self) -> InForce:
@@ -75,15 +79,29 @@ class PolicyWatcher:
             refusal = _certificate_of(row) if row and row["status"] != "deployed" else None
             self._latest_any = latest_any
         deployed = store.latest_policy_version(task, fingerprint=fp)
+        error = self._state.policy_error
         if deployed is None:
-            policy = None  # never deployed, or its row was deleted
+            policy, error = None, None  # never deployed, or every deployed row was deleted
+        elif deployed == self._rejected:
+            policy = None  # the newest deployed policy is invalid: nothing answers, not even an older one
         elif policy is None or policy.version != deployed:
-            row = store.latest_policy(task, fingerprint=fp)
-            policy = Policy.from_row(row) if row is not None else None
-            if policy is not None:
-                policy.certificate.version = policy.version
+            policy, error = self._load(deployed)
         self._update_monitor(suspension)
-        return InForce(policy, refusal, suspension)
+        return InForce(policy, refusal, suspension, error)
+
+    def _load(self, version: int) -> tuple[Policy | None, str | None]:
+        """The newest deployed policy if it passes validation; else (None, why), logged once per version."""
+        row = self.store.latest_policy(self.task, fingerprint=self.fingerprint)
+        if row is None:
+            return None, None
+        try:
+            policy = Policy.from_row(row)
+        except PolicyError as exc:
+            log.error("tracer task %r: policy v%s is not used: %s", self.task, version, exc)
+            self._rejected = version
+            return None, str(exc)
+        policy.certificate.version = policy.version
+        return policy, None
 
     def _update_monitor(self, suspension: dict | None) -> None:
         """Feed audits recorded since the last suspend/resume event to the monitor, in id order."""
@@ -100,6 +118,14 @@ class PolicyWatcher:
 
 
 def _certificate_of(row: dict) -> Certificate:
-    cert = Certificate.from_dict(row["certificate"])
+    data = row["certificate"] if isinstance(row["certificate"], dict) else {}
+    try:
+        cert = Certificate.from_dict(data)
+    except TypeError:  # a corrupt certificate: keep its reason, claim nothing
+        cert = Certificate(
+            task=row["task"], fingerprint=row["fingerprint"], deployed=False, alpha=0.0, delta=0.0,
+            reason=str(data.get("reason", "unreadable certificate")), reason_code=str(data.get("reason_code", "")),
+            n_traces=row["n_traces"],
+        )
     cert.version = row["version"]
     return cert

@@ -35,7 +35,10 @@ from langchain_core.utils.pydantic import TypeBaseModel
 from pydantic import ConfigDict
 
 from tracer_core import Tracer
+from tracer_core.registry import registry_for
 from tracer_core.settings import check
+from tracer_core.tracer import DEFAULT_CLOSE_TIMEOUT_S
+from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 from tracer_langchain.bridge import Call, TracerBridge
 from tracer_langchain.codec import CustomCodec
 from tracer_langchain.emit import aemit_chat_model_run, emit_chat_model_run
@@ -85,15 +88,17 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
             raise IntegrationConfigError(f"this input reaches no task version ({call.reason})")
         return call.tracer
 
-    def flush(self) -> None:
-        for tracer in self.tracers:
-            tracer.flush()
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+        """Wait at most `timeout` s for queued traces to be written; the report says what was not."""
+        return registry_for(self.bridge.db).flush(timeout)
 
-    def close(self) -> None:
-        """Wait for running refits and flush traces (the stores stay open for other users in the process)."""
+    def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
+        """Wait for running refits and flush traces within about `timeout` s (the stores stay open for
+        other users in the process); the report says what could not be written."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for tracer in self.tracers:
-            tracer.wait_for_refit()
-            tracer.flush()
+            tracer.wait_for_refit(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        return self.flush(None if deadline is None else max(deadline - time.monotonic(), 0.0))
 
     # -- schema delegation ---------------------------------------------------------------
     @property

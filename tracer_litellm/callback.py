@@ -19,6 +19,7 @@ import asyncio
 import datetime
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,10 @@ import numpy as np
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import CallTypes, ModelResponse
 
-from tracer_core import Decision, Reason, Tracer, TracerError, TracerRegistry, registry_for
+from tracer_core import Decision, FlushReport, Reason, Tracer, TracerError, TracerRegistry, registry_for
 from tracer_core.decision import deferred
-from tracer_core.tracer import DEFAULT_AUDIT_RATE
+from tracer_core.tracer import DEFAULT_AUDIT_RATE, DEFAULT_CLOSE_TIMEOUT_S
+from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S
 from tracer_litellm import hooks
 from tracer_litellm.codec import decision_view, label_from_response, mark_response, response_decision, surrogate_response
 from tracer_litellm.logging_queue import await_logging, wait_for_logging
@@ -268,26 +270,33 @@ class TracerCallback(CustomLogger):
             raise TracerError("the call has no messages with a user text to classify")
         return self.tracer_for(info)
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait for LiteLLM's queued logging of this process, then for every queued trace to be written.
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+        """Wait for LiteLLM's queued logging of this process, then for every queued trace to be written;
+        the report says what was not (at most about `timeout` s for each).
 
         Inside a running event loop LiteLLM's async queue cannot be awaited synchronously: use `aflush()`.
         """
-        wait_for_logging(timeout)
-        if self._registry is not None:
-            self._registry.flush(timeout)
+        wait_for_logging(30.0 if timeout is None else timeout)
+        return self._registry.flush(timeout) if self._registry is not None else FlushReport()
 
-    async def aflush(self, timeout: float = 30.0) -> None:
+    async def aflush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
         """`flush()` from async code: awaits LiteLLM's logging queue on this loop."""
-        await await_logging(timeout)
-        if self._registry is not None:
-            await asyncio.to_thread(self._registry.flush, timeout)
+        await await_logging(30.0 if timeout is None else timeout)
+        if self._registry is None:
+            return FlushReport()
+        return await asyncio.to_thread(self._registry.flush, timeout)
 
-    def close(self) -> None:
-        """Flush, and wait for running background refits (the store stays open for the process)."""
-        self.flush()
+    def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
+        """Flush, and wait for running background refits, together within about `timeout` s
+        (the store stays open for the process)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
         for tracer in self._registry.tracers() if self._registry is not None else []:
-            tracer.wait_for_refit()
+            tracer.wait_for_refit(left())
+        return self.flush(left())
 
     def _warn_once(self, where: str, exc: Exception) -> None:
         key = f"{where}:{type(exc).__name__}"

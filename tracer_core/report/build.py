@@ -10,7 +10,6 @@ from pathlib import Path
 
 from tracer_core.embedder import EmbedFn, get_default_embedder
 from tracer_core.errors import TracerError
-from tracer_core.policy import Policy
 from tracer_core.report.calibration import CalibrationRouting, route_calibration
 from tracer_core.report.evolution import PREFIX_FRACTIONS, evolution_facts
 from tracer_core.report.html import render_html
@@ -26,6 +25,7 @@ from tracer_core.report.summary import (
     live_deferral_examples,
     pick_fingerprint,
     summary_facts,
+    usable_policy,
 )
 from tracer_core.store import TraceStore
 
@@ -60,7 +60,7 @@ def build_report(
     row = current_policy_row(store, task, fingerprint)
     cert = row["certificate"] if row else None
     embed = embed or get_default_embedder()
-    policy = Policy.from_row(row) if row and row["status"] == "deployed" else None
+    policy = usable_policy(row)[0]
     routing = route_calibration(policy, cert, teacher, embed) if cert else None
     facts = {
         "generated_at": time.time(),

@@ -7,7 +7,9 @@ import time
 from scipy.stats import binom
 
 from tracer_core import versions
+from tracer_core.errors import PolicyError
 from tracer_core.monitor import DRIFT_LEVEL, EXPECTED_OOD_SHARE, AgreementMonitor
+from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
 from tracer_core.versions import resolve_version
 
@@ -25,6 +27,16 @@ def current_policy_row(store: TraceStore, task: str, fingerprint: str) -> dict |
     return store.latest_policy(task, fingerprint=fingerprint, status="deployed") or store.latest_policy(
         task, fingerprint=fingerprint, status=None
     )
+
+
+def usable_policy(row: dict | None) -> tuple[Policy | None, str | None]:
+    """(the deployed policy of `row` if it passes validation, why it does not); (None, None) if not deployed."""
+    if not row or row["status"] != "deployed":
+        return None, None
+    try:
+        return Policy.from_row(row), None
+    except PolicyError as exc:
+        return None, str(exc)
 
 
 def live_counts(store: TraceStore, task: str, since: float, fingerprint: str | None = None) -> dict:
@@ -62,10 +74,12 @@ def teacher_cost(store: TraceStore, task: str, fingerprint: str | None) -> dict:
     return {"calls_with_cost": n, "total_usd": total, "mean_usd": total / n if n else None}
 
 
-def verdict(cert: dict | None, task: str, suspension: dict | None = None) -> str:
+def verdict(cert: dict | None, task: str, suspension: dict | None = None, policy_error: str | None = None) -> str:
     """One line: what the surrogate handles at which agreement, or why it does not."""
     if suspension is not None:
         return f"suspended: {suspension['reason']} - every call goes to the LLM"
+    if policy_error is not None:
+        return f"the deployed policy is not used ({policy_error}) - every call goes to the LLM"
     if cert is None:
         return f"no policy fitted yet for {task!r}: every call goes to the LLM (run `tracer fit --task {task}`)"
     if not cert.get("deployed"):
@@ -82,6 +96,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
     fingerprint = pick_fingerprint(store, task, fingerprint)
     row = current_policy_row(store, task, fingerprint)
     cert = row["certificate"] if row else None
+    policy_error = usable_policy(row)[1]
     newest = store.policies(task, fingerprint=fingerprint)[:1] if fingerprint is not None else []
     counts = store.counts(task)
     cost = teacher_cost(store, task, fingerprint)
@@ -96,9 +111,10 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "last_fit_at": newest[0]["created_at"] if newest else None,
         "last_fit_refused": bool(newest and newest[0]["status"] != "deployed" and row and row["status"] == "deployed"),
         "last_fit_reason": newest[0]["certificate"].get("reason") if newest else None,
-        "deployed": bool(cert and cert.get("deployed")),
-        "alpha": cert["alpha"] if cert else None,
-        "delta": cert["delta"] if cert else None,
+        "deployed": bool(cert and cert.get("deployed")) and policy_error is None,
+        "policy_error": policy_error,
+        "alpha": cert.get("alpha") if cert else None,
+        "delta": cert.get("delta") if cert else None,
         "agreement_lower_bound": cert.get("agreement_lower_bound") if cert else None,
         "coverage": cert.get("coverage") if cert else None,
         "reason": cert.get("reason") if cert else None,
@@ -107,7 +123,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "mean_teacher_cost_usd": cost["mean_usd"],
         "dollars_saved": saved_calls * cost["mean_usd"] if cost["mean_usd"] is not None else None,
         "teacher_cost_usd": cost["total_usd"],
-        "verdict": verdict(cert, task, store.suspension(task, fingerprint)),
+        "verdict": verdict(cert, task, store.suspension(task, fingerprint), policy_error),
         "live_all_time": live_counts(store, task, 0.0, fingerprint),
         "live_last_hour": live_counts(store, task, now - HOUR_S, fingerprint),
         "suspension": store.suspension(task, fingerprint),

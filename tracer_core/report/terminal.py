@@ -1,25 +1,39 @@
-"""Rich tables for `tracer status`: all tasks at a glance, or one task's summary and live counters."""
+"""Rich tables for `tracer status`: all tasks at a glance, or one task's summary and live counters.
+
+Task names, labels, reasons and paths come from the store (any caller can write them), so every
+string cell is a `Text` (never parsed as rich markup) and the console has markup and emoji off.
+"""
 
 from __future__ import annotations
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from tracer_core.report.html import num, pct, usd, when
 
 
+def plain_console(width: int = 120) -> Console:
+    """A console that prints strings as they are: no markup, no emoji codes, no highlighting."""
+    return Console(width=width, markup=False, emoji=False, highlight=False)
+
+
+def plain(value: object) -> Text:
+    """Any value as literal text (rich markup in it is shown, not interpreted)."""
+    return Text(str(value))
+
+
 def tasks_table(rows: list[dict], db: str) -> Table:
     """One row per task version: traces, serving policy, coverage, certified bound, last fit, origin."""
-    table = Table(title=Text(f"Task versions in {db}"))
+    table = Table(title=plain(f"Task versions in {db}"))
     for column in ("task", "version", "traces", "LLM", "surrogate", "policy", "coverage", "certified bound",
                    "last fit", "what it came from"):
         table.add_column(column, justify="left" if column in ("task", "version", "policy", "what it came from") else "right")
     for r in rows:
         policy = f"v{r['policy_version']} {r['status']}" if r["policy_version"] is not None else r["status"]
         table.add_row(
-            Text(r["task"]), r["version"], num(r["traces"]), num(r["teacher"]), num(r["surrogate"]), policy,
-            pct(r["coverage"]), pct(r["agreement_lower_bound"]), when(r["last_fit_at"]), Text(r["origin"]),
+            plain(r["task"]), r["version"], num(r["traces"]), num(r["teacher"]), num(r["surrogate"]), plain(policy),
+            pct(r["coverage"]), pct(r["agreement_lower_bound"]), when(r["last_fit_at"]), plain(r["origin"]),
         )
     return table
 
@@ -27,7 +41,7 @@ def tasks_table(rows: list[dict], db: str) -> Table:
 def summary_view(s: dict) -> Group:
     """The report's summary section plus last hour's and all-time live counters by reason."""
     style = "bold green" if s["deployed"] else "bold red"
-    facts = Table(title=Text(f"Task {s['task']} version {s['fingerprint'][:8] or '(unversioned)'}"), show_header=False)
+    facts = Table(title=plain(f"Task {s['task']} version {s['fingerprint'][:8] or '(unversioned)'}"), show_header=False)
     facts.add_column("fact")
     facts.add_column("value", justify="right")
     for name, value in (
@@ -40,7 +54,7 @@ def summary_view(s: dict) -> Group:
         ("dollars saved", usd(s["dollars_saved"])),
         ("last fit", when(s["last_fit_at"])),
     ):
-        facts.add_row(name, value)
+        facts.add_row(name, plain(value))
     parts: list[RenderableType] = [Text(s["verdict"], style=style), facts]
     if s.get("suspension"):
         since = when(s["suspension"]["since"])
@@ -73,7 +87,7 @@ def live_table(hour: dict, total: dict) -> Table:
     table.add_row("deferred to LLM", num(hour["deferred"]), num(total["deferred"]))
     for reason in dict.fromkeys([*hour["deferred_by_reason"], *total["deferred_by_reason"]]):
         table.add_row(
-            Text(f"  {reason}"), num(hour["deferred_by_reason"].get(reason, 0)), num(total["deferred_by_reason"].get(reason, 0))
+            plain(f"  {reason}"), num(hour["deferred_by_reason"].get(reason, 0)), num(total["deferred_by_reason"].get(reason, 0))
         )
     table.add_row("handled share", pct(hour["handled_share"]), pct(total["handled_share"]))
     return table

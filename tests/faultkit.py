@@ -1,0 +1,101 @@
+"""Fault injection shared by tests/test_faults.py and bench/faults.py: break a store or a stored
+policy from another connection, and the subprocess scripts that exit or are killed mid-work."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBSET = ROOT / "tests" / "data" / "banking77_subset.jsonl"
+
+
+def run_sql(db: Path, *statements: str) -> None:
+    """Run statements on `db` from a connection of its own (another process would do the same)."""
+    conn = sqlite3.connect(db)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def drop_traces_table(db: Path) -> str:
+    """Drop `traces` from another connection; returns its CREATE statement to restore it."""
+    conn = sqlite3.connect(db)
+    try:
+        (create,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'traces'").fetchone()
+        conn.execute("DROP TABLE traces")
+        conn.commit()
+    finally:
+        conn.close()
+    return create
+
+
+def tamper(db: Path, change) -> None:
+    """Rewrite the newest deployed policy's artifact in place: `change(arrays, meta)` edits it."""
+    conn = sqlite3.connect(db)
+    try:
+        version, blob = conn.execute(
+            "SELECT version, artifact FROM policies WHERE status = 'deployed' ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+        change(arrays, meta)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        conn.execute("UPDATE policies SET artifact = ? WHERE version = ?", (buf.getvalue(), version))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def nan_threshold(arrays: dict, meta: dict) -> None:
+    meta["threshold"] = float("nan")
+
+
+def nan_weights(arrays: dict, meta: dict) -> None:
+    for key in [k for k in arrays if k.startswith("s_w")]:
+        arrays[key] = np.full_like(arrays[key], np.nan)
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment of a child Python that imports this checkout's packages."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+# argv: db path, JSONL rows. Records 2 x the rows (a refit starts), waits until the refit thread
+# has loaded the embedding model, then ends while the refit embeds the uncached texts.
+REFIT_AT_EXIT = textwrap.dedent("""
+    import json, sys, time
+    from tracer_core import Tracer, embedder
+    rows = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
+    tracer = Tracer("exit-refit", db=sys.argv[1], alpha=0.9, refit_every=200)
+    tracer.record_many([f"{r['input']} (variant {k})" for k in range(2) for r in rows],
+                       [r["label"] for k in range(2) for r in rows])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (embedder._default is None or embedder._default._model is None):
+        time.sleep(0.1)
+    time.sleep(2)
+    print("script end", flush=True)
+""")
+
+# argv: db path, queue size. Records 5,000 traces, says so, then waits to be killed.
+RECORD_THEN_WAIT = textwrap.dedent("""
+    import sys, time
+    from tracer_core import Tracer, TraceStore
+    tracer = Tracer("kill", db=TraceStore(sys.argv[1], queue_size=int(sys.argv[2])), auto_refit=False)
+    for i in range(5000):
+        tracer.record(f"trace {i}", "x")
+    print("recorded", flush=True)
+    time.sleep(60)
+""")
