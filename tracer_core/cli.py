@@ -8,6 +8,7 @@ import click
 
 from tracer_core.cli_report import report_commands
 from tracer_core.cli_store import db_option, store_commands
+from tracer_core.cli_suspects import suspect_commands
 from tracer_core.errors import TracerError
 
 
@@ -70,5 +71,5 @@ def route(task: str, fingerprint: str, db: str, texts: tuple[str, ...]) -> None:
         click.echo(json.dumps({"input": text, **decision.to_dict()}))
 
 
-for command in (*store_commands, *report_commands):
+for command in (*store_commands, *report_commands, *suspect_commands):
     main.add_command(command)

@@ -22,6 +22,7 @@ from tracer_core.errors import InvalidTraceError, TracerError
 from tracer_core.fit import fit_policy
 from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
+from tracer_core.suspects import MIN_SCORE, teacher_suspects
 from tracer_core.trace import make_trace, normalise_input
 
 log = logging.getLogger("tracer")
@@ -254,6 +255,12 @@ class Tracer:
             "last_fit": last["certificate"]["reason"] if last else "never fitted",
             "versions": len(versions),
         }
+
+    def suspects(self, limit: int | None = 20, min_score: float = MIN_SCORE) -> dict:
+        """Teacher traces whose label the cross-fitted evidence contradicts, ranked (see `tracer_core.suspects`)."""
+        self.store.flush()
+        teacher = self.store.teacher_examples(self.task, self.fingerprint)
+        return teacher_suspects(teacher, self.embed, limit=limit, min_score=min_score, seed=self.seed).to_dict()
 
     def flush(self) -> None:
         self.store.flush()

@@ -15,7 +15,7 @@ from tracer_core.report.calibration import CalibrationRouting, route_calibration
 from tracer_core.report.evolution import PREFIX_FRACTIONS, evolution_facts
 from tracer_core.report.html import render_html
 from tracer_core.report.sections import (
-    boundary_facts, deferral_facts, frontier_facts, per_label_facts, region_facts,
+    boundary_facts, deferral_facts, frontier_facts, per_label_facts, region_facts, suspect_facts,
 )
 from tracer_core.report.summary import (
     current_policy_row, live_deferral_examples, pick_fingerprint, summary_facts,
@@ -67,6 +67,7 @@ def build_report(
         "deferrals": deferral_facts(routing, summary["live_all_time"], live_deferral_examples(store, task, fingerprint)),
         "boundary": boundary_facts(routing),
         "regions": region_facts(routing),
+        "suspects": suspect_facts(teacher, embed),
     }
     facts = _finite(facts)
     if out_json is not None:
