@@ -184,3 +184,11 @@ def test_report_section_explains_when_there_are_too_few_traces(tmp_path: Path) -
         store.append_many([make_trace(TASK, f"query {i}", "a" if i % 2 else "b") for i in range(6)])
         facts = build_report(store, TASK, embed=ngram_embedder, refit_fractions=())
     assert facts["suspects"]["unavailable"].startswith("suspects need at least 20 traces")
+
+
+def test_a_fold_left_with_one_label_still_scores() -> None:
+    texts, _, _ = synthetic_traces()
+    texts = texts[:21]
+    labels = ["card_arrival"] * 20 + ["lost_card"]
+    found = find_suspects(texts, labels, ngram_embedder(texts), limit=None)
+    assert [s.id for s in found.suspects] == [20] and found.suspects[0].suggested_label == "card_arrival"

@@ -105,6 +105,9 @@ def cross_fitted_evidence(
     embedding_lr = np.zeros((n, len(names)))
     tfidf_lr = np.zeros((n, len(names)))
     for train, test in _folds(y, folds, seed):
+        if len(np.unique(y[train])) < 2:  # a model trained on one label can only say that label
+            embedding_lr[test, y[train][0]] = tfidf_lr[test, y[train][0]] = 1.0
+            continue
         train_texts, test_texts = [texts[i] for i in train], [texts[i] for i in test]
         model = fit_logistic(vectors[train], y[train], len(names), seed=seed, c=EMBEDDING_C)
         embedding_lr[test] = model.predict_proba(vectors[test])
