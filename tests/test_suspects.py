@@ -136,20 +136,20 @@ def test_cli_prints_suspects_as_text_and_json(store_path, embedder) -> None:
     runner = CliRunner()
     as_json = runner.invoke(cli, ["suspects", "--task", TASK, "--db", str(path), "--limit", "50", "--json"])
     assert as_json.exit_code == 0, as_json.output
-    found = json.loads(as_json.output)
+    found = json.loads(as_json.stdout)  # stderr may carry the model loader's progress bar
     with Tracer(TASK, db=path, embedder=embedder, auto_refit=False) as tracer:
         assert found == tracer.suspects(limit=50)  # the CLI uses the default (MiniLM) embedder
     assert len(found["suspects"]) == found["n_suspects"] >= len(PLANTED)
     assert marked in [s["input"] for s in found["suspects"]]
     text = runner.invoke(cli, ["suspects", "--task", TASK, "--db", str(path), "--limit", "50"])
     assert text.exit_code == 0, text.output
-    assert f"{found['n_suspects']} suspects (score >= 0.50) among {found['n_traces']} teacher traces" in text.output
+    assert f"{found['n_suspects']} suspects (score >= 0.50) among {found['n_traces']} teacher traces" in text.stdout
     for s in found["suspects"]:
-        assert f"trace {s['id']}  score {s['score']:.2f}  teacher: {s['teacher_label']}  evidence: {s['suggested_label']}" in text.output
-        assert f"     input: {s['input']}" in text.output
+        assert f"trace {s['id']}  score {s['score']:.2f}  teacher: {s['teacher_label']}  evidence: {s['suggested_label']}" in text.stdout
+        assert f"     input: {s['input']}" in text.stdout
     for pair in found["confused_pairs"]:
-        assert f"  {pair['message']}" in text.output
-    assert f"     input: {marked}" in text.output  # printed literally, not as markup
+        assert f"  {pair['message']}" in text.stdout
+    assert f"     input: {marked}" in text.stdout  # printed literally, not as markup
 
 
 def test_cli_errors_name_the_problem(tmp_path: Path, store_path) -> None:
