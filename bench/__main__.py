@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity,suspects] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity")
+SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "suspects")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             report.add(f"Validity: Banking77 T1, alpha {rb.VALIDITY_ALPHA}, {runs} random re-splits (fit seed 0..{runs - 1})",
                        rb.validity(cache, runs),
                        "below alpha = raw test agreement on handled inputs < alpha; refused runs count as not below.")
+            report.write()
+        if "suspects" in only:
+            from bench.suspects import run as suspects_run
+
+            report.add("Teacher suspects: Banking77 train, T2 flips", *suspects_run())
             report.write()
     finally:
         cache.close()
