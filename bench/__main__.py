@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity,faults] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity,faults,replay,suspects] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "faults", "replay")
+SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "faults", "replay", "suspects")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             for title, rows, note in replay_tables(args.replay_runs, workers=cache.workers):
                 report.add(title, rows, note)
                 report.write()
+        if "suspects" in only:
+            from bench.suspects import run as suspects_run
+
+            report.add("Teacher suspects: Banking77 train, T2 flips", *suspects_run())
+            report.write()
     finally:
         cache.close()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"

@@ -11,6 +11,7 @@ import click
 
 from tracer_core.cli_report import report_commands
 from tracer_core.cli_store import db_option, require_db, store_commands
+from tracer_core.cli_suspects import suspect_commands
 from tracer_core.errors import TracerError
 
 
@@ -105,5 +106,5 @@ def resume(task: str, fingerprint: str | None, alpha: float, delta: float, db: s
     click.echo(f"task {task!r} resumed with policy v{cert.version}: {cert.summary()}")
 
 
-for command in (*store_commands, *report_commands):
+for command in (*store_commands, *report_commands, *suspect_commands):
     main.add_command(command)

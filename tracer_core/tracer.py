@@ -21,6 +21,7 @@ from tracer_core.refit import ProcessLock, RefitScheduler, lock_path
 from tracer_core.settings import check
 from tracer_core.shutdown import FitCancelled
 from tracer_core.store import Evidence, TraceStore
+from tracer_core.suspects import MIN_SCORE, teacher_suspects
 from tracer_core.suspension import Suspensions, contradiction
 from tracer_core.trace import Trace, as_list, check_task, make_trace, normalise_input
 from tracer_core.watcher import InForce, PolicyWatcher
@@ -322,6 +323,12 @@ class Tracer:
             "monitor": self.watcher.monitor.summary(),
             "audit_rate": self.current_audit_rate,
         }
+
+    def suspects(self, limit: int | None = 20, min_score: float = MIN_SCORE) -> dict:
+        """Teacher traces whose label the cross-fitted evidence contradicts, ranked (see `tracer_core.suspects`)."""
+        self.store.flush()
+        teacher = self.store.teacher_examples(self.task, self.fingerprint)
+        return teacher_suspects(teacher, self.embed, limit=limit, min_score=min_score, seed=self.seed).to_dict()
 
     def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
         """Wait at most `timeout` s for queued traces to be written; the report says what was not."""

@@ -19,6 +19,7 @@ from tracer_core.report.sections import (
     frontier_facts,
     per_label_facts,
     region_facts,
+    suspect_facts,
 )
 from tracer_core.report.summary import (
     current_policy_row,
@@ -74,6 +75,7 @@ def build_report(
         "deferrals": deferral_facts(routing, summary["live_all_time"], live_deferral_examples(store, task, fingerprint)),
         "boundary": boundary_facts(routing),
         "regions": region_facts(routing),
+        "suspects": suspect_facts(teacher, embed),
     }
     facts = _finite(facts)
     if out_json is not None:

@@ -199,6 +199,26 @@ def regions_html(r: dict) -> str:
     return plots.region_plot(r)
 
 
+def suspects_html(s: dict) -> str:
+    if s["unavailable"]:
+        return f'<p class="note">{escape(s["unavailable"])}</p>'
+    parts = [f'<p id="suspect-count">{s["n_suspects"]:,} of {s["n_traces"]:,} teacher traces score at least '
+             f'{s["min_score"]:.2f}: the evidence gives another label that much more probability than the '
+             "LLM's label.</p>"]
+    if s["confused_pairs"]:
+        items = "".join(f"<li>{escape(p['message'])}</li>" for p in s["confused_pairs"])
+        parts.append(f'<h3>Label pairs to clarify</h3><ul id="confused-pairs">{items}</ul>')
+    rows = [
+        [(f"{x['score']:.2f}", x["score"]), x["id"], x["input"], x["teacher_label"], x["suggested_label"],
+         "; ".join(f"{n['label']} ({n['similarity']:.2f})" for n in x["neighbours"])]
+        for x in s["suspects"]
+    ]
+    if rows:
+        parts.append(table(["score", "trace", "input", "LLM label", "evidence says", "nearest traces (similarity)"],
+                           rows, sortable=True, table_id="suspects-table"))
+    return "".join(parts)
+
+
 def render_html(facts: dict) -> str:
     """The whole report page."""
     s = facts["summary"]
@@ -212,6 +232,7 @@ def render_html(facts: dict) -> str:
                 f"{facts['deferrals']['source']['live']}", deferral_html(facts["deferrals"])),
         section("boundary", "6. Boundary examples", facts["boundary"]["source"], boundary_html(facts["boundary"])),
         section("regions", "7. Input regions", facts["regions"]["source"], regions_html(facts["regions"])),
+        section("suspects", "8. Teacher suspects", facts["suspects"]["source"], suspects_html(facts["suspects"])),
     ]
     title = f"tracer report: {s['task']}"
     return (

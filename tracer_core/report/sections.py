@@ -1,4 +1,4 @@
-"""Facts of the frontier, per-label, deferral, boundary and input-region sections."""
+"""Facts of the frontier, per-label, deferral, boundary, input-region and teacher-suspect sections."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ from collections import Counter
 import numpy as np
 
 from tracer_core.decision import REASON_TEXT
+from tracer_core.embedder import EmbedFn
 from tracer_core.report.calibration import CalibrationRouting
 from tracer_core.report.summary import NOT_ROUTED
+from tracer_core.suspects import SuspectsError, teacher_suspects
 
 CALIBRATION_SOURCE = "held-out calibration traces (never trained on), routed through the policy"
 LIVE_SOURCE = "live traffic: store counts of recorded calls"
 EXAMPLES_PER_REASON = 3
 BOUNDARY_LABELS = 5
+REPORTED_SUSPECTS = 20
 MAX_TEXT = 300
 
 REASONS: dict[str, str] = {**{str(k): v for k, v in REASON_TEXT.items()}, NOT_ROUTED: "recorded without a routing decision (imported, or observed before tracer routed)"}
@@ -186,3 +189,17 @@ def project_2d(vectors: np.ndarray) -> tuple[np.ndarray, str]:
         return PCA(n_components=2, random_state=0).fit_transform(vectors), "pca"
     reducer = umap.UMAP(n_components=2, random_state=0, n_neighbors=min(15, len(vectors) - 1))
     return reducer.fit_transform(vectors), "umap"
+
+
+def suspect_facts(teacher: tuple[list[str], list[str], list[int]], embed: EmbedFn) -> dict:
+    """Teacher traces whose label the cross-fitted evidence contradicts (see `tracer_core.suspects`)."""
+    source = "all teacher traces, each scored only by models that did not train on it (out-of-fold)"
+    try:
+        found = teacher_suspects(teacher, embed, limit=REPORTED_SUSPECTS).to_dict()
+    except SuspectsError as exc:
+        return {"source": source, "unavailable": str(exc)}
+    for suspect in found["suspects"]:
+        suspect["input"] = clip(suspect["input"])
+        for neighbour in suspect["neighbours"]:
+            neighbour["input"] = clip(neighbour["input"])
+    return {"source": source, "unavailable": None, **found}
