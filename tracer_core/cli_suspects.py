@@ -6,29 +6,29 @@ import json
 
 import click
 
-from tracer_core.cli_report import require_db, require_task
-from tracer_core.cli_store import db_option, open_store
+from tracer_core.cli_report import chosen_version
+from tracer_core.cli_store import db_option, open_store, require_db
 from tracer_core.errors import TracerError
 from tracer_core.suspects import MIN_SCORE
 
 
 @click.command()
 @click.option("--task", required=True, help="Task whose teacher traces are checked.")
-@click.option("--fingerprint", default="", help="Task version (default: the unversioned task).")
+@click.option("--fingerprint", default=None, help="Task version: a fingerprint prefix (needed when the task has several).")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Suspects to list.")
 @click.option("--min-score", type=click.FloatRange(0.0, 1.0, min_open=True), default=MIN_SCORE, show_default=True,
               help="Score at which a trace counts as a suspect.")
 @click.option("--json", "as_json", is_flag=True, help="Print the suspects as JSON.")
 @db_option
-def suspects(task: str, fingerprint: str, limit: int, min_score: float, as_json: bool, db: str) -> None:
+def suspects(task: str, fingerprint: str | None, limit: int, min_score: float, as_json: bool, db: str) -> None:
     """List teacher traces ranked by how strongly cross-fitted evidence contradicts their label."""
     from tracer_core.tracer import Tracer
 
     require_db(db)
     with open_store(db) as store:
-        require_task(store, task)
+        version = chosen_version(store, task, fingerprint)
         try:
-            found = Tracer(task, store, fingerprint=fingerprint, auto_refit=False).suspects(limit=limit, min_score=min_score)
+            found = Tracer(task, store, fingerprint=version, auto_refit=False).suspects(limit=limit, min_score=min_score)
         except TracerError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(found, indent=2, ensure_ascii=False) if as_json else render_text(task, found))
