@@ -192,6 +192,7 @@ def litellm_callback():
         within(30, callback.close, timeout=10)
 
 
+@pytest.mark.slow
 async def test_1_litellm_acompletion_keeps_answering_with_a_broken_store(
     litellm_callback, teacher, db_path, banking_subset, embedder
 ) -> None:
@@ -221,6 +222,7 @@ async def test_1_litellm_acompletion_keeps_answering_with_a_broken_store(
     assert teacher.request_count == 41
 
 
+@pytest.mark.slow
 def test_1_langchain_invoke_keeps_answering_with_a_broken_store(teacher, db_path, banking_subset, embedder) -> None:
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
@@ -305,6 +307,7 @@ def _threshold_out_of_range(arrays, meta):
     (_duplicate_labels, "not unique"),
     (_threshold_out_of_range, "threshold"),
 ])
+@pytest.mark.slow
 def test_3_an_invalid_policy_is_never_used_and_status_says_why(
     fitted: Path, embedder, banking_subset, change, problem: str
 ) -> None:
@@ -326,6 +329,7 @@ def test_3_an_invalid_policy_is_never_used_and_status_says_why(
     assert "not used" in result.output
 
 
+@pytest.mark.slow
 def test_3_a_vanished_policy_row_is_dropped_within_policy_check_s(fitted: Path, embedder, banking_subset) -> None:
     texts = [t for t, _ in banking_subset[:200]]
     with Tracer(TASK, fitted, embedder=embedder, auto_refit=False, policy_check_s=0.2) as tracer:
@@ -339,6 +343,7 @@ def test_3_a_vanished_policy_row_is_dropped_within_policy_check_s(fitted: Path, 
         assert tracer.policy_version is None
 
 
+@pytest.mark.slow
 def test_9_after_every_policy_row_is_deleted_other_processes_stop_answering(fitted: Path, embedder, banking_subset) -> None:
     texts = [t for t, _ in banking_subset[:200]]
     with Tracer(TASK, fitted, embedder=embedder, auto_refit=False, policy_check_s=0.2) as tracer:
@@ -349,6 +354,7 @@ def test_9_after_every_policy_row_is_deleted_other_processes_stop_answering(fitt
         assert not any(d.handled for d in decisions) and {d.reason for d in decisions} == {"no_policy"}
 
 
+@pytest.mark.slow
 def test_5_a_null_certificate_crashes_nothing(fitted: Path, embedder, tmp_path: Path) -> None:
     run_sql(fitted, "UPDATE policies SET certificate = 'null'")
     with Tracer(TASK, fitted, embedder=embedder, auto_refit=False) as tracer:
@@ -362,6 +368,7 @@ def test_5_a_null_certificate_crashes_nothing(fitted: Path, embedder, tmp_path: 
         assert result.exit_code == 0, (args, result.output, result.exception)
 
 
+@pytest.mark.slow
 def test_5_a_nan_weight_policy_does_not_crash_the_report(fitted: Path, tmp_path: Path) -> None:
     tamper(fitted, nan_weights)
     out = tmp_path / "r.html"
@@ -371,6 +378,7 @@ def test_5_a_nan_weight_policy_does_not_crash_the_report(fitted: Path, tmp_path:
     assert "not used" in facts["summary"]["verdict"] and not facts["summary"]["deployed"]
 
 
+@pytest.mark.slow
 def test_9_route_prints_strict_json_even_from_a_nan_policy(fitted: Path) -> None:
     tamper(fitted, nan_weights)
     result = CliRunner().invoke(cli, ["route", "--db", str(fitted), "--task", TASK, "I lost my card", "top up"])

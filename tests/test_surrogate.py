@@ -75,7 +75,7 @@ def _policy(surrogate, labels: list[str], x: np.ndarray, y: np.ndarray, tfidf: T
     ood = MahalanobisOOD.fit(x, y)
     return Policy(  # the farthest 10% of x are out of distribution
         labels=labels, surrogate=surrogate, tfidf=tfidf, ood=ood, ood_threshold=float(np.quantile(ood.distance(x), 0.9)),
-        threshold=0.3, excluded={labels[-1]}, unseen_vectors=x[:2], unseen_labels=["rare"], unseen_threshold=0.999,
+        threshold=0.3, excluded={labels[-1]}, unseen_vectors=x[:2], unseen_labels=["rare", "rare"], unseen_threshold=0.999,
         certificate=cert, version=3,
     )
 

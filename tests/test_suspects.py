@@ -128,6 +128,7 @@ def test_tracer_suspects_without_enough_traces_is_a_clear_error(tmp_path: Path) 
             tracer.suspects()
 
 
+@pytest.mark.slow
 def test_cli_prints_suspects_as_text_and_json(store_path, embedder) -> None:
     path, _ = store_path
     marked = "please card arrive [bold red]delivery[/bold red] courier post"

@@ -65,7 +65,8 @@ def tasks(db: str, as_json: bool) -> None:
         return
     table = Table(title=plain(f"Task versions in {db}"))
     for column in ("task", "version", "teacher", "surrogate", "last trace", "what it came from"):
-        table.add_column(column, justify="right" if column in ("teacher", "surrogate") else "left")
+        table.add_column(column, justify="right" if column in ("teacher", "surrogate") else "left",
+                         no_wrap=column in ("task", "version"))
     for row in rows:
         last = row["last_trace_at"]
         when = datetime.datetime.fromtimestamp(last).isoformat(sep=" ", timespec="seconds") if last else "-"

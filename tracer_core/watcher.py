@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from tracer_core.certificate import Certificate
-from tracer_core.errors import PolicyError
+from tracer_core.errors import PolicyError, StoreError
 from tracer_core.monitor import AgreementMonitor
 from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
@@ -86,7 +86,10 @@ class PolicyWatcher:
             policy = None  # the newest deployed policy is invalid: nothing answers, not even an older one
         elif policy is None or policy.version != deployed:
             policy, error = self._load(deployed)
-        self._update_monitor(suspension)
+        try:
+            self._update_monitor(suspension)
+        except StoreError as exc:  # the traces table may be unreadable while policies still are
+            log.debug("tracer task %r: audits not read (%s); the monitor waits", task, exc)
         return InForce(policy, refusal, suspension, error)
 
     def _load(self, version: int) -> tuple[Policy | None, str | None]:

@@ -28,7 +28,8 @@ def tasks_table(rows: list[dict], db: str) -> Table:
     table = Table(title=plain(f"Task versions in {db}"))
     for column in ("task", "version", "traces", "LLM", "surrogate", "policy", "coverage", "certified bound",
                    "last fit", "what it came from"):
-        table.add_column(column, justify="left" if column in ("task", "version", "policy", "what it came from") else "right")
+        table.add_column(column, justify="left" if column in ("task", "version", "policy", "what it came from") else "right",
+                         no_wrap=column in ("task", "version"))
     for r in rows:
         policy = f"v{r['policy_version']} {r['status']}" if r["policy_version"] is not None else r["status"]
         table.add_row(
