@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from tracer_core.decision import Decision, Reason
-from tracer_core.monitor import AgreementMonitor, DriftWatch
+from tracer_core.monitor import RECENT, AgreementMonitor, DriftWatch
 
 
-def first_rejection(p: float, n: int, rng: np.random.Generator, alpha: float = 0.95, delta: float = 0.05) -> int | None:
+def first_rejection(p: float, n: int, rng: np.random.Generator, alpha: float = 0.95, delta: float = 0.05,
+                    before: tuple[float, int] = (1.0, 0)) -> int | None:
+    """Audits after `before` (agreement, count) until the monitor rejects, or None within `n`."""
     monitor = AgreementMonitor(alpha, delta)
+    monitor.update(bool(a) for a in rng.random(before[1]) < before[0])
+    assert not monitor.rejected
     for i, agreed in enumerate(rng.random(n) < p):
         monitor.update([bool(agreed)])
         if monitor.rejected:
@@ -25,11 +29,28 @@ def test_false_alarms_stay_below_delta_at_every_sample_size():
     assert alarms / runs <= 0.05 + 2 * (0.05 * 0.95 / runs) ** 0.5  # delta plus two standard errors
 
 
+def test_false_alarms_stay_below_delta_with_a_good_policy_for_long():
+    rng = np.random.default_rng(2)
+    runs = 200
+    alarms = sum(first_rejection(0.96, 5000, rng) is not None for _ in range(runs))
+    assert alarms / runs <= 0.05
+
+
 def test_a_drop_in_agreement_is_caught_quickly():
     rng = np.random.default_rng(1)
     times = [first_rejection(0.85, 2000, rng) for _ in range(50)]
     assert all(t is not None for t in times)
     assert float(np.median(times)) <= 150
+
+
+def test_a_late_drop_is_caught_quickly_too():
+    """3,000 audits at 0.97 first dig no hole: the bet stays at zero while the policy does as certified,
+    so a later drop is caught within a couple of hundred audits (the recent window must first fill
+    with the new agreement)."""
+    rng = np.random.default_rng(3)
+    late = [first_rejection(0.85, 2000, rng, before=(0.97, 3000)) for _ in range(50)]
+    assert all(t is not None for t in late)
+    assert float(np.median(late)) <= 4 * RECENT
 
 
 def test_drift_watch_flags_an_out_of_distribution_jump():

@@ -2,12 +2,14 @@
 
 `AgreementMonitor` tests H0 "agreement >= alpha" on the audit stream (audited calls the
 policy would have answered, each 1 if the LLM's answer equals the policy's). It bets against
-H0: with a bet fraction c, each agreement multiplies the wealth by 1 - c and each
-disagreement by 1 + c * alpha / (1 - alpha). Under H0 every factor has expectation <= 1
-given the past, so the wealth is a nonnegative supermartingale and, by Ville's inequality,
-P(wealth ever reaches 1/delta) <= delta, at every sample size and whatever the stopping
-rule (Waudby-Smith & Ramdas 2023; Howard et al. 2021). Averaging the wealth of several
-fixed bet fractions keeps that property and adapts to how far agreement has fallen.
+H0: with a bet c in [0, 1], an agreement multiplies the wealth by 1 - c and a disagreement by
+1 + c * alpha / (1 - alpha). Under H0 every factor has expectation <= 1 given the past, so the
+wealth is a nonnegative supermartingale and, by Ville's inequality, P(wealth ever reaches
+1/delta) <= delta, at every sample size and whatever the stopping rule (Waudby-Smith & Ramdas
+2023; Howard et al. 2021). That holds for any bet chosen from past audits only, so the bet is
+the Kelly fraction 1 - p/alpha at a shrunk estimate p of recent agreement: zero while the
+policy does as certified (the wealth then does not sink, so a later drop is caught as fast as
+an early one), growing as recent agreement falls below alpha.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from dataclasses import dataclass
 
 from scipy.stats import binom
 
-BET_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.4)
+RECENT = 50  # audits behind the estimate the next bet is sized from
+PRIOR = 10  # pseudo-audits at alpha that shrink the estimate (no bet on a few disagreements)
+MAX_BET = 0.5
 SUSPICION = 0.5  # log wealth at half way to rejection (in log scale) raises the audit rate
 
 
@@ -29,32 +33,42 @@ class AgreementMonitor:
     def __init__(self, alpha: float, delta: float) -> None:
         self.alpha = alpha
         self.delta = delta
-        self._log_wealth = [0.0] * len(BET_FRACTIONS)
+        self._log_wealth = 0.0
+        self._recent: deque[bool] = deque(maxlen=RECENT)
+        self._recent_agree = 0
         self.n = 0
         self.agree = 0
+
+    def bet(self) -> float:
+        """The next bet, from past audits only (predictable): Kelly at the shrunk recent agreement."""
+        estimate = (self._recent_agree + PRIOR * self.alpha) / (len(self._recent) + PRIOR)
+        return min(MAX_BET, max(0.0, 1.0 - estimate / self.alpha))
 
     def update(self, agrees: Iterable[bool]) -> None:
         up = self.alpha / (1.0 - self.alpha)
         for agreed in agrees:
+            c = self.bet()
+            self._log_wealth += math.log1p(-c) if agreed else math.log1p(c * up)
+            if len(self._recent) == RECENT:
+                self._recent_agree -= self._recent[0]
+            self._recent.append(bool(agreed))
+            self._recent_agree += bool(agreed)
             self.n += 1
             self.agree += bool(agreed)
-            for i, c in enumerate(BET_FRACTIONS):
-                self._log_wealth[i] += math.log1p(-c) if agreed else math.log1p(c * up)
 
     @property
     def wealth(self) -> float:
-        top = max(self._log_wealth)
-        return math.exp(top) * sum(math.exp(w - top) for w in self._log_wealth) / len(self._log_wealth)
+        return math.exp(self._log_wealth)
 
     @property
     def rejected(self) -> bool:
         """True once the evidence says live agreement is below alpha (at level delta)."""
-        return self.wealth >= 1.0 / self.delta
+        return self._log_wealth >= math.log(1.0 / self.delta)
 
     @property
     def suspicious(self) -> bool:
         """Half way to rejection on the log scale: worth auditing more."""
-        return math.log(max(self.wealth, 1e-300)) >= SUSPICION * math.log(1.0 / self.delta)
+        return self._log_wealth >= SUSPICION * math.log(1.0 / self.delta)
 
     def summary(self) -> dict:
         return {
