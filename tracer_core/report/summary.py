@@ -138,9 +138,10 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
 
 def monitor_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | None) -> dict | None:
     """The live-agreement monitor recomputed from the audits since the last suspend/resume event."""
-    if not cert:
-        return None
-    monitor = AgreementMonitor(cert["alpha"], cert["delta"])
+    alpha, delta = (cert or {}).get("alpha"), (cert or {}).get("delta")
+    if not isinstance(alpha, float | int) or not isinstance(delta, float | int):
+        return None  # no policy, or a certificate that claims nothing
+    monitor = AgreementMonitor(float(alpha), float(delta))
     floor = store.last_event_trace_id(task, fingerprint)
     monitor.update(agreed for _, agreed in store.audit_outcomes(task, fingerprint, since_id=floor))
     return monitor.summary()
@@ -149,7 +150,7 @@ def monitor_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | N
 def label_free_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | None, now: float) -> list[dict]:
     """The last day, per hour: out-of-distribution and deferral shares against the calibration period."""
     rows = store.hourly_routes(task, fingerprint, now - 24 * HOUR_S)
-    if not cert or not cert.get("deployed"):
+    if not cert or not cert.get("deployed") or not isinstance(cert.get("coverage"), float | int):
         return rows
     expected = {"out_of_distribution": EXPECTED_OOD_SHARE, "deferred": 1.0 - cert["coverage"]}
     for row in rows:
