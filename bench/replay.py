@@ -55,8 +55,12 @@ class Replay:
 
 
 def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: float | None = None,
-        change_at: int | None = None) -> Replay:
-    """Replay `texts` in order; `teacher(i, text)` is the LLM's answer to query i."""
+        change_at: int | None = None, before: Teacher | None = None) -> Replay:
+    """Replay `texts` in order; `teacher(i, text)` is the LLM's answer to query i.
+
+    With `before` (the teacher's answers had it not changed), a wrong surrogate answer after
+    `change_at` counts as caused by the change when it is the old answer.
+    """
     replay = Replay()
     with tempfile.TemporaryDirectory() as tmp:
         tracer = Tracer("replay", Path(tmp) / "replay.db", alpha=ALPHA, embedder=embed, auto_refit=False,
@@ -70,7 +74,7 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
             for offset, (text, decision) in enumerate(zip(batch, decisions)):
                 i = start + offset
                 truth = teacher(i, text)
-                _count(replay, window, decision, truth, i, change_at)
+                _count(replay, window, decision, truth, i, change_at, before(i, text) if before else None)
                 answer = decision.label if decision.handled and decision.label is not None else truth
                 tracer.record(text, answer, decision=decision)
                 pending += not decision.handled
@@ -90,10 +94,12 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
 
 
 def _new_window(start: int) -> dict:
-    return {"start": start, "n": 0, "handled": 0, "agree": 0, "audits": 0, "suspended": False, "wrong_after": 0}
+    return {"start": start, "n": 0, "handled": 0, "agree": 0, "audits": 0, "suspended": False, "wrong_after": 0,
+            "old_answers": 0}
 
 
-def _count(replay: Replay, window: dict, decision, truth: str, i: int, change_at: int | None) -> None:
+def _count(replay: Replay, window: dict, decision, truth: str, i: int, change_at: int | None,
+           old: str | None) -> None:
     window["n"] += 1
     replay.handled.append(decision.handled)
     window["audits"] += decision.reason == Reason.AUDIT
@@ -105,6 +111,7 @@ def _count(replay: Replay, window: dict, decision, truth: str, i: int, change_at
         replay.agreed.append(agreed)
         if change_at is not None and i >= change_at and not agreed:
             window["wrong_after"] += 1
+            window["old_answers"] += old is not None and decision.label == old
     if decision.policy_version is not None and decision.reason not in (Reason.SUSPENDED, Reason.ERROR):
         entry = replay.per_version.setdefault(decision.policy_version, [0, 0, None])
         entry[0] += decision.handled or (decision.reason == Reason.AUDIT and decision.label is not None)
@@ -128,6 +135,7 @@ def _close_window(window: dict, tracer: Tracer, replay: Replay) -> dict:
         "audits": window["audits"],
         "suspended": window["suspended"],
         "wrong after change": window["wrong_after"],
+        "old answers after change": window["old_answers"],
     }
 
 
@@ -197,6 +205,8 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
         delays = [r.suspended_at - change_at if r.suspended_at and r.suspended_at > change_at else math.inf
                   for r in replays]
         wrong = [sum(w["wrong after change"] for w in r.rows) for r in replays]
+        old = [sum(w["old answers after change"] for w in r.rows) for r in replays]
         row["queries from change to suspension (median)"] = float(np.median(delays))
         row["wrong surrogate answers after change (median)"] = float(np.median(wrong))
+        row["old answers to changed intents after change (median)"] = float(np.median(old))
     return row
