@@ -27,7 +27,8 @@ class Certificate:
     version: int | None = None
     n_train: int = 0
     n_validation: int = 0
-    n_calibration: int = 0
+    n_calibration: int = 0  # calibration traces the gate tested on, all from the calibration pool
+    n_pool: int = 0  # traces that were allowed to serve as calibration evidence
     n_labels: int = 0
     threshold: float | None = None
     ood_threshold: float | None = None
@@ -36,6 +37,7 @@ class Certificate:
     agreement_lower_bound: float | None = None
     p_value: float | None = None
     model: str | None = None
+    scoring: str | None = None  # what the threshold is on ("margin": top probability minus the runner-up's)
     candidates: dict = field(default_factory=dict)
     per_label: dict = field(default_factory=dict)
     frontier: list = field(default_factory=list)
