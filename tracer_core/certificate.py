@@ -37,7 +37,6 @@ class Certificate:
     agreement_lower_bound: float | None = None
     p_value: float | None = None
     model: str | None = None
-    scoring: str | None = None  # what the threshold is on ("margin": top probability minus the runner-up's)
     candidates: dict = field(default_factory=dict)
     per_label: dict = field(default_factory=dict)
     frontier: list = field(default_factory=list)

@@ -36,13 +36,7 @@ from tracer_core.gate import (
 )
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
-from tracer_core.surrogate import (
-    MarginSurrogate,
-    Surrogate,
-    fit_logistic,
-    fit_mlp,
-    margin,
-)
+from tracer_core.surrogate import Surrogate, fit_logistic, fit_mlp
 
 CAL_FRACTION = 0.30
 VAL_FRACTION = 0.15
@@ -54,7 +48,6 @@ MIN_PREDICTION_INPUTS = 200  # validation inputs behind a predicted p-value that
 FREE_TEXT_RATIO = 0.5
 NO_SEPARATION_AGREEMENT = 0.5  # below this overall agreement, more traces of the same kind will not help
 FRONTIER_ALPHAS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
-SCORING = "margin"  # the confidence thresholded: top probability minus the runner-up's
 
 
 @dataclass(frozen=True)
@@ -196,7 +189,7 @@ class Trial:
     """One candidate trained on train, measured on validation."""
 
     candidate: Candidate
-    scores: np.ndarray  # margin per validation row
+    scores: np.ndarray  # top probability per validation row
     agrees: np.ndarray
     coverage: float  # validation coverage at alpha among in-distribution rows
     agreement: float
@@ -263,7 +256,7 @@ def fit_policy(
     result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, delta)
     common = dict(
         n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=len(data.split.cal),
-        n_labels=len(data.counts), model=best.candidate.name, scoring=SCORING,
+        n_labels=len(data.counts), model=best.candidate.name,
         candidates={t.candidate.name: {"val_agreement": round(t.agreement, 4), "val_coverage": round(t.coverage, 4)} for t in trials},
         frontier=[_frontier_point(a, delta, val_scores, val_agrees, evidence) for a in FRONTIER_ALPHAS],
         ood_threshold=filters.ood_threshold,
@@ -342,7 +335,7 @@ def _trials(data: Traces, filters: Filters, alpha: float, seed: int) -> list[Tri
         model, tfidf = _train(cand, data, train, seed)
         proba = predict_proba(model, data.vectors[val], data.text_list(val), tfidf)
         agrees = proba.argmax(axis=1) == data.y[val]
-        scores = margin(proba)
+        scores = proba.max(axis=1)
         out.append(Trial(cand, scores, agrees, coverage_at(scores[ok], agrees[ok], alpha), float(agrees.mean())))
     return out
 
@@ -355,11 +348,11 @@ def _train(cand: Candidate, data: Traces, rows: np.ndarray, seed: int) -> tuple[
 
 
 def _final_policy(data: Traces, filters: Filters, best: Trial, seed: int) -> Policy:
-    """The winning recipe retrained on train + validation, confident by its margin."""
+    """The winning recipe retrained on train + validation."""
     rows = data.fit_rows
     model, tfidf = _train(best.candidate, data, rows, seed)
     return Policy(
-        labels=data.label_names, surrogate=MarginSurrogate(model), tfidf=tfidf, ood=MahalanobisOOD.fit(data.vectors[rows], data.y[rows]),
+        labels=data.label_names, surrogate=model, tfidf=tfidf, ood=MahalanobisOOD.fit(data.vectors[rows], data.y[rows]),
         ood_threshold=filters.ood_threshold, threshold=1.0, excluded=set(),
         unseen_vectors=data.vectors[filters.unseen_rows].astype(np.float32),
         unseen_labels=[data.labels[i] for i in filters.unseen_rows], unseen_threshold=filters.unseen_threshold,

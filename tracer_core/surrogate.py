@@ -70,45 +70,11 @@ class MLPSurrogate:
         return out
 
 
-def margin(proba: np.ndarray) -> np.ndarray:
-    """Top probability minus the runner-up's: how clearly the surrogate prefers its label."""
-    if proba.shape[1] < 2:
-        return proba.max(axis=1)
-    top_two = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
-    return top_two[:, 1] - top_two[:, 0]
-
-
-@dataclass
-class MarginSurrogate:
-    """A surrogate whose confidence is its margin: each row's top entry is the margin.
-
-    Each row of the base probabilities is scaled by margin / top probability, so the predicted
-    label and the order of the other labels are unchanged and `decide()` thresholds the margin.
-    """
-
-    base: LinearSurrogate | MLPSurrogate
-
-    @property
-    def kind(self) -> str:
-        return f"{MARGIN_PREFIX}{self.base.kind}"
-
-    def predict_proba(self, x: np.ndarray, sparse_extra=None) -> np.ndarray:
-        proba = self.base.predict_proba(x, sparse_extra)
-        scale = (margin(proba) + 1e-9) / np.maximum(proba.max(axis=1), 1e-12)
-        return proba * scale[:, None]
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return self.base.arrays()
-
-
-MARGIN_PREFIX = "margin+"
-Surrogate = LinearSurrogate | MLPSurrogate | MarginSurrogate
+Surrogate = LinearSurrogate | MLPSurrogate
 
 
 def surrogate_from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> Surrogate:
     """Rebuild a surrogate from the arrays `Surrogate.arrays()` returned."""
-    if kind.startswith(MARGIN_PREFIX):
-        return MarginSurrogate(surrogate_from_arrays(kind[len(MARGIN_PREFIX):], arrays))
     if kind == "logistic":
         return LinearSurrogate(arrays["w0"], arrays["b0"])
     if kind == "mlp":
