@@ -27,7 +27,8 @@ class Certificate:
     version: int | None = None
     n_train: int = 0
     n_validation: int = 0
-    n_calibration: int = 0
+    n_calibration: int = 0  # calibration traces the gate tested on, all from the calibration pool
+    n_pool: int = 0  # traces that were allowed to serve as calibration evidence
     n_labels: int = 0
     threshold: float | None = None
     ood_threshold: float | None = None
@@ -45,7 +46,6 @@ class Certificate:
     fit_seconds: float = 0.0
     trace_max_id: int = 0
     since_trace_id: int = 0  # only traces with a higher id were used (the newest suspension)
-    n_pool: int = 0  # unselected traces (a uniform sample of traffic) the calibration traces were drawn from
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,10 +1,14 @@
 """Fit a surrogate on teacher traces and certify it with the parity gate.
 
-The traces are split at random into train (55%), validation (15%) and calibration (30%).
-Everything that is chosen (the candidate model, the out-of-distribution threshold, the labels
-excluded for poor validation evidence and the threshold grid) is chosen on train and
-validation only. The calibration traces are used once, by the fixed-sequence test in
+The traces are split at random into calibration (30%, drawn only from the calibration pool),
+validation (15%) and train (the rest). Everything that is chosen (the candidate model, the
+out-of-distribution threshold and the threshold grid) is chosen on train
+and validation only. The calibration traces are used once, by the fixed-sequence test in
 `gate.py`, so the certificate holds with probability at least 1 - delta.
+
+`fit_policy` runs the steps in order: `_prepare` (inputs, labels, split), `_filters` (out-of-
+distribution and unseen-label checks), `_trials` (candidates x scores on validation),
+`_final_policy` (the winner retrained on train + validation), `_calibrate` (the gate).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from scipy.stats import binom
 
 from tracer_core import certificate as codes
 from tracer_core.certificate import Certificate
+from tracer_core.errors import InvalidTraceError
 from tracer_core.features import Tfidf, join_features, predict_proba
 from tracer_core.gate import (
+    GateResult,
     agreement_lower_bound,
     fixed_sequence_test,
     min_handled_for,
-    significantly_below,
 )
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
@@ -34,7 +39,6 @@ from tracer_core.shutdown import check_exit, embed_in_steps
 from tracer_core.surrogate import Surrogate, fit_logistic, fit_mlp
 
 CAL_FRACTION = 0.30
-POOL_CAL_SHARE = 0.8  # share of a minority pool of unselected traces that calibrates
 VAL_FRACTION = 0.15
 MIN_LABEL_TRACES = 3  # labels with fewer traces are not trained on ("unseen")
 OOD_QUANTILE = 0.995  # validation inputs farther than this quantile count as out-of-distribution
@@ -64,7 +68,12 @@ CANDIDATES = (
 
 def traces_needed(alpha: float, delta: float) -> int:
     """Rough number of traces before a certificate at alpha is plausible (twice the zero-error minimum)."""
-    return math.ceil(2 * min_handled_for(alpha, delta) / CAL_FRACTION)
+    return math.ceil(calibration_needed(alpha, delta) / CAL_FRACTION)
+
+
+def calibration_needed(alpha: float, delta: float) -> int:
+    """Calibration traces below which a fit is refused: twice the zero-error minimum."""
+    return 2 * min_handled_for(alpha, delta)
 
 
 def data_hash(texts: list[str], labels: list[str]) -> str:
@@ -113,25 +122,90 @@ def threshold_grid(
     return np.unique(np.append(grid, 0.0))[::-1]
 
 
-class _Split:
-    """Random train / validation / calibration indices, reproducible from the seed.
+# -- typed intermediate results --------------------------------------------------------------
 
-    Calibration traces come only from `pool` (the unselected traces, a uniform sample of
-    traffic); when the pool is a minority, up to POOL_CAL_SHARE of it is calibration and
-    everything else trains and validates.
-    """
 
-    def __init__(self, n: int, seed: int, pool: np.ndarray | None = None):
+@dataclass(frozen=True)
+class Split:
+    """Row indices of each part; calibration rows come only from the calibration pool."""
+
+    train: np.ndarray
+    val: np.ndarray
+    cal: np.ndarray
+    n_pool: int
+
+    @classmethod
+    def draw(cls, n: int, seed: int, pool: np.ndarray) -> Split:
         perm = np.random.default_rng(seed).permutation(n)
-        n_cal, n_val = round(CAL_FRACTION * n), round(VAL_FRACTION * n)
-        if pool is not None and not pool.all():
-            in_pool, out_pool = perm[pool[perm]], perm[~pool[perm]]
-            n_cal = min(n_cal, round(POOL_CAL_SHARE * len(in_pool)))
-            rest = np.random.default_rng(seed + 1).permutation(np.concatenate([in_pool[n_cal:], out_pool]))
-            perm = np.concatenate([in_pool[:n_cal], rest])
-        self.cal = np.sort(perm[:n_cal])
-        self.val = np.sort(perm[n_cal : n_cal + n_val])
-        self.train = np.sort(perm[n_cal + n_val :])
+        in_pool = perm[pool[perm]]
+        cal = in_pool[: calibration_size(n, int(pool.sum()))]
+        rest = perm[~np.isin(perm, cal)]
+        n_val = round(VAL_FRACTION * n)
+        return cls(np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.sort(cal), int(pool.sum()))
+
+
+def calibration_size(n: int, n_pool: int) -> int:
+    """Calibration traces of a fit: CAL_FRACTION of all traces, at most every pool trace."""
+    return min(round(CAL_FRACTION * n), n_pool)
+
+
+@dataclass(frozen=True)
+class Traces:
+    """The fit's inputs as arrays, with the label index the surrogate is trained on."""
+
+    texts: np.ndarray  # object array of str
+    labels: np.ndarray  # object array of the teacher's labels
+    vectors: np.ndarray
+    y: np.ndarray  # index into label_names, -1 for labels too rare to train on
+    label_names: list[str]
+    counts: Counter
+    rare: frozenset[str]
+    split: Split
+
+    def trainable(self, rows: np.ndarray) -> np.ndarray:
+        return rows[self.y[rows] >= 0]
+
+    @property
+    def fit_rows(self) -> np.ndarray:
+        """Train + validation rows of trainable labels: what the final surrogate learns from."""
+        return self.trainable(np.concatenate([self.split.train, self.split.val]))
+
+    def text_list(self, rows: np.ndarray) -> list[str]:
+        return list(self.texts[rows])
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Threshold-free checks fixed on train and validation."""
+
+    ood_threshold: float
+    val_in_distribution: np.ndarray  # bool per validation row
+    unseen_rows: np.ndarray  # traces of labels too rare to train on
+    unseen_threshold: float
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate trained on train, measured on validation."""
+
+    candidate: Candidate
+    scores: np.ndarray  # top probability per validation row
+    agrees: np.ndarray
+    coverage: float  # validation coverage at alpha among in-distribution rows
+    agreement: float
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The final policy's decisions on the calibration rows."""
+
+    pred: np.ndarray
+    scores: np.ndarray
+    agrees: np.ndarray
+    eligible: np.ndarray  # passed the out-of-distribution and unseen-label checks
+
+
+# -- the steps ------------------------------------------------------------------------------
 
 
 def fit_policy(
@@ -147,15 +221,16 @@ def fit_policy(
     fingerprint: str = "",
     calibration_pool: Sequence[bool] | np.ndarray | None = None,
 ) -> tuple[Policy | None, Certificate]:
-    """Train candidates, pick one on validation, certify it on calibration; no store writes."""
+    """Train candidates, pick one on validation, certify it on calibration; no store writes.
+
+    `calibration_pool` marks the traces that may serve as calibration evidence (a uniform
+    random sample of traffic); the others train and validate only. None: every trace.
+    """
     started = time.time()
     n = len(texts)
-    pool = None if calibration_pool is None else np.asarray(calibration_pool, dtype=bool)
-    if pool is not None and len(pool) != n:
-        raise ValueError(f"calibration_pool has {len(pool)} entries for {n} traces")
+    pool = _pool_mask(calibration_pool, n)
     base = dict(
-        task=task, fingerprint=fingerprint, alpha=alpha, delta=delta, n_traces=n,
-        n_pool=n if pool is None else int(pool.sum()),
+        task=task, fingerprint=fingerprint, alpha=alpha, delta=delta, n_traces=n, n_pool=int(pool.sum()),
         data_hash=data_hash(texts, labels), created_at=started, trace_max_id=max(ids) if ids else 0,
     )
 
@@ -164,138 +239,151 @@ def fit_policy(
         cert.fit_seconds = round(time.time() - started, 3)
         return None, cert
 
-    counts = Counter(labels)
-    needed = traces_needed(alpha, delta)
-    if n >= 20 and len(counts) > FREE_TEXT_RATIO * n:
-        return refuse(codes.FREE_TEXT, f"{len(counts)} distinct outputs in {n} traces: free generation, not classification")
-    if n < needed:
-        return refuse(codes.TOO_FEW_TRACES, f"{n} traces; at alpha {alpha} at least ~{needed} are needed")
-    if len(counts) < 2:
-        return refuse(codes.SINGLE_LABEL, f"all {n} traces carry one label; nothing to learn yet")
-
-    vectors = embed_in_steps(embed, list(texts))  # checks for interpreter exit between chunks
-    split = _Split(n, seed, pool)
-    text_arr = np.array(texts, dtype=object)
-    label_arr = np.array(labels, dtype=object)
-    rare = {label for label, c in counts.items() if c < MIN_LABEL_TRACES}
-    train = np.array([i for i in split.train if label_arr[i] not in rare], dtype=int)
-    fit_rows = np.array([i for i in np.concatenate([split.train, split.val]) if label_arr[i] not in rare], dtype=int)
-    label_names = sorted(set(label_arr[fit_rows]))
-    if len(set(label_arr[train])) < 2:
+    early = _refusal_before_fit(labels, pool, alpha, delta)
+    if early:
+        return refuse(*early)
+    data = _prepare(texts, labels, embed, Split.draw(n, seed, pool))
+    if len(set(data.y[data.trainable(data.split.train)])) < 2:
         return refuse(codes.SINGLE_LABEL, "fewer than two labels have enough traces to train on")
-    index = {label: i for i, label in enumerate(label_names)}
-    y = np.array([index.get(label, -1) for label in labels])
-    sizes = dict(n_train=len(split.train), n_validation=len(split.val), n_calibration=len(split.cal), n_labels=len(counts))
-
-    # 1. Out-of-distribution and unseen-label filters, calibrated on validation.
-    trained_train = train[y[train] >= 0]
-    ood_probe = MahalanobisOOD.fit(vectors[trained_train], y[trained_train])
-    val_known = split.val[y[split.val] >= 0]
-    val_distance = ood_probe.distance(vectors[split.val])
-    ood_threshold = float(np.quantile(val_distance[y[split.val] >= 0], OOD_QUANTILE)) if len(val_known) else math.inf
-    unseen_rows = np.array([i for i in np.concatenate([split.train, split.val]) if label_arr[i] in rare], dtype=int)
-    unseen_threshold = _unseen_threshold(vectors, y, train, val_known) if len(unseen_rows) else 1.0
-
-    # 2. Candidates trained on train, compared on validation by coverage at alpha.
-    results = {}
-    for cand in CANDIDATES:
-        check_exit()
-        tfidf = Tfidf.fit(list(text_arr[train])) if cand.use_tfidf else None
-        model = cand.fit(join_features(vectors[train], list(text_arr[train]), tfidf), y[train], len(label_names), seed=seed)
-        proba = predict_proba(model, vectors[split.val], list(text_arr[split.val]), tfidf)
-        pred = proba.argmax(axis=1)
-        agrees = pred == y[split.val]
-        results[cand.name] = (cand, proba.max(axis=1), pred, agrees)
-    candidates = {
-        name: {"val_agreement": round(float(r[3].mean()), 4), "val_coverage": round(coverage_at(r[1], r[3], alpha), 4)}
-        for name, r in results.items()
-    }
-    best = max(results, key=lambda k: (candidates[k]["val_coverage"], candidates[k]["val_agreement"]))
-    cand, val_scores, val_pred, val_agrees = results[best]
-
-    # 3. Validation evidence: labels whose own agreement contradicts alpha are never handed.
-    val_ok = val_distance <= ood_threshold
-    val_threshold = _threshold_for(val_scores[val_ok], val_agrees[val_ok], alpha)
-    excluded_val = _contradicted_labels(val_pred, val_agrees, val_ok & (val_scores >= val_threshold), alpha, label_names)
-    val_eligible = val_ok & ~np.isin(val_pred, [index[label] for label in excluded_val])
-
-    # 4. Final surrogate on train + validation; the grid is fixed from validation scores.
-    check_exit()
-    tfidf = Tfidf.fit(list(text_arr[fit_rows])) if cand.use_tfidf else None
-    model = cand.fit(join_features(vectors[fit_rows], list(text_arr[fit_rows]), tfidf), y[fit_rows], len(label_names), seed=seed)
-    ood = MahalanobisOOD.fit(vectors[fit_rows], y[fit_rows])
-    policy = Policy(
-        labels=label_names, surrogate=model, tfidf=tfidf, ood=ood, ood_threshold=ood_threshold, threshold=1.0,
-        excluded=set(excluded_val), unseen_vectors=vectors[unseen_rows].astype(np.float32),
-        unseen_labels=[label_arr[i] for i in unseen_rows], unseen_threshold=unseen_threshold, certificate=None,
-    )
-
-    # 5. The parity gate on calibration.
-    cal = split.cal
-    decisions = policy.decide(list(text_arr[cal]), vectors[cal])
-    cal_pred = np.array([index[d.label] for d in decisions])
-    cal_scores = np.array([d.score for d in decisions])
-    cal_agrees = cal_pred == y[cal]
-    cal_eligible = np.array([d.reason in ("handled", "low_confidence") for d in decisions])
-    frontier = [
-        _frontier_point(a, delta, val_scores[val_eligible], val_agrees[val_eligible], cal_scores, cal_agrees, cal_eligible)
-        for a in FRONTIER_ALPHAS
-    ]
-    grid = threshold_grid(val_scores[val_eligible], val_agrees[val_eligible], len(cal), alpha, delta)
-    result = fixed_sequence_test(grid, cal_scores, cal_agrees, cal_eligible, alpha, delta)
+    filters = _filters(data)
+    trials = _trials(data, filters, alpha, seed)
+    best = max(trials, key=lambda t: (t.coverage, t.agreement))
+    policy = _final_policy(data, filters, best, seed)
+    evidence = _evidence(policy, data)
+    val_ok = filters.val_in_distribution
+    val_scores, val_agrees = best.scores[val_ok], best.agrees[val_ok]
+    grid = threshold_grid(val_scores, val_agrees, len(data.split.cal), alpha, delta)
+    result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, delta)
     common = dict(
-        **sizes, model=best, candidates=candidates, frontier=frontier, ood_threshold=ood_threshold,
-        calibration_ids=[int(ids[i]) for i in cal] if ids else [],
+        n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=len(data.split.cal),
+        n_labels=len(data.counts), model=best.candidate.name,
+        candidates={t.candidate.name: {"val_agreement": round(t.agreement, 4), "val_coverage": round(t.coverage, 4)} for t in trials},
+        frontier=[_frontier_point(a, delta, val_scores, val_agrees, evidence) for a in FRONTIER_ALPHAS],
+        ood_threshold=filters.ood_threshold,
+        calibration_ids=[int(ids[i]) for i in data.split.cal] if ids else [],
     )
     if result.certified_index is None:
-        code, reason = _refusal_reason(grid, cal_scores, cal_agrees, cal_eligible, alpha, delta, n)
-        per_label = _per_label(label_arr, cal, cal_pred, cal_agrees, np.zeros(len(cal), bool), label_names, counts, rare, excluded_val, set(), fit_rows)
+        code, reason = _refusal_reason(grid, evidence, alpha, delta, n)
+        per_label = _per_label(data, evidence, np.zeros(len(data.split.cal), bool))
         return refuse(code, reason, per_label=per_label, **common)
-
-    threshold = float(grid[result.certified_index])
-    handled = cal_eligible & (cal_scores >= threshold)
-    excluded_cal = _contradicted_labels(cal_pred, cal_agrees, handled, alpha, label_names)
-    handled &= ~np.isin(cal_pred, [index[label] for label in excluded_cal])
-    agree = int(cal_agrees[handled].sum())
-    n_handled = int(handled.sum())
-    policy.threshold = threshold
-    policy.excluded |= excluded_cal
-    cert = Certificate(
-        deployed=True, reason_code=codes.DEPLOYED, threshold=threshold, p_value=result.p_value,
-        coverage=round(n_handled / len(cal), 4),
-        agreement=round(agree / n_handled, 4) if n_handled else None,
-        agreement_lower_bound=round(agreement_lower_bound(agree, n_handled, delta), 4),
-        per_label=_per_label(label_arr, cal, cal_pred, cal_agrees, handled, label_names, counts, rare, excluded_val, excluded_cal, fit_rows),
-        reason="", **base, **common,
-    )
-    cert.reason = f"certified: {cert.summary()}"
+    policy.threshold = float(grid[result.certified_index])
+    cert = _certified(result, policy.threshold, data, evidence, delta, {**base, **common})
     cert.fit_seconds = round(time.time() - started, 3)
     policy.certificate = cert
     return policy, cert
 
 
-def _threshold_for(scores: np.ndarray, agrees: np.ndarray, alpha: float) -> float:
-    """Score threshold at which the most confident inputs reach alpha agreement (1.0 if none)."""
-    share = coverage_at(scores, agrees, alpha)
-    if share == 0.0:
-        return 1.0
-    return float(np.sort(scores)[::-1][int(round(share * len(scores))) - 1])
+def _pool_mask(calibration_pool, n: int) -> np.ndarray:
+    if calibration_pool is None:
+        return np.ones(n, dtype=bool)
+    pool = np.asarray(calibration_pool, dtype=bool)
+    if pool.shape != (n,):
+        raise InvalidTraceError(f"calibration_pool has {pool.size} entries for {n} traces; it needs one per trace")
+    return pool
 
 
-def _contradicted_labels(pred, agrees, handled, alpha: float, label_names: list[str]) -> set[str]:
-    """Predicted labels whose handled inputs agree significantly below alpha.
+def _refusal_before_fit(labels: list[str], pool: np.ndarray, alpha: float, delta: float) -> tuple[str, str] | None:
+    """Refusals that need no model: free text, too little calibration evidence, a single label."""
+    n, counts = len(labels), Counter(labels)
+    if n >= 20 and len(counts) > FREE_TEXT_RATIO * n:
+        return codes.FREE_TEXT, f"{len(counts)} distinct outputs in {n} traces: free generation, not classification"
+    if calibration_size(n, int(pool.sum())) < calibration_needed(alpha, delta):
+        if pool.all():
+            return codes.TOO_FEW_TRACES, f"{n} traces; at alpha {alpha} at least ~{traces_needed(alpha, delta)} are needed"
+        return codes.TOO_FEW_TRACES, (
+            f"{int(pool.sum())} of {n} traces may serve as calibration evidence; at alpha {alpha} at least "
+            f"~{calibration_needed(alpha, delta)} such traces (and ~{traces_needed(alpha, delta)} in all) are needed"
+        )
+    if len(counts) < 2:
+        return codes.SINGLE_LABEL, f"all {n} traces carry one label; nothing to learn yet"
+    return None
 
-    Exact one-sided binomial test per label at level 0.05 / (number of labels tested), so that
-    across many labels a label is excluded on real evidence, not by the chance of many tests.
-    """
-    tested = np.unique(pred[handled])
-    level = 0.05 / max(len(tested), 1)
-    out = set()
-    for label_index in tested:
-        mask = handled & (pred == label_index)
-        if significantly_below(int(agrees[mask].sum()), int(mask.sum()), alpha, level):
-            out.add(label_names[label_index])
+
+def _prepare(texts: list[str], labels: list[str], embed, split: Split) -> Traces:
+    counts = Counter(labels)
+    rare = frozenset(label for label, c in counts.items() if c < MIN_LABEL_TRACES)
+    label_arr = np.array(labels, dtype=object)
+    fit_rows = np.concatenate([split.train, split.val])
+    label_names = sorted({label_arr[i] for i in fit_rows} - rare)
+    index = {label: i for i, label in enumerate(label_names)}
+    return Traces(
+        texts=np.array(texts, dtype=object), labels=label_arr, vectors=embed_in_steps(embed, list(texts)),
+        y=np.array([index.get(label, -1) for label in labels]), label_names=label_names, counts=counts,
+        rare=rare, split=split,
+    )
+
+
+def _filters(data: Traces) -> Filters:
+    """Out-of-distribution and unseen-label limits, calibrated on validation."""
+    train, val = data.trainable(data.split.train), data.split.val
+    probe = MahalanobisOOD.fit(data.vectors[train], data.y[train])
+    distance = probe.distance(data.vectors[val])
+    known = data.y[val] >= 0
+    ood_threshold = float(np.quantile(distance[known], OOD_QUANTILE)) if known.any() else math.inf
+    seen = np.concatenate([data.split.train, data.split.val])
+    unseen_rows = seen[data.y[seen] < 0]
+    unseen_threshold = _unseen_threshold(data.vectors, data.y, train, val[known]) if len(unseen_rows) else 1.0
+    return Filters(ood_threshold, distance <= ood_threshold, np.sort(unseen_rows), unseen_threshold)
+
+
+def _trials(data: Traces, filters: Filters, alpha: float, seed: int) -> list[Trial]:
+    """Every candidate trained on train and measured on validation by its coverage at alpha."""
+    train, val = data.trainable(data.split.train), data.split.val
+    ok = filters.val_in_distribution
+    out = []
+    for cand in CANDIDATES:
+        model, tfidf = _train(cand, data, train, seed)
+        proba = predict_proba(model, data.vectors[val], data.text_list(val), tfidf)
+        agrees = proba.argmax(axis=1) == data.y[val]
+        scores = proba.max(axis=1)
+        out.append(Trial(cand, scores, agrees, coverage_at(scores[ok], agrees[ok], alpha), float(agrees.mean())))
     return out
+
+
+def _train(cand: Candidate, data: Traces, rows: np.ndarray, seed: int) -> tuple[Surrogate, Tfidf | None]:
+    check_exit()  # a background refit stops here at interpreter exit
+    texts = data.text_list(rows)
+    tfidf = Tfidf.fit(texts) if cand.use_tfidf else None
+    model = cand.fit(join_features(data.vectors[rows], texts, tfidf), data.y[rows], len(data.label_names), seed=seed)
+    return model, tfidf
+
+
+def _final_policy(data: Traces, filters: Filters, best: Trial, seed: int) -> Policy:
+    """The winning recipe retrained on train + validation."""
+    rows = data.fit_rows
+    model, tfidf = _train(best.candidate, data, rows, seed)
+    return Policy(
+        labels=data.label_names, surrogate=model, tfidf=tfidf, ood=MahalanobisOOD.fit(data.vectors[rows], data.y[rows]),
+        ood_threshold=filters.ood_threshold, threshold=1.0, excluded=set(),
+        unseen_vectors=data.vectors[filters.unseen_rows].astype(np.float32),
+        unseen_labels=[data.labels[i] for i in filters.unseen_rows], unseen_threshold=filters.unseen_threshold,
+        certificate=None,
+    )
+
+
+def _evidence(policy: Policy, data: Traces) -> Evidence:
+    cal = data.split.cal
+    decisions = policy.decide(data.text_list(cal), data.vectors[cal])
+    index = {label: i for i, label in enumerate(data.label_names)}
+    pred = np.array([index[d.label] for d in decisions], dtype=np.int64)
+    return Evidence(
+        pred=pred, scores=np.array([d.score for d in decisions]), agrees=pred == data.y[cal],
+        eligible=np.array([d.reason in ("handled", "low_confidence") for d in decisions], dtype=bool),
+    )
+
+
+def _certified(result: GateResult, threshold: float, data: Traces, evidence: Evidence, delta: float, fields: dict) -> Certificate:
+    handled = evidence.eligible & (evidence.scores >= threshold)
+    n_handled, agree = int(handled.sum()), int(evidence.agrees[handled].sum())
+    cert = Certificate(
+        deployed=True, reason_code=codes.DEPLOYED, threshold=threshold, p_value=result.p_value,
+        coverage=round(n_handled / len(data.split.cal), 4),
+        agreement=round(agree / n_handled, 4) if n_handled else None,
+        agreement_lower_bound=round(agreement_lower_bound(agree, n_handled, delta), 4),
+        per_label=_per_label(data, evidence, handled), reason="", **fields,
+    )
+    cert.reason = f"certified: {cert.summary()}"
+    return cert
 
 
 def _unseen_threshold(vectors, y, train, val_known) -> float:
@@ -306,21 +394,23 @@ def _unseen_threshold(vectors, y, train, val_known) -> float:
     return float(np.quantile(nearest_same, UNSEEN_QUANTILE))
 
 
-def _frontier_point(alpha, delta, val_scores, val_agrees, cal_scores, cal_agrees, cal_eligible) -> dict:
-    grid = threshold_grid(val_scores, val_agrees, len(cal_scores), alpha, delta)
-    result = fixed_sequence_test(grid, cal_scores, cal_agrees, cal_eligible, alpha, delta)
+def _frontier_point(alpha: float, delta: float, val_scores, val_agrees, evidence: Evidence) -> dict:
+    n_cal = len(evidence.scores)
+    grid = threshold_grid(val_scores, val_agrees, n_cal, alpha, delta)
+    result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, delta)
     certified = result.certified_index is not None
     return {
         "alpha": alpha,
-        "coverage": round(result.handled / len(cal_scores), 4) if certified else 0.0,
+        "coverage": round(result.handled / n_cal, 4) if certified else 0.0,
         "certified": certified,
         "lower_bound": round(agreement_lower_bound(result.agree, result.handled, delta), 4) if certified else None,
     }
 
 
-def _refusal_reason(grid, scores, agrees, eligible, alpha, delta, n) -> tuple[str, str]:
+def _refusal_reason(grid: np.ndarray, evidence: Evidence, alpha: float, delta: float, n: int) -> tuple[str, str]:
+    agrees = evidence.agrees
     overall = float(agrees.mean()) if len(agrees) else 0.0
-    top = eligible & (scores >= grid[0]) if len(grid) else eligible
+    top = evidence.eligible & (evidence.scores >= grid[0]) if len(grid) else evidence.eligible
     top_n = int(top.sum())
     top_agree = float(agrees[top].mean()) if top_n else 0.0
     if overall < NO_SEPARATION_AGREEMENT and top_agree < alpha:
@@ -335,27 +425,23 @@ def _refusal_reason(grid, scores, agrees, eligible, alpha, delta, n) -> tuple[st
     )
 
 
-def _per_label(label_arr, cal, cal_pred, cal_agrees, handled, label_names, counts, rare, excluded_val, excluded_cal, fit_rows) -> dict:
+def _per_label(data: Traces, evidence: Evidence, handled: np.ndarray) -> dict:
     """Calibration evidence per teacher label (agreement measured on inputs the surrogate hands that label)."""
-    teacher = label_arr[cal]
-    predicted = np.array([label_names[p] for p in cal_pred], dtype=object)
-    trained = Counter(label_arr[fit_rows])
+    teacher = data.labels[data.split.cal]
+    predicted = np.array([data.label_names[p] for p in evidence.pred], dtype=object)
+    trained = Counter(data.labels[data.fit_rows])
     out = {}
-    for label in sorted(counts):
+    for label in sorted(data.counts):
         mine = teacher == label
         handed = handled & (predicted == label)
         wrong = Counter(predicted[mine & (predicted != label)])
-        status = (
-            "too_rare" if label in rare else "excluded_validation" if label in excluded_val
-            else "excluded_calibration" if label in excluded_cal else "certified"
-        )
         out[label] = {
             "n_train": int(trained.get(label, 0)),
             "n_calibration": int(mine.sum()),
             "handled": int((handled & mine).sum()),
-            "agreement": round(float(cal_agrees[handed].mean()), 4) if handed.any() else None,
+            "agreement": round(float(evidence.agrees[handed].mean()), 4) if handed.any() else None,
             "agreement_all": round(float((predicted[mine] == label).mean()), 4) if mine.any() else None,
-            "status": status,
+            "status": "too_rare" if label in data.rare else "certified",
             "confused_with": [[k, int(v)] for k, v in wrong.most_common(3)],
         }
     return out

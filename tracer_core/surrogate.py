@@ -141,5 +141,3 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, hidden: 
         [model.coefs_[0].astype(np.float32), w_out], [model.intercepts_[0].astype(np.float32), b_out]
     )
 
-
-CANDIDATES = {"logistic": fit_logistic, "mlp": fit_mlp}
