@@ -144,6 +144,7 @@ def test_a_second_variable_certified_on_fine_never_answers_coarse(server, db, ro
                            {"text": t3, "granularity": "fine"}])
     assert mixed == [p1, coarse(table[t2]), p3] and server.request_count == before + 1, "one batch, two versions"
     coarse_version = wrapper.tracer_for({"text": sample[0][0], "granularity": "coarse"}).fingerprint
+    wrapper.flush()  # the mixed batch's traces are queued: write them before counting
     recorded = traces(db, source="teacher", fingerprint=coarse_version)
     assert len(recorded) == len(sample) + 1 and {t.route for t in recorded} == {"no_policy"}
 
