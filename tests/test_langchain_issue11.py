@@ -339,6 +339,38 @@ async def test_astream_events_of_a_hit_include_the_chat_model_run(plain, server)
     assert model_events[0]["parent_ids"][-1] == events[0]["run_id"]
 
 
+def test_langgraph_messages_streaming_sees_a_hit(plain, server):
+    """A node that calls the wrapped chain: `stream_mode="messages"` yields the surrogate's answer as
+    the node's chat-model message, with no request to the LLM, as it yields a real model's."""
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    wrapper, handled = plain
+    (hit, label), (other, other_label) = handled[5], handled[6]
+
+    class State(TypedDict, total=False):
+        text: str
+        label: str
+
+    graph = (
+        StateGraph(State)
+        .add_node("classify", lambda state: {"label": wrapper.invoke({"text": state["text"]})})
+        .add_edge(START, "classify")
+        .add_edge("classify", END)
+        .compile()
+    )
+    before = server.request_count
+    streamed = list(graph.stream({"text": hit}, stream_mode="messages"))
+    assert server.request_count == before
+    assert [(message.content, meta["langgraph_node"]) for message, meta in streamed] == [(label, "classify")]
+    assert streamed[0][1]["tracer_handled"] is True
+    off = list(graph.stream({"text": other}, {"configurable": {"tracer_mode": "off"}}, stream_mode="messages"))
+    assert server.request_count == before + 1  # the real model, seen the same way
+    assert "".join(str(message.content) for message, _ in off) == other_label
+    assert {meta["langgraph_node"] for _, meta in off} == {"classify"}
+
+
 # -- modes and audits ------------------------------------------------------------------------------
 def test_observe_mode_records_and_never_answers_off_records_nothing(plain, server, db):
     wrapper, handled = plain

@@ -10,6 +10,7 @@ and `on_llm_end` with an `LLMResult` whose generation carries the answer message
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from langchain_core.callbacks.manager import (
@@ -25,8 +26,12 @@ from tracer_langchain.identity import CallView
 
 
 def _parts(view: CallView, message: AIMessage, metadata: dict[str, Any]) -> tuple[dict, ChatGenerationChunk, LLMResult]:
-    answer = message.model_copy(update={"response_metadata": {**message.response_metadata, **metadata}})
+    # one id for the streamed chunk and the final message, as a chat model gives them, so a consumer
+    # that collects both (LangGraph's messages stream) shows the answer once
+    answer = message.model_copy(update={"response_metadata": {**message.response_metadata, **metadata},
+                                        "id": message.id or f"run-tracer-{uuid.uuid4().hex}"})
     chunk = AIMessageChunk(
+        id=answer.id,
         content=answer.content,
         tool_call_chunks=[
             {"name": c["name"], "args": _json(c["args"]), "id": c["id"], "index": i}
