@@ -42,15 +42,16 @@ class Replay:
     handled: list[bool] = field(default_factory=list)
     agreed: list[bool] = field(default_factory=list)  # handled calls only: surrogate == teacher of the moment
     suspended_at: int | None = None
-    per_version: dict = field(default_factory=dict)  # version -> [would handle, routed, certified coverage]
+    per_version: dict = field(default_factory=dict)  # version -> [would handle, routed, certified coverage, n_cal]
 
     def coverage(self, last: int) -> float:
         tail = self.handled[-last:]
         return sum(tail) / len(tail)
 
-    def max_coverage_gap(self, min_calls: int = 500) -> float | None:
-        gaps = [abs(would / routed - cert) for would, routed, cert in self.per_version.values()
-                if routed >= min_calls and cert is not None]
+    def max_coverage_gap(self, min_calls: int = 500, min_calibration: int = 0) -> float | None:
+        """Largest |live - certified coverage| over policies that routed `min_calls` calls."""
+        gaps = [abs(would / routed - cert) for would, routed, cert, n_cal in self.per_version.values()
+                if routed >= min_calls and cert is not None and n_cal >= min_calibration]
         return max(gaps) if gaps else None
 
 
@@ -113,7 +114,7 @@ def _count(replay: Replay, window: dict, decision, truth: str, i: int, change_at
             window["wrong_after"] += 1
             window["old_answers"] += old is not None and decision.label == old
     if decision.policy_version is not None and decision.reason not in (Reason.SUSPENDED, Reason.ERROR):
-        entry = replay.per_version.setdefault(decision.policy_version, [0, 0, None])
+        entry = replay.per_version.setdefault(decision.policy_version, [0, 0, None, 0])
         entry[0] += decision.handled or (decision.reason == Reason.AUDIT and decision.label is not None)
         entry[1] += 1
 
@@ -124,7 +125,7 @@ def _close_window(window: dict, tracer: Tracer, replay: Replay) -> dict:
     n, handled, agree = window["n"], window["handled"], window["agree"]
     for v, entry in replay.per_version.items():
         if entry[2] is None and v == version and cert is not None and cert.deployed:
-            entry[2] = cert.coverage
+            entry[2], entry[3] = cert.coverage, cert.n_calibration
     return {
         "queries": f"{window['start'] + 1}-{window['start'] + n}",
         "live coverage": round(handled / n, 3) if n else 0.0,
@@ -193,12 +194,14 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
     last3 = [r.coverage(3000) for r in replays]
     windows_below = sum(any(row["sig. below alpha"] for row in r.rows) for r in replays)
     gaps = [g for g in (r.max_coverage_gap() for r in replays) if g is not None]
+    large = [g for g in (r.max_coverage_gap(min_calibration=1000) for r in replays) if g is not None]
     row = {
         "scenario": name,
         "replays": len(replays),
         "live coverage, last 3,000 (median)": round(float(np.median(last3)), 3),
         "replays with a window sig. below alpha": windows_below,
         "max |certified - live coverage| per policy (worst replay)": round(max(gaps), 3) if gaps else "-",
+        "same, policies calibrated on >= 1,000 traces": round(max(large), 3) if large else "-",
         "suspended (replays)": sum(r.suspended_at is not None for r in replays),
     }
     if change_at is not None:

@@ -59,6 +59,8 @@ def targets(results: dict[str, list[rp.Replay]]) -> list[dict]:
     rows = [
         _target("stable: replays with a window significantly below alpha", stable_row["replays with a window sig. below alpha"], "0", stable_row["replays with a window sig. below alpha"] == 0),
         _target("stable: max |certified - live coverage| of a deployed policy", gap, "<= 0.05", gap != "-" and gap <= 0.05),
+        _target("stable: the same over policies calibrated on >= 1,000 traces (sampling error ~0.013)",
+                stable_row["same, policies calibrated on >= 1,000 traces"], "report", True),
         _target("stable: live coverage over the last 3,000 queries (median)", stable_row["live coverage, last 3,000 (median)"], ">= 0.80", stable_row["live coverage, last 3,000 (median)"] >= 0.80),
         _target(f"stable: false suspensions in {len(stable)} replays", stable_row["suspended (replays)"], f"<= {max(len(stable) // 20, 1)} in {len(stable)}", stable_row["suspended (replays)"] <= max(len(stable) // 20, 1)),
         _target("teacher change: queries from the change to suspension (median)", change_row["queries from change to suspension (median)"], "<= 2,000", change_row["queries from change to suspension (median)"] <= 2000),
