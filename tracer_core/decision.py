@@ -60,14 +60,6 @@ REASON_TEXT: dict[Reason, str] = {
 UNSELECTED = frozenset({Reason.NO_POLICY, Reason.AUDIT, Reason.SUSPENDED})
 
 
-def reason_text(reason: str | None) -> str:
-    """The sentence for a stored reason (unknown or legacy reasons are shown as they are)."""
-    try:
-        return Reason(str(reason)).text
-    except ValueError:
-        return str(reason)
-
-
 @dataclass(frozen=True)
 class Decision:
     """What the router decided for one input.

@@ -31,13 +31,6 @@ def agreement_lower_bound(agree: int, n: int, delta: float) -> float:
     return float(beta.ppf(delta, agree, n - agree + 1))
 
 
-def agreement_upper_bound(agree: int, n: int, delta: float) -> float:
-    """One-sided Clopper-Pearson upper confidence bound (level 1 - delta) on agreement."""
-    if n == 0 or agree == n:
-        return 1.0
-    return float(beta.ppf(1.0 - delta, agree + 1, n - agree))
-
-
 def min_handled_for(alpha: float, delta: float) -> int:
     """Fewest handled calibration inputs that can certify alpha at all (zero errors)."""
     return math.ceil(math.log(delta) / math.log(alpha))
