@@ -162,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                        "a running process keeps answering from the valid copy it loaded and certified).")
             report.write()
         if "fitscale" in only:  # before the pool starts: one fit process at a time, nothing beside it
-            from bench.fit_scale import NOTE, fit_scale
+            from bench.fit_scale import NOTE, VALIDITY_CAP, VALIDITY_NOTE, capped_validity, fit_scale
 
             report.add("Fit cost as traces grow: one task, 10,000 / 50,000 / 200,000 teacher traces",
                        fit_scale(), NOTE)
+            report.write()
+            report.add(f"Validity under the training cap: Banking77 T1, alpha 0.95, max_train {VALIDITY_CAP:,}, "
+                       "10 re-splits", capped_validity(), VALIDITY_NOTE)
             report.write()
         keys = rb.fit_keys(only, runs)
         cache.submit(keys)  # queue every fit now; the tables below wait for their own
