@@ -56,6 +56,7 @@ NO_SEPARATION_AGREEMENT = 0.5  # below this overall agreement, more traces of th
 FRONTIER_ALPHAS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
 DEFAULT_MAX_TRAIN = 15_000  # train + validation traces of one fit: 200,000 traces fit in minutes (bench fitscale)
 UNSEEN_CHUNK = 1024  # validation rows per block of the unseen-label similarity matrix
+EVIDENCE_CHUNK = 20_000  # calibration rows decided at once
 
 
 @dataclass(frozen=True)
@@ -397,8 +398,12 @@ def _final_policy(data: Traces, filters: Filters, best: Trial, seed: int) -> Pol
 
 
 def _evidence(policy: Policy, data: Traces) -> Evidence:
+    """The policy's decisions on every calibration row, in blocks of EVIDENCE_CHUNK (bounded memory)."""
     cal = data.split.cal
-    decisions = policy.decide(data.text_list(cal), data.vectors[cal])
+    decisions = []
+    for start in range(0, len(cal), EVIDENCE_CHUNK):
+        rows = cal[start : start + EVIDENCE_CHUNK]
+        decisions += policy.decide(data.text_list(rows), data.vectors[rows])
     index = {label: i for i, label in enumerate(data.label_names)}
     pred = np.array([index[d.label] for d in decisions], dtype=np.int64)
     return Evidence(
