@@ -7,11 +7,16 @@ import pytest
 from click.testing import CliRunner
 
 from tracer_core.cli import main as cli
-from tracer_core.fit import Split, fit_policy
+from tracer_core.errors import EmbedderError
+from tracer_core.fit import DEFAULT_MAX_TRAIN, Split, fit_policy
+from tracer_core.report.html import summary_html
+from tracer_core.report.summary import summary_facts
 from tracer_core.settings import SettingsError
+from tracer_core.shutdown import EMBED_STEP, embed_in_steps
 from tracer_core.store import TraceStore
 from tracer_core.trace import make_trace
 from tracer_core.tracer import Tracer
+from tracer_litellm.settings import TracerSettings
 
 CAP = 600
 
@@ -93,3 +98,24 @@ def test_the_cap_reaches_the_stored_certificate_and_status(many, db_path, fake_e
     assert shown.exit_code == 0, shown.output
     assert "600 of 1,680 available traces (max_train 600)" in shown.output
     assert "1,800 (of 2,400 that may calibrate)" in shown.output
+    with TraceStore(db_path) as store:
+        html = summary_html(summary_facts(store, "scale"))
+    assert ">600 of 1,680 available traces (max_train 600)</td>" in html
+
+
+def test_the_proxy_reads_the_cap_from_its_environment():
+    assert TracerSettings.from_env({"TRACER_MAX_TRAIN": "20000"}).max_train == 20_000
+    assert TracerSettings.from_env({}).max_train == DEFAULT_MAX_TRAIN
+    assert TracerSettings(max_train=None).max_train is None
+    with pytest.raises(SettingsError, match=r"max_train must be an integer in \[100, inf\), got 50"):
+        TracerSettings.from_env({"TRACER_MAX_TRAIN": "50"})
+
+
+def test_an_embedder_that_changes_dimension_between_chunks_is_a_clear_error():
+    calls = iter([8, 8, 16])
+
+    def shifting(texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), next(calls)), dtype=np.float32)
+
+    with pytest.raises(EmbedderError, match="returned 16 dimensions after 8"):
+        embed_in_steps(shifting, ["a text"] * (2 * EMBED_STEP + 1))
