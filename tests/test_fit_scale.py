@@ -90,6 +90,7 @@ def test_the_cap_reaches_the_stored_certificate_and_status(many, db_path, fake_e
         store.append_many(make_trace("scale", t, y) for t, y in zip(texts, labels))
     with Tracer("scale", db_path, alpha=0.9, embedder=fake_embedder, auto_refit=False, max_train=CAP) as tracer:
         cert = tracer.fit()
+        assert tracer.status()["fit_evidence"] == cert.evidence()
     with TraceStore(db_path) as store:
         stored = store.latest_policy("scale")["certificate"]
     assert (stored["n_train"] + stored["n_validation"], stored["n_calibration"], stored["max_train"]) == (CAP, 1800, CAP)

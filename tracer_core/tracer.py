@@ -317,6 +317,7 @@ class Tracer:
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
             "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
+            "fit_evidence": cert.evidence() if cert else None,
             "alpha": self.alpha,
             "delta": self.delta,
             "last_fit_at": last["created_at"] if last else None,
