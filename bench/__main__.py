@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity,faults,replay,suspects] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "faults", "replay", "suspects")
+SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -160,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
                        "answers from a broken policy count handled decisions more than policy_check_s (0.2 s) "
                        "after the policy broke (a policy row edited in place is seen by processes that load it; "
                        "a running process keeps answering from the valid copy it loaded and certified).")
+            report.write()
+        if "fitscale" in only:  # before the pool starts: one fit process at a time, nothing beside it
+            from bench.fit_scale import NOTE, VALIDITY_CAP, VALIDITY_NOTE, capped_validity, fit_scale
+
+            report.add("Fit cost as traces grow: one task, 10,000 / 50,000 / 200,000 teacher traces",
+                       fit_scale(), NOTE)
+            report.write()
+            report.add(f"Validity under the training cap: Banking77 T1, alpha 0.95, max_train {VALIDITY_CAP:,}, "
+                       "10 re-splits", capped_validity(), VALIDITY_NOTE)
             report.write()
         keys = rb.fit_keys(only, runs)
         cache.submit(keys)  # queue every fit now; the tables below wait for their own

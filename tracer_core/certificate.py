@@ -29,6 +29,8 @@ class Certificate:
     n_validation: int = 0
     n_calibration: int = 0  # calibration traces the gate tested on, all from the calibration pool
     n_pool: int = 0  # traces that were allowed to serve as calibration evidence
+    n_train_available: int = 0  # traces that could train or validate; n_train + n_validation of them did
+    max_train: int | None = None  # the cap on n_train + n_validation in force (None: no cap)
     n_labels: int = 0
     threshold: float | None = None
     ood_threshold: float | None = None
@@ -54,6 +56,22 @@ class Certificate:
     def from_dict(cls, data: dict) -> Certificate:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def training_used(self) -> str:
+        """Train + validation traces of those available, and the cap when it held some back."""
+        trained = self.n_train + self.n_validation
+        available = f" of {self.n_train_available:,} available" if self.n_train_available else ""
+        capped = self.max_train is not None and trained < self.n_train_available
+        return f"{trained:,}{available} traces" + (f" (max_train {self.max_train:,})" if capped else "")
+
+    def calibration_used(self) -> str:
+        return f"{self.n_calibration:,} (of {self.n_pool:,} that may calibrate)"
+
+    def evidence(self) -> str:
+        """One line: what the fit trained on and what the gate tested on."""
+        if not self.n_calibration:
+            return f"{self.n_traces:,} traces; no model was trained"
+        return f"trained on {self.training_used()}; calibrated on {self.calibration_used()}"
 
     def summary(self) -> str:
         """One line a person can read: what it handles at what agreement, or why it refuses."""

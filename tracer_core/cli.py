@@ -64,6 +64,7 @@ def fit(task: str, fingerprint: str | None, alpha: float, delta: float, db: str,
     click.echo(f"task {task!r} version {tracer.fingerprint[:8] or '(unversioned)'}, policy v{cert.version} "
                f"({'deployed' if cert.deployed else 'refused'}), {cert.n_traces} traces, {cert.fit_seconds:.1f} s")
     click.echo(cert.summary())
+    click.echo(cert.evidence())
 
 
 @main.command()

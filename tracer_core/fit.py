@@ -6,6 +6,11 @@ out-of-distribution threshold and the threshold grid) is chosen on train
 and validation only. The calibration traces are used once, by the fixed-sequence test in
 `gate.py`, so the certificate holds with probability at least 1 - delta.
 
+Training cost grows with the traces, calibration cost barely does: `max_train` caps train +
+validation at a uniform random sample (the first `max_train` of the permutation), and every
+pool trace left out of it joins the calibration evidence. Which traces calibrate still depends
+only on the permutation and the pool, never on labels, so the gate's guarantee is unchanged.
+
 `fit_policy` runs the steps in order: `_prepare` (inputs, labels, split), `_filters` (out-of-
 distribution and unseen-label checks), `_trials` (candidates x scores on validation),
 `_final_policy` (the winner retrained on train + validation), `_calibrate` (the gate).
@@ -35,6 +40,7 @@ from tracer_core.gate import (
 )
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
+from tracer_core.settings import check
 from tracer_core.shutdown import check_exit, embed_in_steps
 from tracer_core.surrogate import Surrogate, fit_logistic, fit_mlp
 
@@ -48,6 +54,9 @@ MIN_PREDICTION_INPUTS = 200  # validation inputs behind a predicted p-value that
 FREE_TEXT_RATIO = 0.5
 NO_SEPARATION_AGREEMENT = 0.5  # below this overall agreement, more traces of the same kind will not help
 FRONTIER_ALPHAS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
+DEFAULT_MAX_TRAIN = 15_000  # train + validation traces of one fit: 200,000 traces fit in minutes (bench fitscale)
+UNSEEN_CHUNK = 1024  # validation rows per block of the unseen-label similarity matrix
+EVIDENCE_CHUNK = 20_000  # calibration rows decided at once
 
 
 @dataclass(frozen=True)
@@ -127,21 +136,42 @@ def threshold_grid(
 
 @dataclass(frozen=True)
 class Split:
-    """Row indices of each part; calibration rows come only from the calibration pool."""
+    """Row indices of each part; calibration rows come only from the calibration pool.
+
+    `n_available` counts the traces that could train or validate (all but the calibration
+    share); beyond `max_train` only a uniform sample of them does, and the pool traces among
+    the rest calibrate. Rows in no part are not used by the fit at all.
+    """
 
     train: np.ndarray
     val: np.ndarray
     cal: np.ndarray
     n_pool: int
+    n_available: int
 
     @classmethod
-    def draw(cls, n: int, seed: int, pool: np.ndarray) -> Split:
+    def draw(cls, n: int, seed: int, pool: np.ndarray, max_train: int | None = None) -> Split:
         perm = np.random.default_rng(seed).permutation(n)
         in_pool = perm[pool[perm]]
         cal = in_pool[: calibration_size(n, int(pool.sum()))]
         rest = perm[~np.isin(perm, cal)]
-        n_val = round(VAL_FRACTION * n)
-        return cls(np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.sort(cal), int(pool.sum()))
+        n_available, n_val = len(rest), round(VAL_FRACTION * n)
+        if max_train is not None and len(rest) > max_train:
+            rest, left = rest[:max_train], rest[max_train:]
+            cal = np.concatenate([cal, left[pool[left]]])
+            n_val = round(max_train * VAL_FRACTION / (1.0 - CAL_FRACTION))
+        return cls(np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.sort(cal), int(pool.sum()), n_available)
+
+    @property
+    def used(self) -> np.ndarray:
+        """Every row the fit reads, ascending."""
+        return np.sort(np.concatenate([self.train, self.val, self.cal]))
+
+    def renumbered(self) -> Split:
+        """The same split over `used` only (row i of the result is row used[i] here)."""
+        used = self.used
+        train, val, cal = (np.searchsorted(used, part) for part in (self.train, self.val, self.cal))
+        return Split(train, val, cal, self.n_pool, self.n_available)
 
 
 def calibration_size(n: int, n_pool: int) -> int:
@@ -220,18 +250,22 @@ def fit_policy(
     task: str = "",
     fingerprint: str = "",
     calibration_pool: Sequence[bool] | np.ndarray | None = None,
+    max_train: int | None = DEFAULT_MAX_TRAIN,
 ) -> tuple[Policy | None, Certificate]:
     """Train candidates, pick one on validation, certify it on calibration; no store writes.
 
     `calibration_pool` marks the traces that may serve as calibration evidence (a uniform
     random sample of traffic); the others train and validate only. None: every trace.
+    `max_train` caps train + validation (see the module docstring); None: no cap.
     """
     started = time.time()
     n = len(texts)
     pool = _pool_mask(calibration_pool, n)
+    max_train = None if max_train is None else int(check("max_train", max_train))
     base = dict(
         task=task, fingerprint=fingerprint, alpha=alpha, delta=delta, n_traces=n, n_pool=int(pool.sum()),
         data_hash=data_hash(texts, labels), created_at=started, trace_max_id=max(ids) if ids else 0,
+        max_train=max_train,
     )
 
     def refuse(code: str, reason: str, **extra) -> tuple[None, Certificate]:
@@ -242,7 +276,9 @@ def fit_policy(
     early = _refusal_before_fit(labels, pool, alpha, delta)
     if early:
         return refuse(*early)
-    data = _prepare(texts, labels, embed, Split.draw(n, seed, pool))
+    split = Split.draw(n, seed, pool, max_train)
+    used = split.used
+    data = _prepare([texts[i] for i in used], [labels[i] for i in used], embed, split.renumbered())
     if len(set(data.y[data.trainable(data.split.train)])) < 2:
         return refuse(codes.SINGLE_LABEL, "fewer than two labels have enough traces to train on")
     filters = _filters(data)
@@ -256,11 +292,11 @@ def fit_policy(
     result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, delta)
     common = dict(
         n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=len(data.split.cal),
-        n_labels=len(data.counts), model=best.candidate.name,
+        n_train_available=split.n_available, n_labels=len(data.counts), model=best.candidate.name,
         candidates={t.candidate.name: {"val_agreement": round(t.agreement, 4), "val_coverage": round(t.coverage, 4)} for t in trials},
         frontier=[_frontier_point(a, delta, val_scores, val_agrees, evidence) for a in FRONTIER_ALPHAS],
         ood_threshold=filters.ood_threshold,
-        calibration_ids=[int(ids[i]) for i in data.split.cal] if ids else [],
+        calibration_ids=[int(ids[i]) for i in split.cal] if ids else [],
     )
     if result.certified_index is None:
         code, reason = _refusal_reason(grid, evidence, alpha, delta, n)
@@ -362,8 +398,12 @@ def _final_policy(data: Traces, filters: Filters, best: Trial, seed: int) -> Pol
 
 
 def _evidence(policy: Policy, data: Traces) -> Evidence:
+    """The policy's decisions on every calibration row, in blocks of EVIDENCE_CHUNK (bounded memory)."""
     cal = data.split.cal
-    decisions = policy.decide(data.text_list(cal), data.vectors[cal])
+    decisions = []
+    for start in range(0, len(cal), EVIDENCE_CHUNK):
+        rows = cal[start : start + EVIDENCE_CHUNK]
+        decisions += policy.decide(data.text_list(rows), data.vectors[rows])
     index = {label: i for i, label in enumerate(data.label_names)}
     pred = np.array([index[d.label] for d in decisions], dtype=np.int64)
     return Evidence(
@@ -387,10 +427,17 @@ def _certified(result: GateResult, threshold: float, data: Traces, evidence: Evi
 
 
 def _unseen_threshold(vectors, y, train, val_known) -> float:
-    """Similarity at which an input counts as 'near' a trace: the median similarity of validation inputs to their own label's nearest trace."""
-    sims = vectors[val_known] @ vectors[train].T
-    same = y[val_known][:, None] == y[train][None, :]
-    nearest_same = np.where(same, sims, -1.0).max(axis=1)
+    """Similarity at which an input counts as 'near' a trace: the median similarity of validation inputs to their own label's nearest trace.
+
+    Computed in blocks of UNSEEN_CHUNK validation rows, so memory stays bounded as traces grow.
+    """
+    train_t, train_y = np.ascontiguousarray(vectors[train].T), y[train]
+    nearest_same = np.empty(len(val_known), dtype=np.float32)
+    for start in range(0, len(val_known), UNSEEN_CHUNK):
+        rows = val_known[start : start + UNSEEN_CHUNK]
+        sims = vectors[rows] @ train_t
+        sims[y[rows][:, None] != train_y[None, :]] = -1.0
+        nearest_same[start : start + len(rows)] = sims.max(axis=1)
     return float(np.quantile(nearest_same, UNSEEN_QUANTILE))
 
 

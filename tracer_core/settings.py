@@ -46,6 +46,7 @@ CONSTRAINTS: dict[str, Interval] = {
     "refit_every": Interval(int, 1, math.inf, "left"),
     "refit_interval_s": Interval(float, 0.0, math.inf),
     "policy_check_s": Interval(float, 0.0, math.inf, "left"),
+    "max_train": Interval(int, 100, math.inf, "left"),  # train + validation traces of a fit
 }
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tracer_core.embedder import embed_checked
-from tracer_core.errors import TracerError
+from tracer_core.errors import EmbedderError, TracerError
 
 log = logging.getLogger("tracer")
 
@@ -58,9 +58,17 @@ EMBED_STEP = 128
 
 
 def embed_in_steps(embed: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
-    """`embed_checked(embed, texts)` in chunks of EMBED_STEP, checking for exit between chunks."""
-    parts = []
+    """`embed_checked(embed, texts)` in chunks of EMBED_STEP, checking for exit between chunks.
+
+    The chunks are written into one preallocated matrix (no second copy of every vector).
+    """
+    out: np.ndarray | None = None
     for start in range(0, len(texts), EMBED_STEP):
         check_exit()
-        parts.append(embed_checked(embed, texts[start : start + EMBED_STEP]))
-    return np.vstack(parts) if parts else embed_checked(embed, texts)
+        part = embed_checked(embed, texts[start : start + EMBED_STEP])
+        if out is None:
+            out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+        elif part.shape[1] != out.shape[1]:
+            raise EmbedderError(f"embedding function returned {part.shape[1]} dimensions after {out.shape[1]}")
+        out[start : start + len(part)] = part
+    return out if out is not None else embed_checked(embed, texts)

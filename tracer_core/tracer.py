@@ -16,7 +16,7 @@ from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
-from tracer_core.fit import fit_policy
+from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
 from tracer_core.refit import ProcessLock, RefitScheduler, lock_path
 from tracer_core.settings import check
 from tracer_core.shutdown import FitCancelled
@@ -40,7 +40,8 @@ class Tracer:
     probability that the certificate is wrong. With probability `audit_rate` a call is
     audited: the LLM answers whatever the surrogate would do, which keeps a uniform sample of
     traffic for calibration and feeds the monitor that suspends the task when live agreement
-    falls below alpha.
+    falls below alpha. `max_train` caps the traces a fit trains on (a uniform sample; the
+    calibration evidence is never sampled, see `tracer_core.fit`); None trains on all.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class Tracer:
         auto_refit: bool = True,
         policy_check_s: float = 1.0,
         audit_rate: float = DEFAULT_AUDIT_RATE,
+        max_train: int | None = DEFAULT_MAX_TRAIN,
         seed: int = 0,
     ):
         if not isinstance(task, str) or not task.strip():
@@ -67,6 +69,7 @@ class Tracer:
         self.delta = float(check("delta", delta))
         self.audit_rate = float(check("audit_rate", audit_rate))
         self.policy_check_s = float(check("policy_check_s", policy_check_s))
+        self.max_train = None if max_train is None else int(check("max_train", max_train))
         self.fingerprint = fingerprint or ""
         self.seed = seed
         self._owns_store = not isinstance(db, TraceStore)
@@ -152,7 +155,7 @@ class Tracer:
             policy, cert = fit_policy(
                 evidence.texts, evidence.labels, alpha=self.alpha, delta=self.delta, embed=self.embed,
                 ids=evidence.ids, seed=self.seed, task=self.task, fingerprint=self.fingerprint,
-                calibration_pool=evidence.unselected,
+                calibration_pool=evidence.unselected, max_train=self.max_train,
             )
             cert.since_trace_id = floor
             in_force = self.watcher.current(force=True)
@@ -314,6 +317,7 @@ class Tracer:
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
             "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
+            "fit_evidence": cert.evidence() if cert else None,
             "alpha": self.alpha,
             "delta": self.delta,
             "last_fit_at": last["created_at"] if last else None,

@@ -30,6 +30,7 @@ from litellm.types.utils import CallTypes, ModelResponse
 
 from tracer_core import Decision, FlushReport, Reason, Tracer, TracerError, TracerRegistry, registry_for
 from tracer_core.decision import deferred
+from tracer_core.fit import DEFAULT_MAX_TRAIN
 from tracer_core.tracer import DEFAULT_AUDIT_RATE, DEFAULT_CLOSE_TIMEOUT_S
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S
 from tracer_litellm import hooks
@@ -72,6 +73,7 @@ class TracerCallback(CustomLogger):
         mode: str = "on",
         refit_every: int = 200,
         audit_rate: float = DEFAULT_AUDIT_RATE,
+        max_train: int | None = DEFAULT_MAX_TRAIN,
         embedder: Embedder | None = None,
         settings: TracerSettings | None = None,
     ) -> None:
@@ -79,6 +81,7 @@ class TracerCallback(CustomLogger):
         self.settings = settings or TracerSettings(
             db=db or os.environ.get("TRACER_DB") or "tracer.db",
             alpha=alpha, delta=delta, refit_every=refit_every, audit_rate=audit_rate, task=task, mode=mode,
+            max_train=max_train,
         )
         self.embedder = embedder
         self._registry: TracerRegistry | None = None
@@ -261,6 +264,7 @@ class TracerCallback(CustomLogger):
             embedder=self.embedder,
             refit_every=self.settings.refit_every,
             audit_rate=self.settings.audit_rate,
+            max_train=self.settings.max_train,
         )
 
     def tracer_of(self, **call: Any) -> Tracer:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tracer_core.fit import DEFAULT_MAX_TRAIN
 from tracer_core.settings import SettingsError, check
 from tracer_core.tracer import DEFAULT_AUDIT_RATE
 
@@ -24,6 +25,7 @@ class TracerSettings:
     mode: "on" records and short-circuits, "observe" only records, "off" does nothing.
     task: a fixed task name for every call (else per-call metadata or the prompt fingerprint).
     audit_rate: share of calls the policy would answer that go to the LLM anyway (fresh evidence).
+    max_train: the most traces a fit trains on (a uniform sample; calibration is never sampled); None: all.
     """
 
     db: str = "tracer.db"
@@ -31,6 +33,7 @@ class TracerSettings:
     delta: float = 0.05
     refit_every: int = 200
     audit_rate: float = DEFAULT_AUDIT_RATE
+    max_train: int | None = DEFAULT_MAX_TRAIN
     task: str | None = None
     mode: str = "on"
 
@@ -39,6 +42,8 @@ class TracerSettings:
             raise SettingsError(f"db must be a non-empty path, got {self.db!r}")
         for name in ("alpha", "delta", "refit_every", "audit_rate"):
             object.__setattr__(self, name, check(name, getattr(self, name)))
+        if self.max_train is not None:
+            object.__setattr__(self, "max_train", check("max_train", self.max_train))
         if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
             raise SettingsError(f"task must be a non-empty string or None, got {self.task!r}")
         if self.mode not in MODES:
@@ -46,7 +51,7 @@ class TracerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TracerSettings:
-        """Read TRACER_DB, TRACER_ALPHA, TRACER_DELTA, TRACER_REFIT_EVERY, TRACER_AUDIT_RATE, TRACER_TASK, TRACER_MODE."""
+        """Read TRACER_DB, TRACER_ALPHA, TRACER_DELTA, TRACER_REFIT_EVERY, TRACER_AUDIT_RATE, TRACER_MAX_TRAIN, TRACER_TASK, TRACER_MODE."""
         env = os.environ if environ is None else environ
         defaults = cls()
         return cls(
@@ -55,6 +60,7 @@ class TracerSettings:
             delta=_number(env, "TRACER_DELTA", float, defaults.delta),
             refit_every=_number(env, "TRACER_REFIT_EVERY", int, defaults.refit_every),
             audit_rate=_number(env, "TRACER_AUDIT_RATE", float, defaults.audit_rate),
+            max_train=_number(env, "TRACER_MAX_TRAIN", int, DEFAULT_MAX_TRAIN),
             task=env.get("TRACER_TASK") or None,
             mode=env.get("TRACER_MODE", defaults.mode).strip().lower(),
         )

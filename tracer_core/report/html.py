@@ -94,6 +94,8 @@ def summary_html(s: dict) -> str:
         ["alpha / delta", f"{num(s['alpha'])} / {num(s['delta'])}"],
         ["certified agreement lower bound", pct(s["agreement_lower_bound"])],
         ["estimated coverage (share handled)", pct(s["coverage"])],
+        ["traces trained on (train + validation)", s["trained_on"] or "-"],
+        ["calibration traces the gate tested on", s["calibrated_on"] or "-"],
         ["LLM calls saved so far", num(s["llm_calls_saved"])],
         ["mean recorded LLM cost per call", usd(s["mean_teacher_cost_usd"])],
         ["dollars saved so far", usd(s["dollars_saved"])],

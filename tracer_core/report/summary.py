@@ -7,6 +7,7 @@ import time
 from scipy.stats import binom
 
 from tracer_core import versions
+from tracer_core.certificate import Certificate
 from tracer_core.errors import PolicyError
 from tracer_core.monitor import DRIFT_LEVEL, EXPECTED_OOD_SHARE, AgreementMonitor
 from tracer_core.policy import Policy
@@ -118,6 +119,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "agreement_lower_bound": cert.get("agreement_lower_bound") if cert else None,
         "coverage": cert.get("coverage") if cert else None,
         "reason": cert.get("reason") if cert else None,
+        **fit_evidence(cert),
         "reason_code": cert.get("reason_code") if cert else "no_policy",
         "llm_calls_saved": saved_calls,
         "mean_teacher_cost_usd": cost["mean_usd"],
@@ -133,6 +135,15 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
             "coverage, agreement_lower_bound": "certificate: held-out calibration traces",
             "llm_calls_saved, dollars_saved, live_*": "live traffic: store counts and recorded teacher costs",
         },
+    }
+
+
+def fit_evidence(cert: dict | None) -> dict:
+    """What the serving policy's fit trained on and calibrated on (None when no model was trained)."""
+    fitted = Certificate.from_dict(cert) if cert and cert.get("n_calibration") else None
+    return {
+        "trained_on": fitted.training_used() if fitted else None,
+        "calibrated_on": fitted.calibration_used() if fitted else None,
     }
 
 

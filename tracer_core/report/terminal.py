@@ -51,6 +51,8 @@ def summary_view(s: dict) -> Group:
         ("alpha / delta", f"{num(s['alpha'])} / {num(s['delta'])}"),
         ("certified agreement lower bound", pct(s["agreement_lower_bound"])),
         ("estimated coverage (calibration)", pct(s["coverage"])),
+        ("trained on (train + validation)", s["trained_on"] or "-"),
+        ("calibration traces (gate)", s["calibrated_on"] or "-"),
         ("LLM calls saved", num(s["llm_calls_saved"])),
         ("dollars saved", usd(s["dollars_saved"])),
         ("last fit", when(s["last_fit_at"])),
