@@ -121,7 +121,9 @@ def cross_fitted_evidence(
 def cleaned(evidence: Evidence, texts: list[str], vectors: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> Evidence:
     """The evidence recomputed with the traces it scores >= MIN_SCORE left out of training and of the vote.
 
-    Every trace, suspect or not, is still scored only by models trained on other folds.
+    Every trace, suspect or not, is still scored only by models trained on other folds. Which of those
+    other traces are left out was decided by the previous round, whose models for their folds did train on
+    this trace: its own label reaches its score only through that choice, never through a fitted weight.
     """
     trusted = evidence.scores()[0] < MIN_SCORE
     return _fold_evidence(texts, vectors, evidence.labels, evidence.y, evidence.neighbours, evidence.similarities,
