@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from tracer_core.cli import main as cli
 from tracer_core.report import build_report
 from tracer_core.store import TraceStore
-from tracer_core.suspects import SuspectsError, find_suspects
+from tracer_core.suspects import MIN_SCORE, SuspectsError, _neighbour_vote, cross_fitted_evidence, find_suspects
 from tracer_core.trace import make_trace
 from tracer_core.tracer import Tracer
 
@@ -81,6 +81,29 @@ def test_a_trace_is_never_scored_by_a_model_that_trained_on_it() -> None:
     lone = next(s for s in found.suspects if s.id == 3)
     assert lone.teacher_label == "one_off_label" and lone.suggested_label == "card_arrival"
     assert lone.teacher_probability < 1e-3 and lone.score >= 0.5
+
+
+def test_cleaning_refits_without_the_suspects_and_sharpens_the_evidence_against_flips() -> None:
+    """With 8 more card_arrival traces flipped to top_up the boundary moves; one cleaning round moves it back."""
+    texts, recorded, truth = synthetic_traces()
+    for i in [i for i in range(PER_LABEL) if i not in PLANTED][:8]:
+        recorded[i] = "top_up"
+    flips = np.array([r != t for r, t in zip(recorded, truth)])
+    vectors = ngram_embedder(texts)
+    before, _ = cross_fitted_evidence(texts, recorded, vectors, cleaning_rounds=0).scores()
+    after, _ = cross_fitted_evidence(texts, recorded, vectors, cleaning_rounds=1).scores()
+    assert (after[flips] >= MIN_SCORE).sum() > (before[flips] >= MIN_SCORE).sum()
+    assert after[flips].mean() > before[flips].mean()
+    assert (before[~flips] < MIN_SCORE).all() and (after[~flips] < MIN_SCORE).all()
+
+
+def test_untrusted_neighbours_do_not_vote_unless_none_is_trusted() -> None:
+    y = np.array([0, 1, 1, 0, 0])
+    neighbours = np.array([[1, 2], [2, 3], [1, 3], [1, 4], [0, 3]])
+    trusted = np.array([True, False, True, True, False])
+    vote = _neighbour_vote(y, 2, neighbours, trusted)
+    # trace 0: only trace 2 (label 1) votes; trace 3: neither neighbour is trusted, so both vote
+    assert vote.tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0], [0.5, 0.5], [1.0, 0.0]]
 
 
 def test_limit_only_cuts_the_list_and_bad_arguments_are_clear_errors() -> None:
