@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tracer_core import migrations
 from tracer_core import store as store_module
 from tracer_core.errors import CorruptStoreError, InvalidTraceError, PolicyError, StoreError, TracerError
 from tracer_core.store import SCHEMA_VERSION, TraceStore, input_hash
@@ -50,12 +51,14 @@ def test_migration_steps_run_in_order_from_an_older_version(db_path: Path, monke
     def add_column(db) -> None:
         db.table("traces").add_column("review", str)
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, add_column])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    step = migrations.Migration("m999_review", add_column, ("ALTER TABLE traces ADD COLUMN review TEXT",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, step])
     TraceStore(db_path).close()
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         assert "review" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
+        assert [r[0] for r in conn.execute("SELECT name FROM tracer_migrations ORDER BY rowid")] == [
+            "m001_traces_and_policies", "m002_routing_context", "m999_review"]
 
 
 def test_unknown_future_schema_version_is_refused(db_path: Path) -> None:

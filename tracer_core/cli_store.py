@@ -126,7 +126,7 @@ def require_task(store: TraceStore, task: str) -> None:
     """Commands about one task fail (exit 1) when it has no traces, naming the tasks there are."""
     if not any(store.counts(task).values()):
         known = ", ".join(repr(t["task"]) for t in store.tasks()) or "none"
-        raise click.ClickException(f"task {task!r} has no traces in {str(store.path)!r} (tasks: {known})")
+        raise click.ClickException(f"task {task!r} has no traces in {store.name!r} (tasks: {known})")
 
 
 store_commands = [tasks, import_, export]
