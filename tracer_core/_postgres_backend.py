@@ -72,9 +72,10 @@ class PostgresBackend:
             self._conninfo = psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error as exc:
             raise StoreError(f"trace store {self.name!r}: not a valid PostgreSQL URL ({self._clean(exc)})") from None
-        self._secrets = tuple(v for k, v in self._conninfo.items() if k == "password" and v)
+        self._secrets = tuple(str(v) for k, v in self._conninfo.items() if k == "password" and v)
         self._conninfo.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
         self._conninfo.setdefault("application_name", "tracer")
+        self._dsn: str = psycopg.conninfo.make_conninfo("", **self._conninfo)
         self._schema = ""
 
     @property
@@ -96,7 +97,7 @@ class PostgresBackend:
 
     def _raw_connect(self) -> Any:
         try:
-            return psycopg.connect(**self._conninfo, autocommit=True)
+            return psycopg.connect(self._dsn, autocommit=True)
         except psycopg.Error as exc:
             raise StoreError(f"cannot reach trace store {self.name!r}: {self._clean(exc)}") from None
 
@@ -169,10 +170,11 @@ class PostgresBackend:
 
         self.write(conn, upgrade, budget_s=budget_s, serial=True)
 
-    def bump_ids(self, conn: PostgresConnection) -> None:
-        """After rows were inserted with explicit ids (a copy), new rows must get higher ones."""
-        conn.execute("SELECT setval(pg_get_serial_sequence('traces', 'id'), "
-                     "(SELECT coalesce(max(id), 0) + 1 FROM traces), false)")
+    def after_explicit_ids(self, conn: PostgresConnection) -> None:
+        """After rows were inserted with their ids (a copy), new rows must get higher ones."""
+        for table in ("traces", "policies", "suspensions"):
+            conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                         f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
 
     @contextlib.contextmanager
     def refit_lock(self, task: str, fingerprint: str) -> Iterator[bool]:

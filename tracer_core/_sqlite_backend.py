@@ -179,6 +179,9 @@ class SQLiteBackend:
             names = [step.name for step in migrations.MIGRATIONS[:version]]
         return version, names, recorded
 
+    def after_explicit_ids(self, conn: SQLiteConnection) -> None:
+        """Nothing to do: an INTEGER PRIMARY KEY continues after the highest id."""
+
     @contextlib.contextmanager
     def refit_lock(self, task: str, fingerprint: str) -> Iterator[bool]:
         """A file lock beside the store: True if this process may refit the task version now."""

@@ -48,6 +48,13 @@ _INSERT_SQL = f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.jo
 _POLICY_COLUMNS = "id, task, fingerprint, version, created_at, status, n_traces, certificate"
 _EXISTS_SQL = "SELECT 1 FROM traces WHERE task = ? AND created_at = ? AND input_hash = ? AND source = ? LIMIT 1"
 CORRUPT_CERTIFICATE = "corrupt_certificate"
+# what a copy moves, table by table, every column: ids too (certificates and suspensions refer to trace ids)
+COPY_TABLES: dict[str, tuple[str, ...]] = {
+    "traces": ("id", *TRACE_COLUMNS),
+    "task_versions": ("task", "fingerprint", "origin", "description", "created_at"),
+    "policies": ("id", "task", "fingerprint", "version", "created_at", "status", "n_traces", "certificate", "artifact"),
+    "suspensions": ("id", "task", "fingerprint", "created_at", "action", "reason", "details"),
+}
 SCHEMA_VERSION = len(migrations.MIGRATIONS)
 
 
@@ -501,6 +508,41 @@ class TraceStore:
             params.append(fingerprint)
         rows = self._read(sql + " ORDER BY created_at DESC, version DESC", params)
         return [_policy(row, with_artifact=False) for row in rows]
+
+
+    # --- whole rows, for copying a task between stores --------------------------------------
+
+    def export_rows(self, table: str, task: str) -> Iterator[list[tuple]]:
+        """Every row of `task` in `table` as stored (ids of traces included), in chunks, in id order."""
+        columns = COPY_TABLES[table]
+        if "id" not in columns:  # task_versions: a few rows per task
+            yield self._read(f"SELECT {', '.join(columns)} FROM {table} WHERE task = ? ORDER BY fingerprint", [task])
+            return
+        sql = f"SELECT {', '.join(columns)} FROM {table} WHERE task = ? AND id > ? ORDER BY id LIMIT {ITER_CHUNK}"
+        last = 0
+        while True:
+            rows = self._read(sql, [task, last])
+            if rows:
+                yield rows
+            if len(rows) < ITER_CHUNK:
+                return
+            last = rows[-1][0]
+
+    def import_rows(self, chunks: dict[str, Iterable[list[tuple]]]) -> dict[str, int]:
+        """Insert rows of `export_rows` (per table) in one transaction; trace ids are kept. Returns counts."""
+        counts = dict.fromkeys(chunks, 0)
+
+        def insert(conn: Any) -> None:
+            for table, table_chunks in chunks.items():
+                columns = COPY_TABLES[table]
+                sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+                for rows in table_chunks:
+                    conn.executemany(sql, rows)
+                    counts[table] += len(rows)
+            self._backend.after_explicit_ids(conn)
+
+        self._write(insert, serial=True)
+        return counts
 
 
 def _row(trace: Trace) -> tuple:

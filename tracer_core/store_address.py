@@ -11,7 +11,7 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 # user:password@ in a URL, and password=... in a libpq key/value string (quoted or not)
 _URL_PASSWORD = re.compile(r"(?i)\b(postgres(?:ql)?://[^:/@\s]*):[^@\s]*@")
-_KV_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+_KV_PASSWORD = re.compile(r"(?i)(?<![?&])\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&\s]*")
 MASK = "***"
 
@@ -24,7 +24,7 @@ def is_postgres_url(db: object) -> bool:
 def resolve_path(path: str | os.PathLike | None) -> pathlib.Path | str:
     """The store address: the argument, else $TRACER_DB, else `tracer.db`; a PostgreSQL URL stays a string."""
     db = path if path is not None else os.environ.get("TRACER_DB") or DEFAULT_DB
-    return db.strip() if is_postgres_url(db) else pathlib.Path(db)
+    return db.strip() if isinstance(db, str) and is_postgres_url(db) else pathlib.Path(db)
 
 
 def store_key(address: pathlib.Path | str) -> str:
