@@ -147,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 
             report.add("Store on PostgreSQL beside SQLite", pgstore_run(), NOTE)
             report.write()
+        if "proxies" in only:
+            from bench.proxies_bench import NOTE as PROXIES_NOTE
+            from bench.proxies_bench import run as proxies_run
+
+            report.add("Two LiteLLM proxies on one PostgreSQL store", proxies_run(), PROXIES_NOTE)
+            report.write()
         if "speed" in only:  # before the pool starts, so the fit and the latencies run alone
             from bench.speed import speed
 
