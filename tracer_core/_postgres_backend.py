@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from tracer_core import migrations
+from tracer_core._retry import retry_transient
 from tracer_core.errors import StoreError
 from tracer_core.store_address import display, redact
 
@@ -112,19 +113,12 @@ class PostgresBackend:
 
     def retry(self, fn: Callable[[], T], budget_s: float) -> T:
         """Run `fn`, retrying serialization failures, deadlocks and lock timeouts; map errors to StoreErrors."""
-        deadline = time.monotonic() + budget_s
-        delay = 0.01
-        while True:
-            try:
-                return fn()
-            except psycopg.Error as exc:
-                if getattr(exc, "sqlstate", None) in _RETRYABLE and time.monotonic() < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-                    continue
-                if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.LockNotAvailable):
-                    raise StoreError(f"trace store {self.name!r} is unreachable: {self._clean(exc)}") from None
-                raise StoreError(f"trace store {self.name!r}: {self._clean(exc)}") from None
+        try:
+            return retry_transient(fn, budget_s, lambda exc: getattr(exc, "sqlstate", None) in _RETRYABLE)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.LockNotAvailable):
+                raise StoreError(f"trace store {self.name!r} is unreachable: {self._clean(exc)}") from None
+            raise StoreError(f"trace store {self.name!r}: {self._clean(exc)}") from None
 
     def _key(self, *parts: str) -> int:
         """A 64-bit advisory lock key for `parts` in this database and schema."""

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from tracer_core import migrations
+from tracer_core._retry import retry_transient
 from tracer_core.errors import CorruptStoreError, StoreError
 from tracer_core.refit import ProcessLock, lock_path
 from tracer_core.store_guard import FileIdentity, refuse_foreign
@@ -20,6 +21,10 @@ from tracer_core.store_guard import FileIdentity, refuse_foreign
 BUSY_TIMEOUT_S = 30.0
 T = TypeVar("T")
 log = logging.getLogger("tracer.store")
+
+
+def _locked(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 class SQLiteConnection:
@@ -98,24 +103,14 @@ class SQLiteBackend:
 
     def retry(self, fn: Callable[[], T], budget_s: float) -> T:
         """Run `fn`, retrying while the database is locked; map SQLite errors to StoreErrors."""
-        deadline = time.monotonic() + budget_s
-        delay = 0.01
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                message = str(exc)
-                if ("locked" in message or "busy" in message) and time.monotonic() < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-                    continue
-                raise StoreError(f"trace store {self.name!r}: {message}") from None
-            except sqlite3.DatabaseError as exc:
-                if "not a database" in str(exc) or "malformed" in str(exc):
-                    raise CorruptStoreError(
-                        f"trace store {self.name!r} is not a usable SQLite database ({exc})"
-                    ) from None
-                raise StoreError(f"trace store {self.name!r}: {exc}") from None
+        try:
+            return retry_transient(fn, budget_s, _locked)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"trace store {self.name!r}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise CorruptStoreError(f"trace store {self.name!r} is not a usable SQLite database ({exc})") from None
+            raise StoreError(f"trace store {self.name!r}: {exc}") from None
 
     def write(self, conn: SQLiteConnection, fn: Callable[[SQLiteConnection], T], *, budget_s: float,
               serial: bool) -> T:
