@@ -93,5 +93,6 @@ def run() -> list[dict]:
 
 
 NOTE = (f"Targets: >= {THROUGHPUT_TARGET:,} traces/s batched, hand-off p50 <= {HANDOFF_P50_TARGET_US:g} µs, every "
-        "trace of the concurrent writers stored exactly once (half the writers enqueue, half append_many). The "
+        "trace of the concurrent writers stored exactly once (half the writers enqueue, half append_many; a queue "
+        "of 1,000 that fills spills to the local spill file, which the writer replays, so those count too). The "
         "PostgreSQL server is a local throwaway cluster (fsync off), on the same 2 cores as the writers.")

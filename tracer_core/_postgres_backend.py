@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import pathlib
 import time
@@ -19,6 +20,7 @@ from tracer_core.store_address import display, redact
 
 CONNECT_TIMEOUT_S = 5
 T = TypeVar("T")
+log = logging.getLogger("tracer.store")
 
 try:
     import psycopg
@@ -106,7 +108,10 @@ class PostgresBackend:
         return PostgresConnection(self._raw_connect())
 
     def opened(self) -> None:
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the store works without it; a trace that must be spilled is then logged as lost
+            log.error("cannot create the spill directory %s (%s); set TRACER_SPILL_DIR", self.spill_path.parent, exc)
 
     def check(self, some_conn: Callable[[], PostgresConnection | None]) -> None:
         """Nothing to check before each use (a broken connection is replaced by the store)."""

@@ -87,7 +87,11 @@ class TraceStore:
         self._writer: BackgroundWriter | None = None
         self._closed = False
         self._pid = os.getpid()
-        self._backend.migrate(self._db(), LOCK_RETRY_S)
+        try:
+            self._backend.migrate(self._db(), LOCK_RETRY_S)
+        except BaseException:
+            self.close()
+            raise
         self._backend.opened()
         self._replay_spill_at_start()
         _OPEN_STORES.add(self)
