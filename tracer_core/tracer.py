@@ -200,6 +200,11 @@ class Tracer:
         texts = [normalise_input(t) for t in texts]
         try:
             return self._decide(texts)
+        except StoreError as exc:  # e.g. a PostgreSQL server that is down: expected, not an internal failure
+            if not self._error_logged:
+                log.error("tracer task %r: the trace store cannot be read (%s); deferring to the LLM", self.task, exc)
+                self._error_logged = True
+            return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         except Exception:
             if not self._error_logged:
                 log.exception("tracer task %r: routing failed; deferring to the LLM", self.task)
