@@ -30,6 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "litellm_proxy" / "config.yaml"
 SUBSET = ROOT / "tests" / "data" / "banking77_subset.jsonl"
 SYSTEM = {"role": "system", "content": "Classify the banking query into its intent. Answer with the label only."}
+# the `litellm` command, with tracer's INFO log (refits run and skipped) on stderr
+LAUNCH = ("import logging, sys; handler = logging.StreamHandler(); log = logging.getLogger('tracer'); "
+          "log.setLevel(logging.INFO); log.addHandler(handler); sys.argv[0] = 'litellm'; "
+          "from litellm_cli.main import proxy_server; sys.exit(proxy_server())")
 REFIT_EVERY = 400  # each proxy counts its own teacher traces: both reach it on the last two calls of phase 1
 ALPHA = 0.9
 
@@ -50,8 +54,7 @@ class Proxy:
         self.log_path = workdir / f"proxy-{name}.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "litellm"), "--config", str(CONFIG), "--host", "127.0.0.1",
-             "--port", str(self.port)], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-c", LAUNCH, "--config", str(CONFIG), "--host", "127.0.0.1", "--port", str(self.port)], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.client = OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, timeout=120)
 
@@ -127,7 +130,9 @@ def run() -> list[dict]:
             finally:
                 for proxy in proxies:
                     proxy.stop()
-            skipped = sum("another process is refitting" in p.log_path.read_text() for p in proxies)
+            logs = [p.log_path.read_text() for p in proxies]
+            refits = {"run": sum(text.count(": refit v") for text in logs),
+                      "skipped": sum(text.count("another process is refitting") for text in logs)}
     finally:
         cluster.destroy()
     out = []
@@ -144,11 +149,10 @@ def run() -> list[dict]:
         "phase 2 handled / calls": f"{sum(d['handled'] for d in got['decisions'].values())} / 200 "
                                    f"({got['to_teacher']} reached the teacher)",
         "refits (policy rows) / triggers": f"{len(policies)} / 2 (deployed: {len(deployed)})",
+        "refits run / skipped for the lock (proxy logs)": f"{refits['run']} / {refits['skipped']}",
         "phase 1 wall (s)": round(got["phase1_s"], 1),
-        "ok": len(policies) == 1 and len(deployed) == 1 and got["wrong"] == 0,
+        "ok": len(policies) == 1 and len(deployed) == 1 and got["wrong"] == 0 and refits == {"run": 1, "skipped": 1},
     })
-    if skipped:
-        out[-1]["refits skipped for the lock (proxy logs)"] = skipped
     return out
 
 
