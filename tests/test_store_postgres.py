@@ -32,8 +32,9 @@ TASK = "pg"
 
 
 def fitted(db, **options) -> Tracer:
-    """A Tracer whose policy v1 is certified on 1,200 clean traces (the synthetic clustered task)."""
-    tracer = Tracer(TASK, db, alpha=0.9, embedder=clustered.embed, auto_refit=False, policy_check_s=0.0, **options)
+    """A Tracer (no audits) with 1,200 clean traces of the synthetic clustered task recorded, not yet fitted."""
+    tracer = Tracer(TASK, db, alpha=0.9, embedder=clustered.embed, auto_refit=False, policy_check_s=0.0, audit_rate=0.0,
+                    **options)
     texts = clustered.texts(1200)
     tracer.record_many(texts, [clustered.label_of(t) for t in texts])
     return tracer
@@ -159,7 +160,8 @@ WATCH = """
 import sys, time
 from tests import clustered
 from tracer_core import Tracer
-tracer = Tracer("pg", sys.argv[1], alpha=0.9, embedder=clustered.embed, auto_refit=False, policy_check_s=0.5)
+tracer = Tracer("pg", sys.argv[1], alpha=0.9, embedder=clustered.embed, auto_refit=False, policy_check_s=0.5,
+                audit_rate=0.0)
 print("ready", flush=True)
 seen = None
 deadline = time.time() + 60

@@ -19,6 +19,7 @@ from tracer_core.errors import StoreError
 from tracer_core.store_address import display, redact
 
 CONNECT_TIMEOUT_S = 5
+TCP_USER_TIMEOUT_MS = 10_000
 T = TypeVar("T")
 log = logging.getLogger("tracer.store")
 
@@ -77,6 +78,9 @@ class PostgresBackend:
             raise StoreError(f"trace store {self.name!r}: not a valid PostgreSQL URL ({self._clean(exc)})") from None
         self._secrets = tuple(str(v) for k, v in self._conninfo.items() if k == "password" and v)
         self._conninfo.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+        # a server that vanishes from the network (no reset) fails a call within seconds, not minutes
+        self._conninfo.setdefault("keepalives_idle", 10)
+        self._conninfo.setdefault("tcp_user_timeout", TCP_USER_TIMEOUT_MS)
         self._conninfo.setdefault("application_name", "tracer")
         self._dsn: str = psycopg.conninfo.make_conninfo("", **self._conninfo)
         self._schema = ""
