@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# Debian packages the tests need: headless Chromium opens the HTML report.
+# Debian packages the tests need: headless Chromium opens the HTML report; the PostgreSQL server
+# (its initdb and pg_ctl start a throwaway cluster for the store tests and the benchmark).
 sysdeps:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
 
 # ruff (lint + import order) and mypy, configured in pyproject.toml; `make test` runs them first.
 lint: $(STAMP)
@@ -36,7 +38,7 @@ test: $(STAMP) sysdeps lint
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) sysdeps
 	$(PY) -m bench
 
 # Re-pin after changing dependencies (never litellm 1.107.0).

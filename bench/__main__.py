@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,speed,routing,curve,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,routing,curve,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "speed", "routing", "curve", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
+SECTIONS = ("store", "pgstore", "proxies", "speed", "routing", "curve", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -140,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
             from bench.store_bench import run as store_run
 
             report.add("Store", store_run())
+            report.write()
+        if "pgstore" in only:
+            from bench.pgstore_bench import NOTE
+            from bench.pgstore_bench import run as pgstore_run
+
+            report.add("Store on PostgreSQL beside SQLite", pgstore_run(), NOTE)
+            report.write()
+        if "proxies" in only:
+            from bench.proxies_bench import NOTE as PROXIES_NOTE
+            from bench.proxies_bench import run as proxies_run
+
+            report.add("Two LiteLLM proxies on one PostgreSQL store", proxies_run(), PROXIES_NOTE)
             report.write()
         if "speed" in only:  # before the pool starts, so the fit and the latencies run alone
             from bench.speed import speed

@@ -12,7 +12,6 @@ from a broken policy.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -22,7 +21,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 
 from tests.faultkit import (
@@ -58,9 +56,9 @@ class Run:
 
 
 def _rows() -> list[dict]:
-    path = files("tracer_core").joinpath("data/banking77_demo.jsonl")
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh][:FIT_ROWS]
+    from tracer_demo import banking77_rows
+
+    return banking77_rows()[:FIT_ROWS]
 
 
 def _fitted_db(folder: Path, embed) -> Path:
@@ -126,7 +124,7 @@ def _scenarios(db: Path) -> list[tuple[str, dict]]:
     ]
 
 
-def _run_scenario(db: Path, spec: dict, rows: list[dict], embed) -> Run:
+def _run_scenario(db: Path | str, spec: dict, rows: list[dict], embed) -> Run:
     from tracer_core import Tracer, TraceStore
 
     run = Run()
@@ -168,7 +166,27 @@ def _run_scenario(db: Path, spec: dict, rows: list[dict], embed) -> Run:
     return run
 
 
-def _stored_calls(db: Path) -> set[int]:
+def _postgres_restart(folder: Path, fitted: Path, rows: list[dict], embed) -> dict:
+    """The scenario loop on a PostgreSQL copy of the fitted store: the server stops, and starts FAULT_S later."""
+    from tests.pgcluster import ThrowawayCluster
+    from tracer_core import TraceStore
+    from tracer_core.store_copy import copy_tasks
+
+    os.environ["TRACER_SPILL_DIR"] = str(folder / "pg-spill")
+    cluster = ThrowawayCluster().init()
+    try:
+        url = cluster.fresh_url()
+        with TraceStore(fitted) as source, TraceStore(url) as target:
+            copy_tasks(source, target, TASK)
+        run = _run_scenario(url, dict(fault=cluster.stop, restore=cluster.start), rows, embed)
+        lost = len(run.after_fault - _stored_calls(url))
+    finally:
+        cluster.destroy()
+    return _row(f"PostgreSQL server stopped, restarted {FAULT_S:.0f} s later", CALLS, run.completed,
+                len(run.after_fault), lost, run.spilled, None, run.stall_s, run.note)
+
+
+def _stored_calls(db: Path | str) -> set[int]:
     """Call numbers of the scenario's traces in the store after a restart (which replays the spill)."""
     from tracer_core import TraceStore
 
@@ -215,7 +233,7 @@ def _litellm_broken_store(folder: Path, embed) -> dict:
     """40 acompletion calls through TracerCallback over HTTP to a local teacher, traces table dropped."""
     import litellm
 
-    from tracer_core.local_teacher import LocalTeacher
+    from tracer_demo.local_teacher import LocalTeacher
     from tracer_litellm import TracerCallback
 
     rows = _rows()[:41]
@@ -298,6 +316,7 @@ def faults() -> list[dict]:
             lost = len(run.after_fault - stored)
             out.append(_row(name, CALLS, run.completed, len(run.after_fault), lost, run.spilled,
                             run.broken_answers if spec.get("policy_fault") else None, run.stall_s, run.note))
+        out.append(_postgres_restart(folder, fitted, rows, embed))
         out.append(_litellm_broken_store(folder, embed))
         out.append(_exit_during_refit(folder))
         out.append(_sigkill(folder))

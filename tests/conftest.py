@@ -19,6 +19,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+pytest_plugins = ["tests.postgres"]  # pg_cluster, pg_url, store_db
+
 DATA = Path(__file__).parent / "data"
 WORD = re.compile(r"[a-z0-9']+")
 

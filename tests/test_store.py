@@ -1,9 +1,13 @@
-"""TraceStore on a real SQLite file: API, schema/migrations, policies, and bad input."""
+"""TraceStore on a real SQLite file and a real PostgreSQL server: API, schema/migrations, policies, bad input.
+
+Tests taking `store` or `store_db` run on both backends; those taking `db_path` are about the SQLite file.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tracer_core import migrations
 from tracer_core import store as store_module
 from tracer_core.errors import CorruptStoreError, InvalidTraceError, PolicyError, StoreError, TracerError
 from tracer_core.store import SCHEMA_VERSION, TraceStore, input_hash
@@ -19,8 +24,8 @@ from tracer_core.trace import MAX_INPUT_CHARS, Trace, make_trace
 
 
 @pytest.fixture
-def store(db_path: Path):
-    with TraceStore(db_path) as s:
+def store(store_db):
+    with TraceStore(store_db) as s:
         yield s
 
 
@@ -50,12 +55,23 @@ def test_migration_steps_run_in_order_from_an_older_version(db_path: Path, monke
     def add_column(db) -> None:
         db.table("traces").add_column("review", str)
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, add_column])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    step = migrations.Migration("m999_review", add_column, ("ALTER TABLE traces ADD COLUMN review TEXT",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, step])
     TraceStore(db_path).close()
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         assert "review" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
+        assert [r[0] for r in conn.execute("SELECT name FROM tracer_migrations ORDER BY rowid")] == [
+            "m001_traces_and_policies", "m002_routing_context", "m999_review"]
+
+
+def test_a_store_of_an_earlier_release_gets_its_steps_recorded(db_path: Path) -> None:
+    shutil.copy(Path(__file__).parent / "data" / "release1.db", db_path)  # user_version 1, no steps table
+    TraceStore(db_path).close()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        names = [r[0] for r in conn.execute("SELECT name FROM tracer_migrations ORDER BY rowid")]
+    assert names == ["m001_traces_and_policies", "m002_routing_context"]
 
 
 def test_unknown_future_schema_version_is_refused(db_path: Path) -> None:
@@ -89,8 +105,7 @@ def test_append_and_iterate_round_trip_every_field(store: TraceStore) -> None:
     (got,) = store.iter_traces("intent")
     assert got == trace
     assert got.label == "card_arrival"
-    with sqlite3.connect(store.path) as conn:
-        assert conn.execute("SELECT input_hash FROM traces").fetchone()[0] == input_hash("where is my card?")
+    assert store._read("SELECT input_hash FROM traces") == [(input_hash("where is my card?"),)]
 
 
 def test_append_many_counts_tasks_and_filters(store: TraceStore) -> None:
@@ -129,8 +144,8 @@ def test_iter_traces_reads_past_one_chunk(store: TraceStore) -> None:
     assert ids == list(range(1, n + 1))
 
 
-def test_enqueue_is_committed_by_flush_and_by_close(db_path: Path) -> None:
-    s = TraceStore(db_path, queue_size=4)
+def test_enqueue_is_committed_by_flush_and_by_close(store_db) -> None:
+    s = TraceStore(store_db, queue_size=4)
     for i in range(50):
         s.enqueue(make_trace("q", f"in {i}", "lab"))
     s.flush(timeout=30)
@@ -139,7 +154,8 @@ def test_enqueue_is_committed_by_flush_and_by_close(db_path: Path) -> None:
         s.enqueue(make_trace("q", f"more {i}", "lab"))
     s.close()
     s.close()  # idempotent
-    assert row_count(db_path) == 70
+    with TraceStore(store_db) as again:
+        assert again.counts("q")["teacher"] == 70
     with pytest.raises(StoreError, match="closed"):
         s.append(make_trace("q", "late", "lab"))
 
@@ -196,8 +212,8 @@ def test_policy_versions_and_latest(store: TraceStore) -> None:
     assert len(store.policies("t")) == 3
 
 
-def test_save_policy_versions_are_unique_under_concurrent_writers(db_path: Path) -> None:
-    stores = [TraceStore(db_path) for _ in range(4)]
+def test_save_policy_versions_are_unique_under_concurrent_writers(store_db) -> None:
+    stores = [TraceStore(store_db) for _ in range(4)]
     versions: list[int] = []
 
     def save(s: TraceStore) -> None:
@@ -237,6 +253,7 @@ BAD_TRACES = [
     (lambda: make_trace("t", "hi", "l", prompt_tokens=-1), "prompt_tokens must be a non-negative integer"),
     (lambda: make_trace("", "hi", "l"), "task is empty"),
     (lambda: make_trace("t", "hi", "l", colour="red"), "invalid trace field"),
+    (lambda: make_trace("t", "nul \x00 inside", "l"), "input contains a NUL character at position 4"),
 ]
 
 
@@ -256,6 +273,7 @@ BAD_RAW = [
     (Trace(task="t", input="", label="l"), "input is empty"),
     (Trace(task="t", input=b"\xc3\x28", label="l"), "input is not valid UTF-8"),
     (Trace(task="t", input="y" * 1_000_000, label="l"), "input is too large"),
+    (Trace(task="t", input="fine", label="nul\x00"), "label contains a NUL character"),
 ]
 
 

@@ -55,7 +55,7 @@ def status(db: str, task: str | None, fingerprint: str | None) -> None:
     console = plain_console(width=140)
     with open_store(db) as store:
         if task is None:
-            console.print(tasks_table(tasks_overview(store), db))
+            console.print(tasks_table(tasks_overview(store), store.name))
             return
         if fingerprint is None:
             chosen = [v["fingerprint"] for v in store.versions(task)] or [chosen_version(store, task, None)]

@@ -18,6 +18,8 @@ from tracer_core.errors import TracerError
 from tracer_core.jsonl import export_jsonl, import_jsonl
 from tracer_core.report.terminal import plain, plain_console
 from tracer_core.store import DEFAULT_DB, TraceStore
+from tracer_core.store_address import is_postgres_url
+from tracer_core.store_copy import copy_tasks
 from tracer_core.trace import SOURCES
 
 db_option = click.option(
@@ -25,8 +27,7 @@ db_option = click.option(
     envvar="TRACER_DB",
     default=DEFAULT_DB,
     show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Trace store file (env TRACER_DB).",
+    help="Trace store: an SQLite file, or a postgresql:// URL (env TRACER_DB).",
 )
 
 
@@ -37,8 +38,8 @@ adopt_option = click.option(
 
 
 def require_db(db: str) -> None:
-    """Reading commands must not create an empty store by accident."""
-    if not Path(db).is_file():
+    """Reading commands must not create an empty store file by accident (a server store is opened as it is)."""
+    if not is_postgres_url(db) and not Path(db).is_file():
         raise click.ClickException(f"trace store {db!r} does not exist")
 
 
@@ -63,7 +64,7 @@ def tasks(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=plain(f"Task versions in {db}"))
+    table = Table(title=plain(f"Task versions in {store.name}"))
     for column in ("task", "version", "teacher", "surrogate", "last trace", "what it came from"):
         table.add_column(column, justify="right" if column in ("teacher", "surrogate") else "left",
                          no_wrap=column in ("task", "version"))
@@ -126,7 +127,24 @@ def require_task(store: TraceStore, task: str) -> None:
     """Commands about one task fail (exit 1) when it has no traces, naming the tasks there are."""
     if not any(store.counts(task).values()):
         known = ", ".join(repr(t["task"]) for t in store.tasks()) or "none"
-        raise click.ClickException(f"task {task!r} has no traces in {str(store.path)!r} (tasks: {known})")
+        raise click.ClickException(f"task {task!r} has no traces in {store.name!r} (tasks: {known})")
 
 
-store_commands = [tasks, import_, export]
+@click.command(name="copy")
+@click.option("--from", "source", required=True, help="Store to copy from: an SQLite file or a postgresql:// URL.")
+@click.option("--to", "target", required=True, help="Store to copy into (created if it is a new SQLite file).")
+@click.option("--task", default=None, help="Only this task (default: every task).")
+def copy(source: str, target: str, task: str | None) -> None:
+    """Copy tasks (traces, task versions, policies, suspensions) between stores, ids and all."""
+    require_db(source)
+    with open_store(source) as src, open_store(target) as dst:
+        try:
+            counts = copy_tasks(src, dst, task)
+        except TracerError as exc:
+            raise click.ClickException(str(exc)) from None
+        names = src.name, dst.name
+    shown = ", ".join(f"{n} {table.replace('_', ' ')}" for table, n in counts.items())
+    click.echo(f"copied {shown} from {names[0]} to {names[1]}")
+
+
+store_commands = [tasks, import_, export, copy]

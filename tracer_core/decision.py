@@ -46,7 +46,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.SUSPENDED: "the task is suspended (audits contradicted the certificate, or by hand)",
     Reason.ERROR: "tracer failed internally; the LLM answers",
     Reason.INVALID_POLICY: "the stored policy failed validation and is not used",
-    Reason.STORE_UNAVAILABLE: "the trace store cannot be written (degraded mode); the LLM answers",
+    Reason.STORE_UNAVAILABLE: "the trace store cannot be written (degraded mode) or read; the LLM answers",
     Reason.CONVERSATION_HISTORY: "the call carries conversation history, which the certificate never saw",
     Reason.NON_TEXT_CONTENT: "the call has content the surrogate cannot see (images, audio, files)",
     Reason.NOT_ROUTABLE: "the call is not a single question to a fixed prompt (tool turns, no user message)",

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 from tracer_core.errors import TracerError
 from tracer_core.identity import TaskIdentity
-from tracer_core.store import TraceStore, resolve_path
+from tracer_core.store import TraceStore
+from tracer_core.store_address import resolve_path, store_key
 from tracer_core.tracer import Tracer
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 
@@ -78,16 +78,16 @@ def _check_same(tracer: Tracer, options: dict[str, Any]) -> None:
             )
 
 
-_REGISTRIES: dict[Path, TracerRegistry] = {}
+_REGISTRIES: dict[str, TracerRegistry] = {}
 _REGISTRIES_LOCK = threading.Lock()
 
 
 def registry_for(db: str | os.PathLike | TraceStore | None = None) -> TracerRegistry:
     """The process-wide registry of a store (the store is opened once per path)."""
-    path = (db.path if isinstance(db, TraceStore) else resolve_path(db)).resolve()
+    key = db.key if isinstance(db, TraceStore) else store_key(resolve_path(db))
     with _REGISTRIES_LOCK:
-        registry = _REGISTRIES.get(path)
+        registry = _REGISTRIES.get(key)
         if registry is None or registry.store.closed:
-            registry = TracerRegistry(db if isinstance(db, TraceStore) else TraceStore(path))
-            _REGISTRIES[path] = registry
+            registry = TracerRegistry(db if isinstance(db, TraceStore) else TraceStore(key))
+            _REGISTRIES[key] = registry
         return registry

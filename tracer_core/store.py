@@ -1,14 +1,18 @@
-"""TraceStore: traces and policies in one SQLite file (sqlite-utils, WAL, versioned schema)."""
+"""TraceStore: traces and policies in one SQLite file (sqlite-utils, WAL) or one PostgreSQL database.
+
+One class holds the logic (the SQL is the same on both); what differs (connecting, transactions,
+lock retries, schema steps, the refit lock, where the spill file goes) is in the backend modules.
+"""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import pathlib
-import sqlite3
 import threading
 import time
 import weakref
@@ -16,17 +20,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import sqlite_utils
-
+from tracer_core import migrations
+from tracer_core._postgres_backend import PostgresBackend
+from tracer_core._sqlite_backend import SQLiteBackend
 from tracer_core.decision import UNSELECTED
-from tracer_core.errors import CorruptStoreError, PolicyError, StoreError
+from tracer_core.errors import PolicyError, StoreError
 from tracer_core.spill import SpillFile
-from tracer_core.store_guard import FileIdentity, refuse_foreign
+from tracer_core.store_address import DEFAULT_DB, resolve_path, store_key
 from tracer_core.trace import SOURCES, Trace, validate
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, BackgroundWriter, FlushReport
 
-DEFAULT_DB = "tracer.db"
-BUSY_TIMEOUT_S = 30.0
+__all__ = ["DEFAULT_DB", "SCHEMA_VERSION", "Evidence", "TraceStore", "input_hash", "resolve_path"]
+
 LOCK_RETRY_S = 60.0
 WRITER_LOCK_BUDGET_S = 2.0  # the background writer gives up on a locked store this fast, then spills
 ITER_CHUNK = 1_000
@@ -43,6 +48,14 @@ _INSERT_SQL = f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.jo
 _POLICY_COLUMNS = "id, task, fingerprint, version, created_at, status, n_traces, certificate"
 _EXISTS_SQL = "SELECT 1 FROM traces WHERE task = ? AND created_at = ? AND input_hash = ? AND source = ? LIMIT 1"
 CORRUPT_CERTIFICATE = "corrupt_certificate"
+# what a copy moves, table by table, every column: ids too (certificates and suspensions refer to trace ids)
+COPY_TABLES: dict[str, tuple[str, ...]] = {
+    "traces": ("id", *TRACE_COLUMNS),
+    "task_versions": ("task", "fingerprint", "origin", "description", "created_at"),
+    "policies": ("id", "task", "fingerprint", "version", "created_at", "status", "n_traces", "certificate", "artifact"),
+    "suspensions": ("id", "task", "fingerprint", "created_at", "action", "reason", "details"),
+}
+SCHEMA_VERSION = len(migrations.MIGRATIONS)
 
 
 def input_hash(text: str) -> str:
@@ -50,93 +63,10 @@ def input_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def resolve_path(path: str | os.PathLike | None) -> pathlib.Path:
-    """The store path: the argument, else $TRACER_DB, else `tracer.db`."""
-    return pathlib.Path(path if path is not None else os.environ.get("TRACER_DB") or DEFAULT_DB)
-
-
-# --- schema migrations: named steps, run in order; PRAGMA user_version counts the steps done ---
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
-
-
-def migration(step: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
-    """Register a schema step (the order of definition is the order of application)."""
-    MIGRATIONS.append(step)
-    return step
-
-
-@migration
-def m001_traces_and_policies(db: sqlite_utils.Database) -> None:
-    db.create_table(
-        "traces",
-        {
-            "id": int, "task": str, "fingerprint": str, "input": str, "input_hash": str,
-            "label": str, "source": str, "model": str, "latency_ms": float,
-            "prompt_tokens": int, "completion_tokens": int, "cost_usd": float,
-            "created_at": float, "metadata": str,
-        },
-        pk="id",
-        not_null=["task", "fingerprint", "input", "input_hash", "label", "source", "created_at", "metadata"],
-        defaults={"fingerprint": "", "metadata": "{}"},
-    )
-    traces = db.table("traces")
-    traces.create_index(["task", "source", "id"], index_name="idx_traces_task_source_id")
-    traces.create_index(["task", "fingerprint", "source", "id"], index_name="idx_traces_task_fp_source_id")
-    traces.create_index(["task", "created_at"], index_name="idx_traces_task_created")
-    db.create_table(
-        "policies",
-        {
-            "id": int, "task": str, "fingerprint": str, "version": int, "created_at": float,
-            "status": str, "n_traces": int, "certificate": str, "artifact": bytes,
-        },
-        pk="id",
-        not_null=["task", "fingerprint", "version", "created_at", "status", "n_traces", "certificate"],
-    )
-    db.table("policies").create_index(
-        ["task", "fingerprint", "version"], index_name="idx_policies_task_fp_version", unique=True
-    )
-
-
-@migration
-def m002_routing_context(db: sqlite_utils.Database) -> None:
-    """Each trace keeps how it was routed; task versions keep what they describe; suspensions are logged."""
-    traces = db.table("traces")
-    for name, kind in (("route", str), ("policy_version", int), ("predicted", str), ("score", float)):
-        traces.add_column(name, kind)
-    # traces of the previous release kept the routing reason and policy in their metadata
-    db.execute(
-        "UPDATE traces SET route = json_extract(metadata, '$.deferred_reason'), "
-        "policy_version = json_extract(metadata, '$.policy_version') "
-        "WHERE json_extract(metadata, '$.deferred_reason') IS NOT NULL"
-    )
-    db.execute("UPDATE traces SET route = 'handled', policy_version = json_extract(metadata, '$.policy_version'), "
-               "score = json_extract(metadata, '$.score') WHERE source = 'surrogate'")
-    db.execute("UPDATE traces SET route = 'not_routable' WHERE route IN "
-               "('not_ending_with_user_message', 'tool_conversation', 'no_user_message')")
-    db.execute("UPDATE traces SET route = NULL WHERE route = 'not_checked'")
-    db.create_table(
-        "task_versions",
-        {"task": str, "fingerprint": str, "origin": str, "description": str, "created_at": float},
-        pk=("task", "fingerprint"),
-        not_null=["task", "fingerprint", "description", "created_at"],
-    )
-    db.create_table(
-        "suspensions",
-        {"id": int, "task": str, "fingerprint": str, "created_at": float, "action": str, "reason": str, "details": str},
-        pk="id",
-        not_null=["task", "fingerprint", "created_at", "action", "reason", "details"],
-    )
-    db.table("suspensions").create_index(["task", "fingerprint", "id"], index_name="idx_suspensions_task_fp_id")
-    traces.create_index(["task", "fingerprint", "route", "id"], index_name="idx_traces_task_fp_route_id")
-
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
 class TraceStore:
     """The one place traces and policies are kept. Safe to share between threads and processes.
 
+    `path` is an SQLite file, or a `postgresql://` URL (several hosts can share one such store).
     A file that is an SQLite database of another application is refused unless `adopt_foreign_db`.
     Traces left in the spill file by an earlier run are replayed when the store opens.
     """
@@ -144,19 +74,25 @@ class TraceStore:
     def __init__(
         self, path: str | os.PathLike | None = None, *, queue_size: int = 10_000, adopt_foreign_db: bool = False
     ) -> None:
-        self.path = resolve_path(path)
+        address = resolve_path(path)
+        self._address = address
+        self._backend: SQLiteBackend | PostgresBackend = (
+            PostgresBackend(address) if isinstance(address, str) else SQLiteBackend(address, adopt_foreign_db=adopt_foreign_db)
+        )
+        self.path: pathlib.Path | str = self._backend.path  # a PostgreSQL URL is shown without its password
         self._queue_size = queue_size
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[Any] = []
         self._lock = threading.Lock()
         self._writer: BackgroundWriter | None = None
         self._closed = False
         self._pid = os.getpid()
-        self._check_path()
-        refuse_foreign(self.path, adopt_foreign_db=adopt_foreign_db)
-        self._identity = FileIdentity(self.path)
-        self._migrate(self._db())
-        self._identity.capture()
+        try:
+            self._backend.migrate(self._db(), LOCK_RETRY_S)
+        except BaseException:
+            self.close()
+            raise
+        self._backend.opened()
         self._replay_spill_at_start()
         _OPEN_STORES.add(self)
 
@@ -164,57 +100,57 @@ class TraceStore:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def name(self) -> str:
+        """The store as messages show it: the file path, or the URL without its password."""
+        return self._backend.name
+
+    @property
+    def key(self) -> str:
+        """What identifies the store within a process (the resolved file, or the URL)."""
+        return store_key(self._address)
+
+    @property
+    def is_postgres(self) -> bool:
+        return isinstance(self._backend, PostgresBackend)
+
+    def __repr__(self) -> str:
+        return f"TraceStore({self.name!r})"
+
     # --- connections ------------------------------------------------------------------------
 
-    def _check_path(self) -> None:
-        if self.path.is_dir():
-            raise StoreError(f"cannot open trace store {str(self.path)!r}: it is a directory")
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise StoreError(f"cannot open trace store {str(self.path)!r}: directory {str(parent)!r} does not exist")
-
-    def _db(self) -> sqlite_utils.Database:
+    def _db(self) -> Any:
         """This thread's connection (each thread, and the writer thread, gets its own)."""
         if self._closed:
-            raise StoreError(f"trace store {str(self.path)!r} is closed")
+            raise StoreError(f"trace store {self.name!r} is closed")
         if os.getpid() != self._pid:
             self._after_fork()
-        self._identity.check(self._empty_old_wal)
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._connect()
-            self._local.db = db
-        return db
+        self._backend.check(self._some_conn)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not conn.usable:
+            self._drop(conn)
+            conn = None
+        if conn is None:
+            conn = self._backend.connect()
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
 
-    def _connect(self) -> sqlite_utils.Database:
-        try:
-            conn = sqlite3.connect(
-                str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open trace store {str(self.path)!r}: {exc}") from None
-        try:
-            self._retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
-            conn.execute("PRAGMA synchronous=NORMAL")
-            db = sqlite_utils.Database(conn, execute_plugins=False)
-        except StoreError:
+    def _some_conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        with self._lock:
+            return conn if conn is not None else (self._conns[0] if self._conns else None)
+
+    def _drop(self, conn: Any) -> None:
+        """Forget a broken connection (the server restarted, or the network failed)."""
+        with self._lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with contextlib.suppress(Exception):
             conn.close()
-            raise
-        with self._lock:
-            self._conns.append(conn)
-        return db
-
-    def _empty_old_wal(self) -> None:
-        """The file was deleted or replaced: move this process's WAL frames into the old file and
-        truncate the `-wal` beside the path, so whoever opens the new file does not apply them to it."""
-        db = getattr(self._local, "db", None)
-        with self._lock:
-            conn = db.conn if db is not None else (self._conns[0] if self._conns else None)
-        if conn is not None:
-            try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            except sqlite3.Error as exc:
-                log.error("could not empty the write-ahead log of the moved store file: %s", exc)
 
     def _after_fork(self) -> None:
         """A forked child must not reuse the parent's connections or writer thread."""
@@ -224,72 +160,32 @@ class TraceStore:
         self._writer = None
         self._pid = os.getpid()
 
-    def _retry_locked(self, fn: Callable[[], T], budget_s: float = LOCK_RETRY_S) -> T:
-        """Run `fn`, retrying while the database is locked; map SQLite errors to StoreErrors."""
-        deadline = time.monotonic() + budget_s
-        delay = 0.01
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                message = str(exc)
-                if ("locked" in message or "busy" in message) and time.monotonic() < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-                    continue
-                raise StoreError(f"trace store {str(self.path)!r}: {message}") from None
-            except sqlite3.DatabaseError as exc:
-                if "not a database" in str(exc) or "malformed" in str(exc):
-                    raise CorruptStoreError(
-                        f"trace store {str(self.path)!r} is not a usable SQLite database ({exc})"
-                    ) from None
-                raise StoreError(f"trace store {str(self.path)!r}: {exc}") from None
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T], budget_s: float = LOCK_RETRY_S) -> T:
-        """Run `fn(conn)` in one BEGIN IMMEDIATE transaction, retrying while locked (for `budget_s`)."""
-        conn = self._db().conn
-
-        def attempt() -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-                return result
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+    def _on_conn(self, op: Callable[[Any], T]) -> T:
+        """`op(conn)` on this thread's connection; once more on a new one if that connection broke."""
+        conn = self._db()
+        try:
+            return op(conn)
+        except StoreError:
+            if conn.usable:
                 raise
+            self._drop(conn)
+            return op(self._db())
 
-        return self._retry_locked(attempt, budget_s)
+    def _write(self, fn: Callable[[Any], T], budget_s: float = LOCK_RETRY_S, *, serial: bool = False) -> T:
+        """Run `fn(conn)` in one transaction, waiting at most `budget_s` for locks. `serial` writes
+        (those that read what they then write) never overlap another serial write."""
+        return self._on_conn(lambda conn: self._backend.write(conn, fn, budget_s=budget_s, serial=serial))
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        conn = self._db().conn
-        return self._retry_locked(lambda: conn.execute(sql, tuple(params)).fetchall())
-
-    def _migrate(self, db: sqlite_utils.Database) -> None:
-        version = self._retry_locked(lambda: db.conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"trace store {str(self.path)!r} has schema version {version}, newer than this "
-                f"tracer supports ({SCHEMA_VERSION}); upgrade tracer"
-            )
-        if version == SCHEMA_VERSION:
-            return
-
-        def upgrade(conn: sqlite3.Connection) -> None:
-            current = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
-            for step in MIGRATIONS[current:]:
-                step(db)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-        self._write(upgrade)
+        values = tuple(params)
+        return self._on_conn(lambda conn: self._backend.retry(lambda: conn.execute(sql, values).fetchall(), LOCK_RETRY_S))
 
     # --- traces -------------------------------------------------------------------------------
 
     def append(self, trace: Trace) -> int:
         """Validate and store one trace now; returns its id."""
         row = _row(validate(trace))
-        trace.id = self._write(lambda conn: conn.execute(_INSERT_SQL, row).lastrowid)
+        trace.id = self._write(lambda conn: conn.execute(_INSERT_SQL + " RETURNING id", row).fetchone()[0])
         return trace.id
 
     def append_many(self, traces: Iterable[Trace]) -> int:
@@ -303,12 +199,12 @@ class TraceStore:
         """Store the traces not already present (same task, source, input, created_at); returns how many."""
         rows = [_row(validate(trace)) for trace in traces]
 
-        def insert(conn: sqlite3.Connection) -> int:
+        def insert(conn: Any) -> int:
             new = [r for r in rows if conn.execute(_EXISTS_SQL, (r[0], r[11], r[3], r[5])).fetchone() is None]
             conn.executemany(_INSERT_SQL, new)
             return len(new)
 
-        return self._write_bounded(insert)
+        return self._write(insert, WRITER_LOCK_BUDGET_S, serial=True)
 
     def enqueue(self, trace: Trace) -> None:
         """Validate now (raising in the caller), then hand off to the background writer (never blocks)."""
@@ -317,14 +213,14 @@ class TraceStore:
 
     @property
     def spill_path(self) -> pathlib.Path:
-        """Where traces that cannot reach the store are kept until replayed (JSONL)."""
-        return self.path.with_name(self.path.name + ".spill.jsonl")
+        """Where traces that cannot reach the store are kept until replayed (JSONL, on this host)."""
+        return self._backend.spill_path
 
     @property
     def degraded(self) -> str | None:
         """Why traces are not being written to the store (they go to the spill file), or None."""
-        if self._identity.problem is not None:
-            return f"trace store file {self._identity.problem} while open"
+        if self._backend.problem is not None:
+            return self._backend.problem
         writer = self._writer
         return writer.degraded if writer is not None else None
 
@@ -344,10 +240,16 @@ class TraceStore:
         self._closed = True
         with self._lock:
             for conn in self._conns:
-                conn.close()
+                with contextlib.suppress(Exception):  # a broken server connection closes anyway
+                    conn.close()
             self._conns.clear()
         _OPEN_STORES.discard(self)
         return report
+
+    def refit_lock(self, task: str, fingerprint: str) -> contextlib.AbstractContextManager[bool]:
+        """`with store.refit_lock(task, fp) as acquired:` one refit at a time per task version, across
+        processes (a file lock beside an SQLite file) or hosts (an advisory lock on PostgreSQL)."""
+        return self._backend.refit_lock(task, fingerprint)
 
     def __enter__(self) -> TraceStore:
         return self
@@ -357,7 +259,7 @@ class TraceStore:
 
     def _background(self) -> BackgroundWriter:
         if self._closed:
-            raise StoreError(f"trace store {str(self.path)!r} is closed")
+            raise StoreError(f"trace store {self.name!r} is closed")
         if os.getpid() != self._pid:
             self._after_fork()
         with self._lock:
@@ -374,20 +276,11 @@ class TraceStore:
     def _append_from_writer(self, traces: list[Trace]) -> None:
         """The writer thread's commit: like append_many, but gives up on a locked store quickly."""
         rows = [_row(trace) for trace in traces]
-        self._write_bounded(lambda conn: conn.executemany(_INSERT_SQL, rows))
+        self._write(lambda conn: conn.executemany(_INSERT_SQL, rows), WRITER_LOCK_BUDGET_S)
 
     def _probe_write(self) -> None:
         """Raise unless a write transaction on `traces` can start (inserts nothing)."""
-        self._write_bounded(lambda conn: conn.execute("INSERT INTO traces (task) SELECT NULL WHERE 0"))
-
-    def _write_bounded(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`_write` that waits for a locked store at most about 2 x WRITER_LOCK_BUDGET_S."""
-        conn = self._db().conn
-        conn.execute(f"PRAGMA busy_timeout = {int(WRITER_LOCK_BUDGET_S * 1000)}")
-        try:
-            return self._write(fn, WRITER_LOCK_BUDGET_S)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self._write(lambda conn: conn.execute("INSERT INTO traces (task) SELECT NULL WHERE false"), WRITER_LOCK_BUDGET_S)
 
     def _replay_spill_at_start(self) -> None:
         try:
@@ -465,8 +358,8 @@ class TraceStore:
     def hourly_routes(self, task: str, fingerprint: str, since: float) -> list[dict]:
         """Per hour since `since`: routed calls, those out of distribution, those deferred (audits excluded)."""
         rows = self._read(
-            "SELECT CAST(created_at / 3600 AS INTEGER), count(*), sum(route = 'out_of_distribution'), "
-            "sum(source = 'teacher') FROM traces WHERE task = ? AND fingerprint = ? AND created_at >= ? "
+            f"SELECT {self._backend.hour_sql}, count(*), count(*) FILTER (WHERE route = 'out_of_distribution'), "
+            "count(*) FILTER (WHERE source = 'teacher') FROM traces WHERE task = ? AND fingerprint = ? AND created_at >= ? "
             "AND route IS NOT NULL AND route NOT IN ('audit', 'suspended', 'no_policy') GROUP BY 1 ORDER BY 1",
             [task, fingerprint, since],
         )
@@ -494,15 +387,16 @@ class TraceStore:
         """Remember what a task version describes (first registration wins)."""
         body = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
         self._write(lambda conn: conn.execute(
-            "INSERT OR IGNORE INTO task_versions (task, fingerprint, origin, description, created_at) "
-            "VALUES (?, ?, ?, ?, ?)", (task, fingerprint, origin, body, time.time()),
+            "INSERT INTO task_versions (task, fingerprint, origin, description, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (task, fingerprint, origin, body, time.time()),
         ))
 
     def versions(self, task: str | None = None) -> list[dict]:
         """Every (task, fingerprint) with traces, a policy or a description, newest activity first."""
         where, params = ("WHERE task = ?", [task]) if task is not None else ("", [])
         rows = self._read(
-            f"SELECT task, fingerprint, sum(source = 'teacher'), sum(source = 'surrogate'), max(created_at) "
+            "SELECT task, fingerprint, count(*) FILTER (WHERE source = 'teacher'), "
+            f"count(*) FILTER (WHERE source = 'surrogate'), max(created_at) "
             f"FROM traces {where} GROUP BY task, fingerprint", params,
         )
         found: dict[tuple[str, str], dict] = {}
@@ -528,9 +422,9 @@ class TraceStore:
             raise StoreError(f"suspension action must be 'suspend' or 'resume', got {action!r}")
         body = json.dumps(details, allow_nan=False, default=str)
         return self._write(lambda conn: conn.execute(
-            "INSERT INTO suspensions (task, fingerprint, created_at, action, reason, details) VALUES (?, ?, ?, ?, ?, ?)",
-            (task, fingerprint, time.time(), action, reason, body),
-        ).lastrowid)
+            "INSERT INTO suspensions (task, fingerprint, created_at, action, reason, details) VALUES (?, ?, ?, ?, ?, ?) "
+            "RETURNING id", (task, fingerprint, time.time(), action, reason, body),
+        ).fetchone()[0])
 
     def suspension(self, task: str, fingerprint: str) -> dict | None:
         """The suspend event in force for a task version (the newest event, if it is a suspend), else None."""
@@ -582,7 +476,7 @@ class TraceStore:
         except (TypeError, ValueError) as exc:
             raise PolicyError(f"policy certificate is not JSON-serialisable: {exc}") from None
 
-        def insert(conn: sqlite3.Connection) -> int:
+        def insert(conn: Any) -> int:
             (top,) = conn.execute(
                 "SELECT coalesce(max(version), 0) FROM policies WHERE task = ? AND fingerprint = ?",
                 (task, fingerprint),
@@ -594,7 +488,7 @@ class TraceStore:
             )
             return top + 1
 
-        return self._write(insert)
+        return self._write(insert, serial=True)
 
     def latest_policy(self, task: str, *, fingerprint: str = "", status: str | None = "deployed") -> dict | None:
         """The newest policy (with artifact bytes and parsed certificate), or None."""
@@ -618,6 +512,41 @@ class TraceStore:
             params.append(fingerprint)
         rows = self._read(sql + " ORDER BY created_at DESC, version DESC", params)
         return [_policy(row, with_artifact=False) for row in rows]
+
+
+    # --- whole rows, for copying a task between stores --------------------------------------
+
+    def export_rows(self, table: str, task: str) -> Iterator[list[tuple]]:
+        """Every row of `task` in `table` as stored (ids of traces included), in chunks, in id order."""
+        columns = COPY_TABLES[table]
+        if "id" not in columns:  # task_versions: a few rows per task
+            yield self._read(f"SELECT {', '.join(columns)} FROM {table} WHERE task = ? ORDER BY fingerprint", [task])
+            return
+        sql = f"SELECT {', '.join(columns)} FROM {table} WHERE task = ? AND id > ? ORDER BY id LIMIT {ITER_CHUNK}"
+        last = 0
+        while True:
+            rows = self._read(sql, [task, last])
+            if rows:
+                yield rows
+            if len(rows) < ITER_CHUNK:
+                return
+            last = rows[-1][0]
+
+    def import_rows(self, chunks: dict[str, Iterable[list[tuple]]]) -> dict[str, int]:
+        """Insert rows of `export_rows` (per table) in one transaction; trace ids are kept. Returns counts."""
+        counts = dict.fromkeys(chunks, 0)
+
+        def insert(conn: Any) -> None:
+            for table, table_chunks in chunks.items():
+                columns = COPY_TABLES[table]
+                sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+                for rows in table_chunks:
+                    conn.executemany(sql, rows)
+                    counts[table] += len(rows)
+            self._backend.after_explicit_ids(conn)
+
+        self._write(insert, serial=True)
+        return counts
 
 
 def _row(trace: Trace) -> tuple:

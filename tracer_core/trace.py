@@ -138,6 +138,8 @@ def _check_encodable(name: str, value: str) -> None:
         raise InvalidTraceError(
             f"{name} is not valid UTF-8 text (unpaired surrogate at position {exc.start})"
         ) from None
+    if "\x00" in value:  # PostgreSQL text cannot hold it; refused on every backend alike
+        raise InvalidTraceError(f"{name} contains a NUL character at position {value.index(chr(0))}")
 
 
 def _check_number(name: str, value: object, *, allow_none: bool) -> None:

@@ -17,7 +17,7 @@ from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
-from tracer_core.refit import ProcessLock, RefitScheduler, lock_path
+from tracer_core.refit import RefitScheduler
 from tracer_core.settings import check
 from tracer_core.shutdown import FitCancelled
 from tracer_core.store import Evidence, TraceStore
@@ -178,7 +178,7 @@ class Tracer:
     def _refit(self) -> None:
         """Background refit under a cross-process lock; a failure keeps the old policy."""
         try:
-            with ProcessLock(lock_path(self.store.path, self.task, self.fingerprint)) as acquired:
+            with self.store.refit_lock(self.task, self.fingerprint) as acquired:
                 if not acquired:
                     log.info("tracer task %r: another process is refitting; skipped", self.task)
                     return
@@ -203,6 +203,11 @@ class Tracer:
         texts = [normalise_input(t) for t in texts]
         try:
             return self._decide(texts)
+        except StoreError as exc:  # e.g. a PostgreSQL server that is down: expected, not an internal failure
+            if not self._error_logged:
+                log.error("tracer task %r: the trace store cannot be read (%s); deferring to the LLM", self.task, exc)
+                self._error_logged = True
+            return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         except Exception:
             if not self._error_logged:
                 log.exception("tracer task %r: routing failed; deferring to the LLM", self.task)

@@ -18,7 +18,7 @@ def resolve_version(store: TraceStore, task: str, prefix: str | None = None) -> 
     versions = store.versions(task)
     if not versions:
         known = ", ".join(sorted({repr(v["task"]) for v in store.versions()})) or "none"
-        raise VersionError(f"task {task!r} has no traces or policies in {str(store.path)!r} (tasks: {known})")
+        raise VersionError(f"task {task!r} has no traces or policies in {store.name!r} (tasks: {known})")
     if prefix is not None:
         matches = [v for v in versions if v["fingerprint"].startswith(prefix)]
         if len(matches) == 1:

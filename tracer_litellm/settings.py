@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from tracer_core.fit import DEFAULT_MAX_TRAIN
 from tracer_core.settings import SettingsError, check
+from tracer_core.store_address import display
 from tracer_core.tracer import DEFAULT_AUDIT_RATE
 
 MODES = ("on", "observe", "off")
@@ -37,9 +38,13 @@ class TracerSettings:
     task: str | None = None
     mode: str = "on"
 
+    def __repr__(self) -> str:  # the store URL may hold a password
+        shown = {f.name: getattr(self, f.name) for f in fields(self)} | {"db": display(self.db)}
+        return "TracerSettings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
     def __post_init__(self) -> None:
         if not isinstance(self.db, str) or not self.db.strip():
-            raise SettingsError(f"db must be a non-empty path, got {self.db!r}")
+            raise SettingsError(f"db must be a non-empty path or PostgreSQL URL, got {self.db!r}")
         for name in ("alpha", "delta", "refit_every", "audit_rate"):
             object.__setattr__(self, name, check(name, getattr(self, name)))
         if self.max_train is not None:

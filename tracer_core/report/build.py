@@ -54,7 +54,7 @@ def build_report(
         if path is not None:
             _check_writable(Path(path))
     if store.counts(task)["teacher"] == 0:
-        raise ReportError(f"task {task!r} has no teacher traces in {str(store.path)!r}: nothing to report")
+        raise ReportError(f"task {task!r} has no teacher traces in {store.name!r}: nothing to report")
     fingerprint = pick_fingerprint(store, task, fingerprint)
     summary = summary_facts(store, task, fingerprint)
     teacher = store.teacher_examples(task, fingerprint)
