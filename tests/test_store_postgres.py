@@ -139,6 +139,32 @@ def test_server_stopped_then_restarted_loses_nothing(pg_cluster: ThrowawayCluste
     assert not any(pg_cluster.password in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
+def test_a_store_that_does_not_answer_makes_calls_defer_without_waiting(pg_url: str) -> None:
+    """A table locked by another session (a migration, a DBA) stalls reads: route() waits at most the
+    read budget once, then defers at once until the store answers again."""
+    from tracer_core.watcher import READ_BUDGET_S
+
+    tracer = fitted(pg_url)
+    assert tracer.fit().deployed and tracer.route("lab3 before the lock").handled
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute("LOCK TABLE policies IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+        started = time.perf_counter()
+        first = tracer.route("lab3 while locked")
+        waited = time.perf_counter() - started
+        assert (first.handled, first.reason) == (False, Reason.STORE_UNAVAILABLE)
+        assert waited < READ_BUDGET_S + 1.0
+        started = time.perf_counter()
+        later = [tracer.route(f"lab{i % 8} while locked {i}") for i in range(20)]
+        assert time.perf_counter() - started < 1.0  # nobody waits for the stalled read again
+        assert {(d.handled, d.reason) for d in later} == {(False, Reason.STORE_UNAVAILABLE)}
+    deadline = time.monotonic() + 10
+    while not (decision := tracer.route("lab3 after the lock")).handled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert decision.handled
+    tracer.close()
+
+
 # --- fit and route ------------------------------------------------------------------------------
 
 @pytest.mark.slow
