@@ -8,6 +8,8 @@ import threading
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
+import pytest
+
 from tracer_core.store import TraceStore
 from tracer_core.trace import make_trace
 
@@ -40,6 +42,7 @@ def process_main(path: str, writer: str, use_queue: bool, start: EventType) -> N
         write_traces(store, writer, use_queue)
 
 
+@pytest.mark.slow  # 4 subprocess Pythons
 def test_threads_and_processes_lose_nothing(db_path: Path) -> None:
     TraceStore(db_path).close()  # create the schema once, as an application would
     ctx = multiprocessing.get_context("spawn")
