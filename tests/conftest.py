@@ -15,9 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One BLAS thread, here and in subprocesses: the tests' matrices are small, and on a busy machine
+# OpenBLAS threads waiting for each other make a fit tens of times slower (0.9 s vs 44 s measured).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+threadpool_limits(limits=1, user_api="blas")
 
 pytest_plugins = ["tests.postgres"]  # pg_cluster, pg_url, store_db
 

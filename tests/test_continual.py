@@ -140,6 +140,7 @@ def test_next_certificate_after_a_suspension_uses_only_later_traces(tmp_path):
     tracer.close()
 
 
+@pytest.mark.slow  # a subprocess Python
 def test_suspension_reaches_another_process_within_policy_check_s(tmp_path):
     db = tmp_path / "h.db"
     fitted(db).close()

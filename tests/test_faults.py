@@ -246,6 +246,7 @@ def test_1_langchain_invoke_keeps_answering_with_a_broken_store(teacher, db_path
 
 # -- 2. a background refit at interpreter exit does not abort the process ---------------------
 
+@pytest.mark.slow  # a subprocess Python
 def test_2_process_exits_cleanly_while_a_refit_embeds(tmp_path: Path) -> None:
     data = SUBSET
     env = subprocess_env(TRACER_CACHE_DIR=str(tmp_path / "fresh-cache"))
@@ -518,6 +519,7 @@ def test_9_tracer_arguments(db_path: Path) -> None:
     assert rows(db_path) == [(3,)]
 
 
+@pytest.mark.slow  # a subprocess Python
 def test_9_sigkill_loses_at_most_what_the_queue_holds(db_path: Path) -> None:
     queue_size = 100
     child = subprocess.Popen([sys.executable, "-c", RECORD_THEN_WAIT, str(db_path), str(queue_size)],

@@ -603,6 +603,7 @@ def run_script(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedPro
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=180, check=False)
 
 
+@pytest.mark.slow  # a subprocess Python
 def test_sync_hit_works_without_proxy_packages(trained_db, hits, tmp_path):
     text, label = hits[0]
     result = run_script(tmp_path, NO_FASTAPI, str(trained_db), str(ALPHA), text, label)
@@ -610,6 +611,7 @@ def test_sync_hit_works_without_proxy_packages(trained_db, hits, tmp_path):
     assert result.stdout.strip().endswith("OK")
 
 
+@pytest.mark.slow  # a subprocess Python
 def test_async_script_exits_cleanly_and_keeps_every_trace(tmp_path, banking_subset):
     """Issue 11.5: async scripts logged `cannot schedule new futures after interpreter shutdown` at exit."""
     db = tmp_path / "exit.db"

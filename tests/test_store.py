@@ -336,6 +336,7 @@ def test_failed_writes_are_spilled_not_lost(db_path: Path, caplog) -> None:
     assert row_count(db_path) == 1
 
 
+@pytest.mark.slow  # a subprocess Python
 def test_queued_traces_are_flushed_at_interpreter_exit(db_path: Path) -> None:
     script = (
         "import sys\n"

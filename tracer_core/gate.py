@@ -17,11 +17,12 @@ import numpy as np
 from scipy.stats import beta, binom
 
 
-def binomial_p_value(errors: int, n: int, alpha: float) -> float:
-    """p-value of H0 "agreement < alpha" after `errors` disagreements in `n` handled inputs."""
-    if n == 0:
-        return 1.0
-    return float(binom.cdf(errors, n, 1.0 - alpha))
+def binomial_p_value(errors: int | np.ndarray, n: int | np.ndarray, alpha: float) -> float | np.ndarray:
+    """p-value of H0 "agreement < alpha" after `errors` disagreements in `n` handled inputs
+    (element-wise on arrays; 1 where nothing was handled)."""
+    n = np.asarray(n)
+    p = np.where(n > 0, binom.cdf(errors, np.maximum(n, 1), 1.0 - alpha), 1.0)
+    return p if p.ndim else float(p)
 
 
 def agreement_lower_bound(agree: int, n: int, delta: float) -> float:
@@ -70,17 +71,17 @@ def fixed_sequence_test(
     """
     if np.any(np.diff(thresholds) > 0):
         raise ValueError("thresholds must be in descending order")
-    certified = None
-    handled_at = agree_at = 0
-    p_at: float | None = None
-    tested = 0
-    for i, threshold in enumerate(thresholds):
-        handled = eligible & (scores >= threshold)
-        n = int(handled.sum())
-        agree = int(agrees[handled].sum())
-        tested += 1
-        p = binomial_p_value(n - agree, n, alpha)
-        if p > delta:
-            break
-        certified, handled_at, agree_at, p_at = i, n, agree, p
-    return GateResult(certified, tested, handled_at, agree_at, p_at)
+    thresholds = np.asarray(thresholds, dtype=float)
+    # handled and agreeing inputs at every threshold at once: eligible inputs ranked by score, highest first
+    ranked = np.argsort(-scores[eligible], kind="stable")
+    neg_scores = -scores[eligible][ranked]
+    agree_above = np.concatenate([[0], np.cumsum(agrees[eligible][ranked])])
+    handled = np.searchsorted(neg_scores, -thresholds, side="right")  # scores >= threshold
+    agree = agree_above[handled]
+    p = np.asarray(binomial_p_value(handled - agree, handled, alpha))  # one scipy call, not one per threshold
+    rejected = p <= delta
+    tested = len(thresholds) if rejected.all() else int(np.argmin(rejected)) + 1
+    last = tested - 1 if rejected.all() else tested - 2
+    if last < 0:
+        return GateResult(None, tested, 0, 0, None)
+    return GateResult(last, tested, int(handled[last]), int(agree[last]), float(p[last]))

@@ -23,6 +23,7 @@ from typing import Any
 from tracer_demo import banking77_path
 
 Answer = Callable[[list[dict]], str] | Mapping[str, str]
+SHUTDOWN_POLL_S = 0.02  # how often the serving loop checks for `stop` (the library default, 0.5 s, delays every stop)
 
 
 def message_text(message: dict) -> str:
@@ -73,7 +74,9 @@ class LocalTeacher:
         self._failures: list[int] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-teacher", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(SHUTDOWN_POLL_S,), name="local-teacher", daemon=True
+        )
 
     @property
     def port(self) -> int:
