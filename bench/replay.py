@@ -25,6 +25,7 @@ from tracer_core.errors import NoTracesError
 from tracer_core.tracer import DEFAULT_AUDIT_RATE
 
 ALPHA = 0.95
+DELTA = 0.05
 BATCH = 250
 WINDOW = 1000
 REFIT_EVERY = 200
@@ -42,7 +43,7 @@ class Replay:
     handled: list[bool] = field(default_factory=list)
     agreed: list[bool] = field(default_factory=list)  # handled calls only: surrogate == teacher of the moment
     suspended_at: int | None = None
-    per_version: dict = field(default_factory=dict)  # version -> [would handle, routed, certified coverage, n_cal]
+    per_version: dict = field(default_factory=dict)  # version -> [would handle, routed, certified coverage, n_cal, agree]
 
     def coverage(self, last: int) -> float:
         tail = self.handled[-last:]
@@ -50,9 +51,19 @@ class Replay:
 
     def max_coverage_gap(self, min_calls: int = 500, min_calibration: int = 0) -> float | None:
         """Largest |live - certified coverage| over policies that routed `min_calls` calls."""
-        gaps = [abs(would / routed - cert) for would, routed, cert, n_cal in self.per_version.values()
-                if routed >= min_calls and cert is not None and n_cal >= min_calibration]
+        gaps = self.coverage_gaps(min_calls, min_calibration)
         return max(gaps) if gaps else None
+
+    def coverage_gaps(self, min_calls: int = 500, min_calibration: int = 0) -> list[float]:
+        """|live - certified coverage| of each policy that routed `min_calls` calls."""
+        return [abs(would / routed - cert) for would, routed, cert, n_cal, _ in self.per_version.values()
+                if routed >= min_calls and cert is not None and n_cal >= min_calibration]
+
+    def policies_below(self, min_answers: int = 200) -> tuple[int, int]:
+        """(policies whose live agreement over their life is significantly below alpha, policies judged)."""
+        judged = [(agree, would) for would, _, cert, _, agree in self.per_version.values()
+                  if would >= min_answers and cert is not None]
+        return sum(binom.cdf(a, n, ALPHA) < 0.05 for a, n in judged), len(judged)
 
 
 def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: float | None = None,
@@ -64,7 +75,7 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
     """
     replay = Replay()
     with tempfile.TemporaryDirectory() as tmp:
-        tracer = Tracer("replay", Path(tmp) / "replay.db", alpha=ALPHA, embedder=embed, auto_refit=False,
+        tracer = Tracer("replay", Path(tmp) / "replay.db", alpha=ALPHA, delta=DELTA, embedder=embed, auto_refit=False,
                         policy_check_s=0.0, seed=seed,
                         audit_rate=DEFAULT_AUDIT_RATE if audit_rate is None else audit_rate)
         pending = 0
@@ -114,9 +125,11 @@ def _count(replay: Replay, window: dict, decision, truth: str, i: int, change_at
             window["wrong_after"] += 1
             window["old_answers"] += old is not None and decision.label == old
     if decision.policy_version is not None and decision.reason not in (Reason.SUSPENDED, Reason.ERROR):
-        entry = replay.per_version.setdefault(decision.policy_version, [0, 0, None, 0])
-        entry[0] += decision.handled or (decision.reason == Reason.AUDIT and decision.label is not None)
+        entry = replay.per_version.setdefault(decision.policy_version, [0, 0, None, 0, 0])
+        would = decision.handled or (decision.reason == Reason.AUDIT and decision.label is not None)
+        entry[0] += would
         entry[1] += 1
+        entry[4] += would and decision.label == truth
 
 
 def _close_window(window: dict, tracer: Tracer, replay: Replay) -> dict:
@@ -194,6 +207,8 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
     last3 = [r.coverage(3000) for r in replays]
     windows_below = sum(any(row["sig. below alpha"] for row in r.rows) for r in replays)
     gaps = [g for g in (r.max_coverage_gap() for r in replays) if g is not None]
+    every_gap = [g for r in replays for g in r.coverage_gaps()]
+    below = [r.policies_below() for r in replays]
     large = [g for g in (r.max_coverage_gap(min_calibration=1000) for r in replays) if g is not None]
     row = {
         "scenario": name,
@@ -203,6 +218,9 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
         "max |certified - live coverage| per policy (worst replay)": round(max(gaps), 3) if gaps else "-",
         "same, policies calibrated on >= 1,000 traces": round(max(large), 3) if large else "-",
         "suspended (replays)": sum(r.suspended_at is not None for r in replays),
+        "coverage gap per policy: median / 95th percentile": (
+            f"{np.median(every_gap):.3f} / {np.quantile(every_gap, 0.95):.3f}" if every_gap else "-"),
+        "policies significantly below alpha over their life": (sum(b for b, _ in below), sum(n for _, n in below)),
     }
     if change_at is not None:
         delays = [r.suspended_at - change_at if r.suspended_at and r.suspended_at > change_at else math.inf

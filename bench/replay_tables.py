@@ -56,11 +56,17 @@ def targets(results: dict[str, list[rp.Replay]]) -> list[dict]:
     stable_row = rp.summary_row(STABLE, stable, None)
     change_row = rp.summary_row(CHANGE, change, rp.CHANGE_AT)
     gap = stable_row["max |certified - live coverage| per policy (worst replay)"]
+    below, judged = stable_row["policies significantly below alpha over their life"]
     rows = [
         _target("stable: replays with a window significantly below alpha", stable_row["replays with a window sig. below alpha"], "0", stable_row["replays with a window sig. below alpha"] == 0),
         _target("stable: max |certified - live coverage| of a deployed policy", gap, "<= 0.05", gap != "-" and gap <= 0.05),
         _target("stable: the same over policies calibrated on >= 1,000 traces (sampling error ~0.013)",
                 stable_row["same, policies calibrated on >= 1,000 traces"], "report", True),
+        _target("stable: the same, median / 95th percentile over every policy", stable_row["coverage gap per policy: median / 95th percentile"], "report", True),
+        _target("stable: deployed policies whose live agreement over their life is significantly below alpha "
+                "(each certificate may be wrong with probability delta)",
+                "{} of {}".format(*stable_row["policies significantly below alpha over their life"]),
+                f"share <= delta {rp.DELTA}", below <= rp.DELTA * max(judged, 1)),
         _target("stable: live coverage over the last 3,000 queries (median)", stable_row["live coverage, last 3,000 (median)"], ">= 0.80", stable_row["live coverage, last 3,000 (median)"] >= 0.80),
         _target(f"stable: false suspensions in {len(stable)} replays", stable_row["suspended (replays)"], f"<= {max(len(stable) // 20, 1)} in {len(stable)}", stable_row["suspended (replays)"] <= max(len(stable) // 20, 1)),
         _target("teacher change: queries from the change to suspension (median)", change_row["queries from change to suspension (median)"], "<= 2,000", change_row["queries from change to suspension (median)"] <= 2000),

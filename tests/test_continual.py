@@ -89,7 +89,7 @@ def test_monitor_never_suspends_a_stable_stream(tmp_path):
         tracer.flush()
     status = tracer.status()
     assert status["suspended"] is None
-    assert status["monitor"]["audits"] >= 600 and status["monitor"]["wealth"] < 20 ** 0.5  # not even suspicious
+    assert status["monitor"]["audits"] >= 600 and status["monitor"]["wealth"] < 20 ** 0.5  # far from rejection
     tracer.close()
 
 

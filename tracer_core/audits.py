@@ -12,7 +12,7 @@ from tracer_core.monitor import AgreementMonitor, DriftWatch
 
 log = logging.getLogger("tracer")
 
-AUDIT_BOOST = 6.0  # audit rate multiplier while the monitor or a drift signal is worried
+AUDIT_BOOST = 10.0  # audit rate multiplier while the monitor or a drift signal is worried
 MAX_BOOSTED_RATE = 0.5
 BOOST_CALLS = 1_000  # routed calls a drift signal keeps the boost on
 

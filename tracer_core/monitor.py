@@ -24,7 +24,7 @@ from scipy.stats import binom
 RECENT = 50  # audits behind the estimate the next bet is sized from
 PRIOR = 10  # pseudo-audits at alpha that shrink the estimate (no bet on a few disagreements)
 MAX_BET = 0.5
-SUSPICION = 0.25  # log wealth a quarter of the way to rejection raises the audit rate
+SUSPICION = 0.05  # log wealth 5% of the way to rejection raises the audit rate (a bet has lost: bench replay)
 
 
 class AgreementMonitor:
@@ -67,7 +67,7 @@ class AgreementMonitor:
 
     @property
     def suspicious(self) -> bool:
-        """A quarter of the way to rejection on the log scale: worth auditing more."""
+        """Past SUSPICION of the way to rejection on the log scale: a bet against H0 has paid; worth auditing more."""
         return self._log_wealth >= SUSPICION * math.log(1.0 / self.delta)
 
     def summary(self) -> dict:
