@@ -83,9 +83,11 @@ class Report:
         print("\n" + text, flush=True)
 
     def write(self, footer: str = "") -> None:
-        """Rewrite results.md: this run's sections replace those of the same title; others are kept."""
-        kept = [s for s in previous_sections() if _title(s) not in {_title(t) for t in self.sections}]
-        body = "\n".join([*self.sections, *kept])
+        """Rewrite results.md: this run's sections replace those of the same title in place; others are kept."""
+        fresh = {_title(s): s for s in self.sections}
+        previous = previous_sections()
+        seen = {_title(s) for s in previous}
+        body = "\n".join([fresh.get(_title(s), s) for s in previous] + [s for s in self.sections if _title(s) not in seen])
         RESULTS.write_text("\n".join(self.header) + "\n\n" + body + (f"\n{footer}\n" if footer else ""),
                            encoding="utf-8")
 
