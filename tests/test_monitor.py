@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tracer_core.audits import MAX_BOOSTED_RATE, AuditSampler
 from tracer_core.decision import Decision, Reason
 from tracer_core.monitor import RECENT, AgreementMonitor, DriftWatch
 
@@ -51,6 +52,32 @@ def test_a_late_drop_is_caught_quickly_too():
     late = [first_rejection(0.85, 2000, rng, before=(0.97, 3000)) for _ in range(50)]
     assert all(t is not None for t in late)
     assert float(np.median(late)) <= 4 * RECENT
+
+
+def test_the_first_won_bet_raises_the_audit_rate():
+    """Disagreements that make the bet positive and then pay raise the audit rate at once, long before rejection."""
+    monitor, sampler = AgreementMonitor(0.95, 0.05), AuditSampler(0.05, "seed", "task")
+    monitor.update([True] * 40 + [False] * 3)
+    assert not monitor.suspicious and sampler.rate(monitor) == 0.05  # no bet has been won yet
+    monitor.update([False])
+    assert monitor.suspicious and not monitor.rejected
+    assert sampler.rate(monitor) == MAX_BOOSTED_RATE
+
+
+def test_the_boost_ends_when_recent_audits_agree_again():
+    """This run leaves the wealth above the boost level with a zero bet (frozen): the boost must still end."""
+    monitor, sampler = AgreementMonitor(0.95, 0.05), AuditSampler(0.05, "seed", "task")
+    burst = "FTTFTTTTTTTTTFFTTTTFTFTTTTTTFFTTTTTTTTTTTFTTTTTTTTTFTTTTTTTT"
+    monitor.update([True] * 40 + [c == "T" for c in burst] + [True] * 200)
+    assert monitor.bet() == 0 and monitor.wealth > 20 ** 0.05 and not monitor.rejected
+    assert not monitor.suspicious and sampler.rate(monitor) == 0.05
+
+
+def test_a_rejection_inside_one_batch_of_audits_is_kept():
+    """The wealth that reaches 1/delta mid-batch rejects, even if later audits of the batch agree."""
+    monitor = AgreementMonitor(0.95, 0.05)
+    monitor.update([True] * 40 + [False] * 8 + [True] * 3000)
+    assert monitor.wealth < 1 and monitor.rejected
 
 
 def test_drift_watch_flags_an_out_of_distribution_jump():

@@ -34,6 +34,7 @@ class AgreementMonitor:
         self.alpha = alpha
         self.delta = delta
         self._log_wealth = 0.0
+        self._peak_log_wealth = 0.0  # rejection is the first time the wealth reaches 1/delta, even mid-batch
         self._recent: deque[bool] = deque(maxlen=RECENT)
         self._recent_agree = 0
         self.n = 0
@@ -49,6 +50,7 @@ class AgreementMonitor:
         for agreed in agrees:
             c = self.bet()
             self._log_wealth += math.log1p(-c) if agreed else math.log1p(c * up)
+            self._peak_log_wealth = max(self._peak_log_wealth, self._log_wealth)
             if len(self._recent) == RECENT:
                 self._recent_agree -= self._recent[0]
             self._recent.append(bool(agreed))
@@ -62,13 +64,17 @@ class AgreementMonitor:
 
     @property
     def rejected(self) -> bool:
-        """True once the evidence says live agreement is below alpha (at level delta)."""
-        return self._log_wealth >= math.log(1.0 / self.delta)
+        """True once the wealth has reached 1/delta (at any audit so far): live agreement is below alpha."""
+        return self._peak_log_wealth >= math.log(1.0 / self.delta)
 
     @property
     def suspicious(self) -> bool:
-        """Past SUSPICION of the way to rejection on the log scale: a bet against H0 has paid; worth auditing more."""
-        return self._log_wealth >= SUSPICION * math.log(1.0 / self.delta)
+        """Betting, and past SUSPICION of the way to rejection on the log scale: worth auditing more.
+
+        Once recent audits agree at alpha again the bet is zero and the wealth stops moving; the boost ends
+        then instead of lasting as long as that frozen wealth.
+        """
+        return self.bet() > 0 and self._log_wealth >= SUSPICION * math.log(1.0 / self.delta)
 
     def summary(self) -> dict:
         return {
