@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binom
 
 from bench.data import teacher_split
 from tracer_core import Reason, Tracer
 from tracer_core.errors import NoTracesError
+from tracer_core.gate import significantly_below
 from tracer_core.tracer import DEFAULT_AUDIT_RATE
 
 ALPHA = 0.95
@@ -36,6 +36,17 @@ Teacher = Callable[[int, str], str]
 
 
 @dataclass
+class PolicyLife:
+    """What one policy version did while in force."""
+
+    would: int = 0  # calls it answered or would have answered (audits)
+    routed: int = 0
+    agree: int = 0  # of `would`: its answer equals the teacher of the moment
+    certified_coverage: float | None = None  # None: replaced before a window closed with it in force
+    n_calibration: int = 0
+
+
+@dataclass
 class Replay:
     """What happened to one stream."""
 
@@ -43,7 +54,7 @@ class Replay:
     handled: list[bool] = field(default_factory=list)
     agreed: list[bool] = field(default_factory=list)  # handled calls only: surrogate == teacher of the moment
     suspended_at: int | None = None
-    per_version: dict = field(default_factory=dict)  # version -> [would handle, routed, certified coverage, n_cal, agree]
+    per_version: dict[int, PolicyLife] = field(default_factory=dict)
 
     def coverage(self, last: int) -> float:
         tail = self.handled[-last:]
@@ -56,14 +67,13 @@ class Replay:
 
     def coverage_gaps(self, min_calls: int = 500, min_calibration: int = 0) -> list[float]:
         """|live - certified coverage| of each policy that routed `min_calls` calls."""
-        return [abs(would / routed - cert) for would, routed, cert, n_cal, _ in self.per_version.values()
-                if routed >= min_calls and cert is not None and n_cal >= min_calibration]
+        return [abs(p.would / p.routed - p.certified_coverage) for p in self.per_version.values()
+                if p.routed >= min_calls and p.certified_coverage is not None and p.n_calibration >= min_calibration]
 
     def policies_below(self, min_answers: int = 200) -> tuple[int, int]:
         """(policies whose live agreement over their life is significantly below alpha, policies judged)."""
-        judged = [(agree, would) for would, _, cert, _, agree in self.per_version.values()
-                  if would >= min_answers and cert is not None]
-        return sum(binom.cdf(a, n, ALPHA) < 0.05 for a, n in judged), len(judged)
+        judged = [p for p in self.per_version.values() if p.would >= min_answers and p.certified_coverage is not None]
+        return sum(significantly_below(p.agree, p.would, ALPHA) for p in judged), len(judged)
 
 
 def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: float | None = None,
@@ -125,25 +135,25 @@ def _count(replay: Replay, window: dict, decision, truth: str, i: int, change_at
             window["wrong_after"] += 1
             window["old_answers"] += old is not None and decision.label == old
     if decision.policy_version is not None and decision.reason not in (Reason.SUSPENDED, Reason.ERROR):
-        entry = replay.per_version.setdefault(decision.policy_version, [0, 0, None, 0, 0])
+        life = replay.per_version.setdefault(decision.policy_version, PolicyLife())
         would = decision.handled or (decision.reason == Reason.AUDIT and decision.label is not None)
-        entry[0] += would
-        entry[1] += 1
-        entry[4] += would and decision.label == truth
+        life.would += would
+        life.routed += 1
+        life.agree += would and decision.label == truth
 
 
 def _close_window(window: dict, tracer: Tracer, replay: Replay) -> dict:
     cert = tracer.certificate
     version = tracer.policy_version
     n, handled, agree = window["n"], window["handled"], window["agree"]
-    for v, entry in replay.per_version.items():
-        if entry[2] is None and v == version and cert is not None and cert.deployed:
-            entry[2], entry[3] = cert.coverage, cert.n_calibration
+    life = replay.per_version.get(version) if version is not None else None
+    if life is not None and life.certified_coverage is None and cert is not None and cert.deployed:
+        life.certified_coverage, life.n_calibration = cert.coverage, cert.n_calibration
     return {
         "queries": f"{window['start'] + 1}-{window['start'] + n}",
         "live coverage": round(handled / n, 3) if n else 0.0,
         "live agreement": round(agree / handled, 4) if handled else "-",
-        "sig. below alpha": bool(handled and binom.cdf(agree, handled, ALPHA) < 0.05),
+        "sig. below alpha": significantly_below(agree, handled, ALPHA),
         "policy": f"v{version}" if version else "-",
         "certified coverage": round(cert.coverage, 3) if cert is not None and cert.deployed else "-",
         "audits": window["audits"],

@@ -65,7 +65,7 @@ def targets(results: dict[str, list[rp.Replay]]) -> list[dict]:
         _target("stable: the same, median / 95th percentile over every policy", stable_row["coverage gap per policy: median / 95th percentile"], "report", True),
         _target("stable: deployed policies whose live agreement over their life is significantly below alpha "
                 "(each certificate may be wrong with probability delta)",
-                "{} of {}".format(*stable_row["policies significantly below alpha over their life"]),
+                f"{below} of {judged}",
                 f"share <= delta {rp.DELTA}", below <= rp.DELTA * max(judged, 1)),
         _target("stable: live coverage over the last 3,000 queries (median)", stable_row["live coverage, last 3,000 (median)"], ">= 0.80", stable_row["live coverage, last 3,000 (median)"] >= 0.80),
         _target(f"stable: false suspensions in {len(stable)} replays", stable_row["suspended (replays)"], f"<= {max(len(stable) // 20, 1)} in {len(stable)}", stable_row["suspended (replays)"] <= max(len(stable) // 20, 1)),

@@ -10,10 +10,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom
 
 from bench.data import clinc_oos_test, load
 from bench.fits import FitCache, FitKey
+from tracer_core.gate import significantly_below
 
 ALPHAS = (0.90, 0.95, 0.99)
 ROUTING_SETS = (("banking77", "T1"), ("clinc150", "T1"), ("banking77", "T2"), ("clinc150", "T2"))
@@ -75,7 +75,7 @@ class Evaluation:
 
     def significantly_below(self, alpha: float) -> bool:
         """Exact one-sided binomial: P(Binom(handled, alpha) <= agree) < 0.05."""
-        return bool(self.handled) and float(binom.cdf(self.agree, self.handled, alpha)) < 0.05
+        return significantly_below(self.agree, self.handled, alpha)
 
     def deferrals(self) -> str:
         parts = [f"{SHORT.get(r, r)} {c}" for r, c in self.reasons.most_common() if r != "handled"]

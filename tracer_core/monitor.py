@@ -24,7 +24,7 @@ from scipy.stats import binom
 RECENT = 50  # audits behind the estimate the next bet is sized from
 PRIOR = 10  # pseudo-audits at alpha that shrink the estimate (no bet on a few disagreements)
 MAX_BET = 0.5
-SUSPICION = 0.05  # log wealth 5% of the way to rejection raises the audit rate (a bet has lost: bench replay)
+SUSPICION = 0.05  # log wealth 5% of the way to rejection (a bet against H0 has won) raises the audit rate
 
 
 class AgreementMonitor:
