@@ -42,9 +42,13 @@ def wrap(chain, db, fake_embedder, **options) -> TracedRunnable:
 # -- a policy certified from traces the wrapper itself recorded ---------------------------
 @pytest.fixture(scope="module")
 def rows(banking_subset):
-    """320 Banking77 queries of 8 intents."""
-    labels = sorted({label for _, label in banking_subset})[:8]
-    return [(text, label) for text, label in banking_subset if label in labels]
+    """All 800 queries of the subset's 20 intents.
+
+    The concurrent batch below records them in an order that varies from run to run, and the fit's
+    split follows that order: on 8 intents (320 traces) about 1 order in 10 is refused at alpha 0.9
+    with the hash embedder; on all 20, 40 of 40 shuffled orders deploy.
+    """
+    return list(banking_subset)
 
 
 @pytest.fixture(scope="module")
