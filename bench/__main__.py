@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,routing,curve,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,routing,curve,coverage,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "pgstore", "proxies", "speed", "routing", "curve", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
+SECTIONS = ("store", "pgstore", "proxies", "speed", "routing", "curve", "coverage", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             report.write()
         if "oos" in only:
             report.add("Out-of-scope: CLINC150 oos_test", rb.out_of_scope(cache))
+            report.write()
+        if "coverage" in only:
+            from bench import coverage
+
+            report.add(f"Coverage targets (issue 13) over {coverage.SEEDS} fit seeds", coverage.coverage_targets(cache),
+                       coverage.NOTE)
             report.write()
         if "nli" in only:
             report.add("NLI: SICK (train -> test)", rb.nli(cache),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import textwrap
 from pathlib import Path
@@ -63,8 +64,11 @@ def nan_threshold(arrays: dict, meta: dict) -> None:
     meta["threshold"] = float("nan")
 
 
+WEIGHTS = re.compile(r"^s_(m\d+_)?w\d+$")  # a surrogate's (or an ensemble member's) weight matrices
+
+
 def nan_weights(arrays: dict, meta: dict) -> None:
-    for key in [k for k in arrays if k.startswith("s_w")]:
+    for key in [k for k in arrays if WEIGHTS.match(k)]:
         arrays[key] = np.full_like(arrays[key], np.nan)
 
 

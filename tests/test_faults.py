@@ -284,9 +284,12 @@ def _nan_ood_threshold(arrays, meta):
 
 
 def _weights_cut_to_5_labels(arrays, meta):
-    last = max(k for k in arrays if k.startswith("s_w"))
-    bias = "s_b" + last[3:]
-    if meta["surrogate"] == "logistic":
+    """The output layer of the surrogate (of an ensemble: of its first member) cut to 5 labels."""
+    ensemble = meta["surrogate"] == "ensemble"
+    prefix, kind = ("s_m0_", str(arrays["s_kinds"][0])) if ensemble else ("s_", meta["surrogate"])
+    last = max(k for k in arrays if k.startswith(prefix + "w"))
+    bias = prefix + "b" + last[len(prefix) + 1:]
+    if kind == "logistic":
         arrays[last], arrays[bias] = arrays[last][:5], arrays[bias][:5]
     else:
         arrays[last], arrays[bias] = arrays[last][:, :5], arrays[bias][:5]

@@ -12,10 +12,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
 from tracer_core.certificate import Certificate
+from tracer_core.errors import PolicyError
 from tracer_core.features import TFIDF_PARAMS, Tfidf, join_features
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
-from tracer_core.surrogate import LinearSurrogate, MLPSurrogate, fit_logistic, fit_mlp
+from tracer_core.surrogate import EnsembleSurrogate, LinearSurrogate, MLPSurrogate, fit_ensemble, fit_logistic, fit_mlp
 
 
 def blobs(n_labels: int, per_label: int = 40, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +109,44 @@ def test_tfidf_policy_round_trip_decides_the_same(banking_subset):
     assert isinstance(reloaded.surrogate, LinearSurrogate) and reloaded.tfidf is not None
     assert reloaded.tfidf.terms == tfidf.terms
     np.testing.assert_allclose(reloaded.predict_proba(texts, x), policy.predict_proba(texts, x), atol=1e-6)
+
+
+def _ensemble_policy(banking_subset) -> tuple[Policy, list[str], np.ndarray]:
+    texts = [t for t, _ in banking_subset[:200]]
+    names = sorted({lab for _, lab in banking_subset[:200]})
+    y = np.asarray([names.index(lab) for _, lab in banking_subset[:200]])
+    x, _ = blobs(1, per_label=len(texts))
+    tfidf = Tfidf.fit(texts)
+    surrogate = fit_ensemble(x, join_features(x, texts, tfidf), y, n_labels=len(names))
+    return _policy(surrogate, names, x, y, tfidf), texts, x
+
+
+def test_ensemble_averages_its_members_and_round_trips(banking_subset):
+    policy, texts, x = _ensemble_policy(banking_subset)
+    ensemble = policy.surrogate
+    assert isinstance(ensemble, EnsembleSurrogate)
+    assert [m.kind for m in ensemble.members] == ["logistic", "logistic", "mlp"] and ensemble.sparse == [False, True, False]
+    extra = policy.tfidf.transform(texts)
+    members = [m.predict_proba(x, extra if s else None) for m, s in zip(ensemble.members, ensemble.sparse)]
+    np.testing.assert_allclose(policy.predict_proba(texts, x), np.mean(members, axis=0), atol=1e-6)
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # the TF-IDF member does read its columns
+    reloaded = Policy.from_bytes(policy.to_bytes(), policy.certificate, version=3)
+    assert isinstance(reloaded.surrogate, EnsembleSurrogate) and reloaded.surrogate.sparse == [False, True, False]
+    np.testing.assert_allclose(reloaded.predict_proba(texts, x), policy.predict_proba(texts, x), atol=1e-6)
+    assert [d.reason for d in reloaded.decide(texts, x)] == [d.reason for d in policy.decide(texts, x)]
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda e: setattr(e, "sparse", [False, True, True]), "MLP surrogate with TF-IDF"),
+    (lambda e: setattr(e, "sparse", [False, True]), "flag count"),
+    (lambda e: setattr(e.members[1], "weights", e.members[1].weights[:, :10]), "shape"),
+    (lambda e: e.members[2].biases[0].fill(np.nan), "NaN"),
+])
+def test_a_damaged_ensemble_policy_is_refused_on_load(banking_subset, damage, problem):
+    policy, _, _ = _ensemble_policy(banking_subset)
+    damage(policy.surrogate)
+    with pytest.raises(PolicyError, match=problem):
+        Policy.from_bytes(policy.to_bytes(), policy.certificate, version=3)
 
 
 def test_tfidf_transform_equals_scikit_learn(banking_subset):

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from tracer_core import Tracer, TraceStore
 from tracer_core.cli import main as cli
 from tracer_core.errors import InvalidTraceError, PolicyError, TracerError
+from tracer_core.fit import SURROGATE
 from tracer_core.policy import Policy
 from tracer_core.refit import lock_path
 
@@ -54,7 +55,8 @@ def test_fit_certifies_and_reports_its_evidence(fitted_db, embedder, banking_sub
         assert cert.n_traces == 802 and cert.n_calibration == round(0.3 * 802)
         assert 0.0 < cert.coverage <= 1.0
         assert cert.agreement >= cert.agreement_lower_bound >= 0.9
-        assert cert.model in cert.candidates and {"logistic", "mlp", "logistic+tfidf"} <= set(cert.candidates)
+        assert cert.model == SURROGATE and set(cert.candidates) == {SURROGATE}
+        assert 0.0 < cert.candidates[SURROGATE]["val_coverage"] <= 1.0
         assert set(cert.per_label) == {lab for _, lab in banking_subset} | {"crypto"}
         assert cert.per_label["crypto"]["status"] == "too_rare"
         assert len(cert.calibration_ids) == cert.n_calibration

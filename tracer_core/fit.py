@@ -1,8 +1,8 @@
 """Fit a surrogate on teacher traces and certify it with the parity gate.
 
 The traces are split at random into calibration (30%, drawn only from the calibration pool),
-validation (15%) and train (the rest). Everything that is chosen (the candidate model, the
-out-of-distribution threshold and the threshold grid) is chosen on train
+validation (15%) and train (the rest). Everything that is chosen (the out-of-distribution
+threshold and the threshold grid, from the surrogate's validation scores) is chosen on train
 and validation only. The calibration traces are used once, by the fixed-sequence test in
 `gate.py`, so the certificate holds with probability at least 1 - delta.
 
@@ -12,8 +12,8 @@ pool trace left out of it joins the calibration evidence. Which traces calibrate
 only on the permutation and the pool, never on labels, so the gate's guarantee is unchanged.
 
 `fit_policy` runs the steps in order: `_prepare` (inputs, labels, split), `_filters` (out-of-
-distribution and unseen-label checks), `_trials` (candidates x scores on validation),
-`_final_policy` (the winner retrained on train + validation), `_calibrate` (the gate).
+distribution and unseen-label checks), `_trial` (the surrogate's scores on validation),
+`_final_policy` (the surrogate retrained on train + validation), `_calibrate` (the gate).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
 from tracer_core.settings import check
 from tracer_core.shutdown import check_exit, embed_in_steps
-from tracer_core.surrogate import Surrogate, fit_logistic, fit_mlp
+from tracer_core.surrogate import Surrogate, fit_ensemble
 
 CAL_FRACTION = 0.30
 VAL_FRACTION = 0.15
@@ -59,20 +59,7 @@ UNSEEN_CHUNK = 1024  # validation rows per block of the unseen-label similarity 
 EVIDENCE_CHUNK = 20_000  # calibration rows decided at once
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A surrogate recipe: which features, which scikit-learn estimator."""
-
-    name: str
-    use_tfidf: bool
-    fit: Callable[..., Surrogate]
-
-
-CANDIDATES = (
-    Candidate("logistic", False, fit_logistic),
-    Candidate("logistic+tfidf", True, fit_logistic),
-    Candidate("mlp", False, fit_mlp),
-)
+SURROGATE = "ensemble (logistic, logistic+tfidf, mlp)"  # the certificate's `model`
 
 
 def traces_needed(alpha: float, delta: float) -> int:
@@ -216,9 +203,8 @@ class Filters:
 
 @dataclass(frozen=True)
 class Trial:
-    """One candidate trained on train, measured on validation."""
+    """The surrogate trained on train, measured on validation."""
 
-    candidate: Candidate
     scores: np.ndarray  # top probability per validation row
     agrees: np.ndarray
     coverage: float  # validation coverage at alpha among in-distribution rows
@@ -252,7 +238,7 @@ def fit_policy(
     calibration_pool: Sequence[bool] | np.ndarray | None = None,
     max_train: int | None = DEFAULT_MAX_TRAIN,
 ) -> tuple[Policy | None, Certificate]:
-    """Train candidates, pick one on validation, certify it on calibration; no store writes.
+    """Train the surrogate, score validation, certify it on calibration; no store writes.
 
     `calibration_pool` marks the traces that may serve as calibration evidence (a uniform
     random sample of traffic); the others train and validate only. None: every trace.
@@ -282,18 +268,17 @@ def fit_policy(
     if len(set(data.y[data.trainable(data.split.train)])) < 2:
         return refuse(codes.SINGLE_LABEL, "fewer than two labels have enough traces to train on")
     filters = _filters(data)
-    trials = _trials(data, filters, alpha, seed)
-    best = max(trials, key=lambda t: (t.coverage, t.agreement))
-    policy = _final_policy(data, filters, best, seed)
+    trial = _trial(data, filters, alpha, seed)
+    policy = _final_policy(data, filters, seed)
     evidence = _evidence(policy, data)
     val_ok = filters.val_in_distribution
-    val_scores, val_agrees = best.scores[val_ok], best.agrees[val_ok]
+    val_scores, val_agrees = trial.scores[val_ok], trial.agrees[val_ok]
     grid = threshold_grid(val_scores, val_agrees, len(data.split.cal), alpha, delta)
     result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, delta)
     common = dict(
         n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=len(data.split.cal),
-        n_train_available=split.n_available, n_labels=len(data.counts), model=best.candidate.name,
-        candidates={t.candidate.name: {"val_agreement": round(t.agreement, 4), "val_coverage": round(t.coverage, 4)} for t in trials},
+        n_train_available=split.n_available, n_labels=len(data.counts), model=SURROGATE,
+        candidates={SURROGATE: {"val_agreement": round(trial.agreement, 4), "val_coverage": round(trial.coverage, 4)}},
         frontier=[_frontier_point(a, delta, val_scores, val_agrees, evidence) for a in FRONTIER_ALPHAS],
         ood_threshold=filters.ood_threshold,
         calibration_ids=[int(ids[i]) for i in split.cal] if ids else [],
@@ -362,32 +347,30 @@ def _filters(data: Traces) -> Filters:
     return Filters(ood_threshold, distance <= ood_threshold, np.sort(unseen_rows), unseen_threshold)
 
 
-def _trials(data: Traces, filters: Filters, alpha: float, seed: int) -> list[Trial]:
-    """Every candidate trained on train and measured on validation by its coverage at alpha."""
+def _trial(data: Traces, filters: Filters, alpha: float, seed: int) -> Trial:
+    """The surrogate trained on train and measured on validation (its scores fix the threshold grid)."""
     train, val = data.trainable(data.split.train), data.split.val
     ok = filters.val_in_distribution
-    out = []
-    for cand in CANDIDATES:
-        model, tfidf = _train(cand, data, train, seed)
-        proba = predict_proba(model, data.vectors[val], data.text_list(val), tfidf)
-        agrees = proba.argmax(axis=1) == data.y[val]
-        scores = proba.max(axis=1)
-        out.append(Trial(cand, scores, agrees, coverage_at(scores[ok], agrees[ok], alpha), float(agrees.mean())))
-    return out
+    model, tfidf = _train(data, train, seed)
+    proba = predict_proba(model, data.vectors[val], data.text_list(val), tfidf)
+    agrees = proba.argmax(axis=1) == data.y[val]
+    scores = proba.max(axis=1)
+    return Trial(scores, agrees, coverage_at(scores[ok], agrees[ok], alpha), float(agrees.mean()))
 
 
-def _train(cand: Candidate, data: Traces, rows: np.ndarray, seed: int) -> tuple[Surrogate, Tfidf | None]:
+def _train(data: Traces, rows: np.ndarray, seed: int) -> tuple[Surrogate, Tfidf]:
     check_exit()  # a background refit stops here at interpreter exit
     texts = data.text_list(rows)
-    tfidf = Tfidf.fit(texts) if cand.use_tfidf else None
-    model = cand.fit(join_features(data.vectors[rows], texts, tfidf), data.y[rows], len(data.label_names), seed=seed)
+    tfidf = Tfidf.fit(texts)
+    vectors = data.vectors[rows]
+    model = fit_ensemble(vectors, join_features(vectors, texts, tfidf), data.y[rows], len(data.label_names), seed=seed)
     return model, tfidf
 
 
-def _final_policy(data: Traces, filters: Filters, best: Trial, seed: int) -> Policy:
-    """The winning recipe retrained on train + validation."""
+def _final_policy(data: Traces, filters: Filters, seed: int) -> Policy:
+    """The surrogate retrained on train + validation."""
     rows = data.fit_rows
-    model, tfidf = _train(best.candidate, data, rows, seed)
+    model, tfidf = _train(data, rows, seed)
     return Policy(
         labels=data.label_names, surrogate=model, tfidf=tfidf, ood=MahalanobisOOD.fit(data.vectors[rows], data.y[rows]),
         ood_threshold=filters.ood_threshold, threshold=1.0, excluded=set(),

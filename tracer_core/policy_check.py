@@ -47,6 +47,12 @@ def _ood_dim(ood, n_labels: int) -> int:
 
 
 def _check_surrogate(surrogate, n_labels: int, dim: int, n_tfidf: int) -> None:
+    if surrogate.kind == "ensemble":
+        if not surrogate.members or len(surrogate.members) != len(surrogate.sparse):
+            raise PolicyError("policy ensemble surrogate has no members or a TF-IDF flag count that does not match them")
+        for member, sparse in zip(surrogate.members, surrogate.sparse):
+            _check_surrogate(member, n_labels, dim, n_tfidf if sparse else 0)
+        return
     if surrogate.kind == "logistic":
         _array("surrogate weights", surrogate.weights, (n_labels, dim + n_tfidf))
         _array("surrogate bias", surrogate.bias, (n_labels,))

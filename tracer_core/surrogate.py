@@ -1,7 +1,9 @@
 """Surrogate classifiers on embeddings, trained with scikit-learn and stored as plain arrays.
 
-Each candidate is fit with scikit-learn, then reduced to its weight arrays so that a stored
-policy predicts with numpy alone and loading it never executes code (no pickle).
+Each model is fit with scikit-learn, then reduced to its weight arrays so that a stored
+policy predicts with numpy alone and loading it never executes code (no pickle). The fit's
+surrogate is `fit_ensemble`: the average of three of them, whose confidence ranks inputs
+better than any one (bench/results.md, "Coverage targets").
 """
 
 from __future__ import annotations
@@ -87,11 +89,41 @@ class MLPSurrogate:
         return out
 
 
-Surrogate = LinearSurrogate | MLPSurrogate
+@dataclass
+class EnsembleSurrogate:
+    """The average of its members' label probabilities; member i reads the TF-IDF columns when `sparse[i]`."""
+
+    members: list[LinearSurrogate | MLPSurrogate]
+    sparse: list[bool]
+    kind: str = "ensemble"
+
+    def predict_proba(self, x: np.ndarray, sparse_extra=None) -> np.ndarray:
+        total = self.members[0].predict_proba(x, sparse_extra if self.sparse[0] else None)
+        for member, sparse in zip(self.members[1:], self.sparse[1:]):
+            total += member.predict_proba(x, sparse_extra if sparse else None)
+        return total / len(self.members)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"kinds": np.array([m.kind for m in self.members]), "sparse": np.array(self.sparse, dtype=np.uint8)}
+        for i, member in enumerate(self.members):
+            out |= {f"m{i}_{k}": v for k, v in member.arrays().items()}
+        return out
+
+
+Surrogate = LinearSurrogate | MLPSurrogate | EnsembleSurrogate
 
 
 def surrogate_from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> Surrogate:
     """Rebuild a surrogate from the arrays `Surrogate.arrays()` returned."""
+    if kind == "ensemble":
+        members = []
+        for i, member_kind in enumerate(arrays["kinds"].tolist()):
+            if member_kind == "ensemble":
+                raise ValueError("an ensemble member cannot be an ensemble")
+            prefix = f"m{i}_"
+            member = surrogate_from_arrays(member_kind, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            members.append(member)
+        return EnsembleSurrogate(members, [bool(s) for s in arrays["sparse"].tolist()])  # type: ignore[arg-type]
     if kind == "logistic":
         return LinearSurrogate(arrays["w0"], arrays["b0"])
     if kind == "mlp":
@@ -141,3 +173,15 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, hidden: 
         [model.coefs_[0].astype(np.float32), w_out], [model.intercepts_[0].astype(np.float32), b_out]
     )
 
+
+
+def fit_ensemble(vectors: np.ndarray, joined, y: np.ndarray, n_labels: int, seed: int = 0) -> EnsembleSurrogate:
+    """Logistic regression on the embedding, the same on `joined` (embedding + TF-IDF; None: left out) and the MLP,
+    averaged."""
+    members: list[LinearSurrogate | MLPSurrogate] = [fit_logistic(vectors, y, n_labels, seed=seed)]
+    sparse = [False]
+    if joined is not None:
+        members.append(fit_logistic(joined, y, n_labels, seed=seed))
+        sparse.append(True)
+    members.append(fit_mlp(vectors, y, n_labels, seed=seed))
+    return EnsembleSurrogate(members, sparse + [False])
