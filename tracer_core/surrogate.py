@@ -116,14 +116,16 @@ Surrogate = LinearSurrogate | MLPSurrogate | EnsembleSurrogate
 def surrogate_from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> Surrogate:
     """Rebuild a surrogate from the arrays `Surrogate.arrays()` returned."""
     if kind == "ensemble":
-        members = []
-        for i, member_kind in enumerate(arrays["kinds"].tolist()):
-            if member_kind == "ensemble":
-                raise ValueError("an ensemble member cannot be an ensemble")
-            prefix = f"m{i}_"
-            member = surrogate_from_arrays(member_kind, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-            members.append(member)
-        return EnsembleSurrogate(members, [bool(s) for s in arrays["sparse"].tolist()])  # type: ignore[arg-type]
+        members = [
+            _model_from_arrays(member, {k[len(f"m{i}_"):]: v for k, v in arrays.items() if k.startswith(f"m{i}_")})
+            for i, member in enumerate(arrays["kinds"].tolist())
+        ]
+        return EnsembleSurrogate(members, [bool(s) for s in arrays["sparse"].tolist()])
+    return _model_from_arrays(kind, arrays)
+
+
+def _model_from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> LinearSurrogate | MLPSurrogate:
+    """One model (an ensemble's member or a policy's only model) from its arrays."""
     if kind == "logistic":
         return LinearSurrogate(arrays["w0"], arrays["b0"])
     if kind == "mlp":
@@ -174,14 +176,10 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, hidden: 
     )
 
 
-
 def fit_ensemble(vectors: np.ndarray, joined, y: np.ndarray, n_labels: int, seed: int = 0) -> EnsembleSurrogate:
-    """Logistic regression on the embedding, the same on `joined` (embedding + TF-IDF; None: left out) and the MLP,
-    averaged."""
-    members: list[LinearSurrogate | MLPSurrogate] = [fit_logistic(vectors, y, n_labels, seed=seed)]
-    sparse = [False]
-    if joined is not None:
-        members.append(fit_logistic(joined, y, n_labels, seed=seed))
-        sparse.append(True)
-    members.append(fit_mlp(vectors, y, n_labels, seed=seed))
-    return EnsembleSurrogate(members, sparse + [False])
+    """Logistic regression on the embedding, the same on `joined` (embedding + TF-IDF) and the MLP, averaged."""
+    members: list[LinearSurrogate | MLPSurrogate] = [
+        fit_logistic(vectors, y, n_labels, seed=seed), fit_logistic(joined, y, n_labels, seed=seed),
+        fit_mlp(vectors, y, n_labels, seed=seed),
+    ]
+    return EnsembleSurrogate(members, [False, True, False])
