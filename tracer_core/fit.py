@@ -40,7 +40,7 @@ from tracer_core.gate import (
 )
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
-from tracer_core.settings import check
+from tracer_core.settings import check_limit
 from tracer_core.shutdown import check_exit, embed_in_steps
 from tracer_core.surrogate import Surrogate, fit_ensemble
 
@@ -247,7 +247,7 @@ def fit_policy(
     started = time.time()
     n = len(texts)
     pool = _pool_mask(calibration_pool, n)
-    max_train = None if max_train is None else int(check("max_train", max_train))
+    max_train = check_limit("max_train", max_train)
     base = dict(
         task=task, fingerprint=fingerprint, alpha=alpha, delta=delta, n_traces=n, n_pool=int(pool.sum()),
         data_hash=data_hash(texts, labels), created_at=started, trace_max_id=max(ids) if ids else 0,

@@ -1,7 +1,8 @@
 """Declared constraints of the settings every entry point takes (Tracer, with_tracer, TracerCallback, TRACER_*).
 
 One table, one check: `check("alpha", value)` returns the value as a plain Python number or
-raises SettingsError naming the setting, the rule and the value.
+raises SettingsError naming the setting, the rule and the value; `check_limit` is the same for a
+limit that None lifts (`max_train`).
 """
 
 from __future__ import annotations
@@ -61,3 +62,8 @@ def check(name: str, value: object) -> float | int:
     if not rule.holds(number):  # NaN holds nothing
         raise SettingsError(f"{name} must be {rule.describe()}, got {value!r}")
     return number
+
+
+def check_limit(name: str, value: object) -> int | None:
+    """None (no limit), or `value` checked against the declared constraint of `name`, as an int."""
+    return None if value is None else int(check(name, value))

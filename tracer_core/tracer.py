@@ -18,7 +18,7 @@ from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
 from tracer_core.refit import RefitScheduler
-from tracer_core.settings import check
+from tracer_core.settings import check, check_limit
 from tracer_core.shutdown import FitCancelled
 from tracer_core.store import Evidence, TraceStore
 from tracer_core.suspects import MIN_SCORE, teacher_suspects
@@ -69,7 +69,7 @@ class Tracer:
         self.delta = float(check("delta", delta))
         self.audit_rate = float(check("audit_rate", audit_rate))
         self.policy_check_s = float(check("policy_check_s", policy_check_s))
-        self.max_train = None if max_train is None else int(check("max_train", max_train))
+        self.max_train = check_limit("max_train", max_train)
         self.fingerprint = fingerprint or ""
         self.seed = seed
         self._owns_store = not isinstance(db, TraceStore)
