@@ -2,8 +2,9 @@
 
 Each model is fit with scikit-learn, then reduced to its weight arrays so that a stored
 policy predicts with numpy alone and loading it never executes code (no pickle). The fit's
-surrogate is `fit_ensemble`: the average of three of them, whose confidence ranks inputs
-better than any one (bench/results.md, "Coverage targets").
+surrogate is `fit_ensemble`: the average of three of them, whose confidence ranks inputs about
+as well as the best one or better, without the noise of picking one (bench/results.md,
+"Coverage targets").
 """
 
 from __future__ import annotations
