@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.data import load
 from bench.fits import FitCache, FitKey
-from bench.routing import evaluate, teacher_key
+from bench.routing import NAMES, evaluate, meets, teacher_key
 
 SEEDS = 5
 # (data set, teacher, first N traces or None, alpha, target coverage, coverage at commit 04032e8 (seed 0))
@@ -30,30 +30,33 @@ NOTE = (f"Seeds 0..{SEEDS - 1} re-draw the fit's random split (train / validatio
         "'issue' is the coverage the issue was filed with (commit 04032e8, seed 0).")
 
 
+def _keys(dataset: str, teacher: str, n: int | None, alpha: float) -> list[FitKey]:
+    return [FitKey(teacher_key(dataset, teacher, n), alpha, seed) for seed in range(SEEDS)]
+
+
 def fit_keys() -> list[FitKey]:
-    return [FitKey(teacher_key(d, t, n), a, s) for d, t, n, a, _, _ in CASES for s in range(SEEDS)]
+    return [key for d, t, n, a, _, _ in CASES for key in _keys(d, t, n, a)]
 
 
 def _case_name(dataset: str, teacher: str, n: int | None, alpha: float) -> str:
     traces = f"first {n:,} traces" if n else "all traces"
-    return f"{'Banking77' if dataset == 'banking77' else 'CLINC150'} {teacher}, {traces}, alpha {alpha:.2f}"
+    return f"{NAMES[dataset]} {teacher}, {traces}, alpha {alpha:.2f}"
 
 
 def coverage_targets(cache: FitCache) -> list[dict]:
     rows = []
     for dataset, teacher, n, alpha, target, issue in CASES:
         split = load(teacher_key(dataset, teacher))
-        keys = [FitKey(teacher_key(dataset, teacher, n), alpha, s) for s in range(SEEDS)]
-        results = sorted(cache.many(keys), key=lambda r: r.key.seed)
+        results = sorted(cache.many(_keys(dataset, teacher, n, alpha)), key=lambda r: r.key.seed)
         coverage: list[float] = []
         ceilings: list[float] = []
-        met = 0
+        met: list[bool] = []
         for result in results:
             ev = evaluate(result.policy, split.test_texts, split.test_labels)
             coverage.append(ev.coverage)
+            met.append(meets(result, ev, target, alpha))
             if result.cert.deployed:
                 ceilings.append(ev.ceiling(alpha) or 0.0)
-                met += ev.coverage >= target and not ev.significantly_below(alpha)
         deployed = len(ceilings)
         rows.append({
             "case": _case_name(dataset, teacher, n, alpha),
@@ -64,7 +67,7 @@ def coverage_targets(cache: FitCache) -> list[dict]:
             "deployed": f"{deployed} / {SEEDS}",
             "ceiling (mean)": f"{np.mean(ceilings):.3f}" if ceilings else "-",
             "target": f">= {target:.2f}",
-            "seeds meeting it": f"{met} / {SEEDS}",
-            "ok (seed 0)": "met" if results[0].cert.deployed and coverage[0] >= target else "NOT met",
+            "seeds meeting it": f"{sum(met)} / {SEEDS}",
+            "ok (seed 0)": "met" if met[0] else "NOT met",
         })
     return rows

@@ -110,6 +110,11 @@ def _deployed(cert) -> str:
     return "yes" if cert.deployed else f"no ({cert.reason_code})"
 
 
+def meets(result, ev: Evaluation, target: float, alpha: float) -> bool:
+    """A coverage target is met: the fit deployed, test coverage reaches `target`, agreement not sig. below alpha."""
+    return result.cert.deployed and ev.coverage >= target and not ev.significantly_below(alpha)
+
+
 def _quality_row(result, ev: Evaluation, alpha: float) -> dict:
     cert = result.cert
     return {
@@ -163,7 +168,7 @@ def routing(cache: FitCache, dataset: str, teacher: str) -> list[dict]:
             ok = not result.cert.deployed
         else:
             row["target"] = f"coverage >= {target:.2f}, not sig. below"
-            ok = result.cert.deployed and ev.coverage >= target and not ev.significantly_below(alpha)
+            ok = meets(result, ev, target, alpha)
         row["reference"] = reference
         row["ok"] = "met" if ok else "NOT met"
         rows.append(row)
@@ -182,7 +187,7 @@ def learning_curve(cache: FitCache) -> list[dict]:
         if target is None:
             row.update(target="-", reference=reference, ok="-")
         else:
-            ok = result.cert.deployed and ev.coverage >= target and not ev.significantly_below(CURVE_ALPHA)
+            ok = meets(result, ev, target, CURVE_ALPHA)
             row.update(target=f"coverage >= {target:.2f}", reference=reference, ok="met" if ok else "NOT met")
         rows.append(row)
     return rows
