@@ -8,8 +8,10 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # litellm otherwise tries to download its model price list at import
 export LITELLM_LOCAL_MODEL_COST_MAP := True
+# mkdocs-material otherwise prints a banner about MkDocs 2.0 on every build
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install sysdeps lint test demo bench lock clean
+.PHONY: install sysdeps lint docs test demo bench lock clean
 
 install: $(STAMP)
 
@@ -32,7 +34,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-test: $(STAMP) sysdeps lint
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link, a missing
+# page or a reference to a name that no longer exists.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --quiet
+
+test: $(STAMP) sysdeps lint docs
 	$(PY) -m pytest -q --durations=15
 
 demo: $(STAMP)
@@ -46,4 +53,4 @@ lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
