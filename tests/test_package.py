@@ -1,5 +1,5 @@
-"""The built wheel is what a user installs: it ships the demo data with its licence and runs the README's
-Python example from a folder outside the checkout, with only the installed wheel importable."""
+"""The built wheel is what a user installs: it ships the demo data with its licence and runs the Getting
+started page's Python example from a folder outside the checkout, with only the installed wheel importable."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_readme import readme_blocks
+from tests.test_docs import page_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache",
-                                    "demo-out", "*.db", "*.db-wal", "*.db-shm")
+                                    "demo-out", "site", "*.db", "*.db-wal", "*.db-shm")
 
 
 def build_wheel(out: Path) -> Path:
@@ -33,12 +33,12 @@ def build_wheel(out: Path) -> Path:
 
 
 def python_api_example() -> str:
-    (code,) = [code for kind, code in readme_blocks() if kind == "python" and "from tracer_core import Tracer" in code]
+    (code,) = [code for kind, code in page_blocks("docs/getting-started.md") if kind == "python"]
     return code
 
 
 @pytest.mark.slow
-def test_wheel_ships_data_and_licences_and_runs_the_readme_example(tmp_path):
+def test_wheel_ships_data_and_licences_and_runs_the_python_api_example(tmp_path):
     wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
