@@ -1,7 +1,8 @@
 """Every code block of the documentation runs: the README's and each docs page's Python and shell
 blocks in order in one folder per page, against a local stand-in teacher; `make` lines as dry runs;
 the YAML block must match the proxy example. Fast checks: each page has the blocks it promises,
-every page is in the site's navigation, and every exported name is in the API reference."""
+every page is in the site's navigation, every exported name is in the API reference, and the README
+stays a short front page whose links resolve (`mkdocs build --strict` checks the site's own links)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,14 @@ def test_every_docs_page_is_in_the_navigation_and_listed_here():
     on_disk = sorted(str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md"))
     assert sorted(nav_pages(config["nav"])) == on_disk
     assert sorted(f"docs/{p}" for p in on_disk) == sorted(p for p in PAGES if p.startswith("docs/"))
+
+
+def test_the_readme_is_a_short_front_page_whose_links_resolve():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count("\n") <= 150
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert "docs/getting-started.md" in targets
+    assert [t for t in targets if not (ROOT / t).exists()] == []
 
 
 def exported_names(package: str) -> list[str]:
