@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from tracer_core.audits import AuditSampler, as_audit
+from tracer_core.binding import Level, answers_for, certified_level
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
@@ -77,6 +78,7 @@ class Tracer:
         self._embed = embedder
         self._fit_lock = threading.Lock()
         self._error_logged = False
+        self._stricter_logged: int | None = None  # the policy version a stricter-caller warning was logged for
         self.audits = AuditSampler(self.audit_rate, f"{seed}:{task}:{self.fingerprint}:{os.getpid()}", task)
         self.suspensions = Suspensions(self.store, task, self.fingerprint)
         self.watcher = PolicyWatcher(
@@ -232,9 +234,22 @@ class Tracer:
             return [deferred(Reason.INVALID_POLICY if in_force.policy_error else reason) for _ in texts]
         if not texts:
             return []
+        if not answers_for(policy.certificate, self.alpha, self.delta):
+            self._log_stricter(policy.certificate)
+            return [deferred(Reason.NOT_CERTIFIED_AT_ALPHA, policy.version) for _ in texts]
         decisions = policy.decide(texts, embed_checked(self.embed, texts))
         self.audits.watch(decisions, policy.certificate)
         return [as_audit(d) if audit else d for d, audit in zip(decisions, audited)]
+
+    def _log_stricter(self, cert: Certificate) -> None:
+        """Say once per policy version that this caller asks more than the deployed certificate."""
+        if self._stricter_logged != cert.version:
+            self._stricter_logged = cert.version
+            log.warning(
+                "tracer task %r: policy v%s is certified at %s; this caller asks %s, so every call goes to the LLM "
+                "until a fit at that level deploys", self.task, cert.version, certified_level(cert),
+                Level(self.alpha, self.delta),
+            )
 
     async def aroute(self, text: str) -> Decision:
         """`route()` in a worker thread, so the event loop never waits on embedding."""
@@ -282,7 +297,10 @@ class Tracer:
         if self.suspensions.current() is None:
             raise TracerError(f"task {self.task!r} is not suspended")
         policy = self.watcher.current(force=True).policy
-        fresh = policy is not None and policy.certificate.since_trace_id >= self.suspensions.floor()
+        fresh = (
+            policy is not None and policy.certificate.since_trace_id >= self.suspensions.floor()
+            and answers_for(policy.certificate, self.alpha, self.delta)
+        )
         cert = policy.certificate if fresh else self.fit()
         if not cert.deployed:
             raise TracerError(f"task {self.task!r} stays suspended: no valid certificate after the suspension ({cert.reason})")
@@ -323,8 +341,9 @@ class Tracer:
             "coverage": cert.coverage if cert else 0.0,
             "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
             "fit_evidence": cert.evidence() if cert else None,
-            "alpha": self.alpha,
+            "alpha": self.alpha,  # this caller's level; the policy answers it only if "answers_this_caller"
             "delta": self.delta,
+            "answers_this_caller": cert is not None and answers_for(cert, self.alpha, self.delta),
             "last_fit_at": last["created_at"] if last else None,
             "last_fit": (last["certificate"] or {}).get("reason", "?") if last else "never fitted",
             "versions": len(versions),
