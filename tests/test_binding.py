@@ -55,6 +55,7 @@ def test_a_stricter_caller_defers_with_its_own_reason(db, level, caplog) -> None
     assert not any(d.handled for d in decisions) and {d.policy_version for d in decisions} == {1}
     assert Reason.NOT_CERTIFIED_AT_ALPHA.text.startswith("the policy is certified at a lower alpha (or higher delta)")
     assert status["answers_this_caller"] is False and status["policy_version"] == 1
+    assert (status["certified"]["alpha"], status["certified"]["delta"]) == (0.85, 0.05)
     warnings = [r.getMessage() for r in caplog.records if "certified at alpha 0.85, delta 0.05" in r.getMessage()]
     assert len(warnings) == 1, warnings  # said once, not on every call
 
@@ -130,6 +131,8 @@ def test_cli_fit_keeps_the_task_alpha_and_prints_a_change(tmp_path, banking_subs
     assert first.exit_code == 0, first.output
     assert first.output.startswith(f"certifying task {TASK!r} at alpha 0.95, delta 0.05 (the default: the task version "
                                    "was never fitted)")
+    assert "lower bound" not in first.output
+    assert "attempt" in first.output  # "attempt j: delta_j ... spent", or "attempt not recorded" before the gate branch
 
     at_085 = run(cli, ["fit", "--task", TASK, "--alpha", "0.85", "--db", str(db)])
     assert at_085.exit_code == 0, at_085.output

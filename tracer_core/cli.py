@@ -13,6 +13,7 @@ from tracer_core.cli_report import report_commands
 from tracer_core.cli_store import db_option, require_db, store_commands
 from tracer_core.cli_suspects import suspect_commands
 from tracer_core.errors import TracerError
+from tracer_core.guarantee import attempt_statement, outcome_statement
 
 
 @click.group()
@@ -82,7 +83,8 @@ def fit(task: str, fingerprint: str | None, alpha: float | None, delta: float | 
         return
     click.echo(f"task {task!r} version {tracer.fingerprint[:8] or '(unversioned)'}, policy v{cert.version} "
                f"({'deployed' if cert.deployed else 'refused'}), {cert.n_traces} traces, {cert.fit_seconds:.1f} s")
-    click.echo(cert.summary())
+    click.echo(outcome_statement(cert.to_dict()))
+    click.echo(attempt_statement(cert.to_dict()))
     click.echo(cert.evidence())
 
 
@@ -127,7 +129,7 @@ def resume(task: str, fingerprint: str | None, alpha: float | None, delta: float
     """
     with task_tracer(db, task, fingerprint, alpha, delta, doing=("resuming", "resuming")) as tracer:
         cert = tracer.resume()
-    click.echo(f"task {task!r} resumed with policy v{cert.version}: {cert.summary()}")
+    click.echo(f"task {task!r} resumed with policy v{cert.version}: {outcome_statement(cert.to_dict())}")
 
 
 for command in (*store_commands, *report_commands, *suspect_commands):

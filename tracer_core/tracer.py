@@ -18,6 +18,7 @@ from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
+from tracer_core.guarantee import guarantee_facts
 from tracer_core.refit import RefitScheduler
 from tracer_core.settings import check, check_limit
 from tracer_core.shutdown import FitCancelled
@@ -321,7 +322,7 @@ class Tracer:
         return in_force.policy.certificate if in_force.policy else in_force.refusal
 
     def status(self) -> dict:
-        """Traces by source, the deployed policy, the last fit attempt, suspension and monitor, as plain data."""
+        """Traces by source, the deployed policy and what it certifies, the last fit, suspension and monitor, as plain data."""
         in_force = self.watcher.current(force=True)
         policy = in_force.policy
         versions = self.store.policies(self.task, fingerprint=self.fingerprint)
@@ -339,7 +340,7 @@ class Tracer:
             "policy_error": in_force.policy_error,
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
-            "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
+            "certified": guarantee_facts(cert.to_dict() if cert else None),
             "fit_evidence": cert.evidence() if cert else None,
             "alpha": self.alpha,  # this caller's level; the policy answers it only if "answers_this_caller"
             "delta": self.delta,
