@@ -25,7 +25,17 @@ from tracer_core.shutdown import FitCancelled
 from tracer_core.store import Evidence, TraceStore
 from tracer_core.suspects import MIN_SCORE, teacher_suspects
 from tracer_core.suspension import Suspensions, contradiction
-from tracer_core.trace import Trace, as_list, check_task, make_trace, normalise_input
+from tracer_core.trace import (
+    CACHED,
+    UNPARSED,
+    UNPARSED_LABEL,
+    Trace,
+    as_list,
+    check_task,
+    is_label,
+    make_trace,
+    normalise_input,
+)
 from tracer_core.watcher import InForce, PolicyWatcher
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 
@@ -104,6 +114,24 @@ class Tracer:
         self.store.enqueue(trace)
         if trace.source == "teacher":
             self.refits.count(1)
+
+    def record_answer(
+        self, text: str, label: str | None, *, decision: Decision | None = None, cached: bool = False, **fields
+    ) -> None:
+        """Record the answer to a call, as the integrations do, whatever it is.
+
+        An answer that carries no label (`label` None, empty or too long) is kept as an `unparsed`
+        trace and an LLM answer from the caller's own cache (`cached`) as a `cached` one: neither is
+        ever training or calibration evidence (one teaches nothing, the other repeats an answer
+        already recorded), but an audit among them still counts for the monitor, an unparsed one as
+        a disagreement (the LLM did not give the policy's answer). So which audits count never
+        depends on the input.
+        """
+        if not is_label(label):
+            label, fields["source"] = UNPARSED_LABEL, UNPARSED
+        elif cached and not (decision is not None and decision.handled):
+            fields["source"] = CACHED
+        self.record(text, str(label), decision=decision, **fields)
 
     def record_many(
         self, texts: Iterable[str], labels: Iterable[str], *, decisions: Sequence[Decision] | None = None, **fields

@@ -13,6 +13,7 @@ from tracer_core.guarantee import attempt_brief, guarantee_facts, outcome_statem
 from tracer_core.monitor import DRIFT_LEVEL, EXPECTED_OOD_SHARE, AgreementMonitor
 from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
+from tracer_core.trace import CACHED, UNPARSED
 from tracer_core.versions import resolve_version
 
 HOUR_S = 3600.0
@@ -42,15 +43,19 @@ def usable_policy(row: dict | None) -> tuple[Policy | None, str | None]:
 
 
 def live_counts(store: TraceStore, task: str, since: float, fingerprint: str | None = None) -> dict:
-    """Calls of `task` since `since`: handled by the surrogate, deferred to the LLM by reason."""
+    """Calls of `task` since `since`: handled by the surrogate, deferred to the LLM by reason (of which answered
+    from the caller's cache, and with answers that did not parse)."""
     handled = audit = 0
     deferred: dict[str, int] = {}
+    kinds = dict.fromkeys((CACHED, UNPARSED), 0)
     for row in store.counts_since(task, since, fingerprint):
         if row["source"] == "surrogate":
             handled += row["n"]
-        elif row["source"] == "teacher":
+        elif row["source"] in ("teacher", *kinds):
             reason = row["reason"] or NOT_ROUTED
             deferred[reason] = deferred.get(reason, 0) + row["n"]
+            if row["source"] in kinds:
+                kinds[row["source"]] += row["n"]
         else:
             audit += row["n"]
     total = handled + sum(deferred.values())
@@ -61,6 +66,7 @@ def live_counts(store: TraceStore, task: str, since: float, fingerprint: str | N
         "deferred": sum(deferred.values()),
         "handled_share": handled / total if total else None,
         "deferred_by_reason": dict(sorted(deferred.items(), key=lambda kv: -kv[1])),
+        **kinds,
         "audit": audit,
     }
 

@@ -98,5 +98,8 @@ def live_table(hour: dict, total: dict) -> Table:
         table.add_row(
             plain(f"  {reason}"), num(hour["deferred_by_reason"].get(reason, 0)), num(total["deferred_by_reason"].get(reason, 0))
         )
+    for kind, name in (("cached", "  answered from the caller's cache"), ("unparsed", "  answers that did not parse")):
+        if total.get(kind):
+            table.add_row(name, num(hour.get(kind, 0)), num(total[kind]))
     table.add_row("handled share", pct(hour["handled_share"]), pct(total["handled_share"]))
     return table
