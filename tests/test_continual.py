@@ -197,7 +197,7 @@ def test_a_release1_store_opens_with_its_traces_and_policy(tmp_path):
     db = tmp_path / "release1.db"
     shutil.copy(ROOT / "tests" / "data" / "release1.db", db)
     with TraceStore(db) as store:
-        assert store.counts("release1") == {"teacher": 406, "surrogate": 15, "audit": 0}
+        assert store.counts("release1") == {"teacher": 406, "surrogate": 15, "audit": 0, "cached": 0, "unparsed": 0}
         routes = Counter(t.route for t in store.iter_traces("release1"))
         assert routes == {None: 401, "out_of_distribution": 5, "handled": 15}
         assert [p["version"] for p in store.policies("release1")] == [1]

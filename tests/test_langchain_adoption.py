@@ -13,6 +13,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from tracer_core import TraceStore
+from tracer_demo.local_teacher import LocalTeacher
 from tracer_langchain import with_tracer
 from tracer_langchain.llm_cache import TracerLLMCache
 from tracer_langchain.observer import observe, stop_observing
@@ -120,3 +121,31 @@ def test_llm_cache_answers_certified_structured_calls(teacher, llm_cache, db_pat
     tracer.flush()
     surrogate = _traces(db_path, "surrogate")
     assert len(surrogate) >= 30 and {t.route for t in surrogate} == {"handled"}
+
+
+def test_llm_cache_records_an_unparsable_audit_answer_as_a_disagreement(db_path, banking_subset, fake_embedder):
+    """Issue 21.6: an audited call whose answer is empty was dropped; it now reaches the monitor, never training."""
+    answers = dict(banking_subset)
+    cache = TracerLLMCache(TASK, db=db_path, alpha=0.9, embedder=fake_embedder, auto_refit=False, audit_rate=0.999)
+    set_llm_cache(cache)
+    try:
+        with LocalTeacher(lambda messages: answers[messages[-1]["content"]]) as server:
+            llm = ChatOpenAI(base_url=server.base_url, api_key="sk-test", model="teacher", max_retries=0)
+            chain = ChatPromptTemplate([("system", "Classify the banking query."), ("human", "{text}")]) | llm
+            chain.batch([{"text": text} for text, _ in banking_subset], {"max_concurrency": 8})
+            (tracer,) = cache.tracers.values()
+            tracer.flush()
+            assert tracer.fit().deployed
+            decisions = tracer.route_many([t for t, _ in banking_subset])  # nearly all audits, with the would-be label
+            text = next(t for (t, _), d in zip(banking_subset, decisions) if d.reason == "audit" and d.label is not None)
+            answers[text] = ""
+            assert chain.invoke({"text": text}).content == ""
+            tracer.flush()
+            [audit] = [t for t in tracer.store.iter_traces(TASK) if t.route == "audit"]
+            outcomes = tracer.store.audit_outcomes(TASK, tracer.fingerprint)
+            trainable = tracer.store.teacher_evidence(TASK, tracer.fingerprint).ids
+    finally:
+        set_llm_cache(None)
+        cache.close()
+    assert (audit.input, audit.source) == (text, "unparsed") and audit.predicted is not None
+    assert outcomes == [(audit.id, False)] and audit.id not in trainable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import openai
 import pytest
@@ -35,8 +36,8 @@ def teacher_traces(db, fingerprint: str | None = None, source: str = "teacher"):
 
 def wrap(chain, db, fake_embedder, **options) -> TracedRunnable:
     """A wrapper with deterministic routing (no audits, no background refits)."""
-    options = {"audit_rate": 0.0, **options}
-    return with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=fake_embedder, auto_refit=False, **options)
+    options = {"audit_rate": 0.0, "alpha": 0.9, **options}
+    return with_tracer(chain, task=TASK, db=db, embedder=fake_embedder, auto_refit=False, **options)
 
 
 # -- a policy certified from traces the wrapper itself recorded ---------------------------
@@ -186,6 +187,61 @@ def test_a_prompt_change_is_a_new_task_version(trained, fake_embedder):
         assert server.request_count == before + 1
     finally:
         wrapper.close()
+
+
+# -- issue 21: one level per task version, every audit counts ------------------------------
+def snapshot(db, tmp_path, name: str):
+    """A consistent copy of the trained store (its writer may still hold pages in the WAL)."""
+    copy = tmp_path / name
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    return copy
+
+
+@pytest.mark.parametrize("level", [{"alpha": 0.99}, {"delta": 0.001}])
+def test_a_wrapper_stricter_than_the_certificate_defers_with_its_own_reason(trained, fake_embedder, tmp_path, level):
+    """Issue 21.4: the policy is certified at alpha 0.9, delta 0.05; this wrapper asks more."""
+    server, db = trained["server"], snapshot(trained["db"], tmp_path, "strict.db")
+    text, label, _ = trained["handled"][4]
+    wrapper = wrap(trained["chain"], db, fake_embedder, **level)
+    try:
+        before = server.request_count
+        with collect_runs() as runs:
+            assert wrapper.invoke({"text": text}) == label
+        assert server.request_count == before + 1
+        metadata = runs.traced_runs[0].extra["metadata"]
+        assert metadata["tracer_reason"] == "not_certified_at_alpha" and metadata["tracer_handled"] is False
+        wrapper.flush()
+        [trace] = [t for t in teacher_traces(db, wrapper.tracer.fingerprint) if t.route == "not_certified_at_alpha"]
+        assert (trace.input, trace.policy_version, trace.label) == (text, 1, label)
+    finally:
+        wrapper.close()
+
+
+def test_an_unparsable_audit_answer_is_a_disagreement_and_never_trains(trained, fake_embedder, tmp_path):
+    """Issue 21.6: an empty answer cannot be a label; the audit used to be dropped, now it counts against the policy."""
+    db = snapshot(trained["db"], tmp_path, "audit.db")
+    (text, _, predicted), (other, other_label, other_predicted) = trained["handled"][5], trained["handled"][6]
+    answers = {text: "", other: other_label}
+    with LocalTeacher(lambda messages: answers[messages[-1]["content"]]) as silent:
+        wrapper = wrap(make_chain(silent), db, fake_embedder, audit_rate=0.999)
+        try:
+            assert wrapper.invoke({"text": text}) == ""
+            assert wrapper.invoke({"text": other}) == other_label
+            assert silent.request_count == 2
+            wrapper.flush()
+            fingerprint = wrapper.tracer.fingerprint
+        finally:
+            wrapper.close()
+    with TraceStore(db) as store:
+        new = [t for t in store.iter_traces(TASK, fingerprint=fingerprint) if t.input in answers and t.route == "audit"]
+        outcomes = dict(store.audit_outcomes(TASK, fingerprint))
+        trainable = set(store.teacher_evidence(TASK, fingerprint).ids)
+    unparsed, parsed = sorted(new, key=lambda t: t.id)
+    assert (unparsed.input, unparsed.source, unparsed.predicted) == (text, "unparsed", predicted)
+    assert (parsed.input, parsed.source, parsed.predicted) == (other, "teacher", other_predicted)
+    assert outcomes[unparsed.id] is False and outcomes[parsed.id] is (other_label == other_predicted)
+    assert unparsed.id not in trainable and parsed.id in trainable
 
 
 # -- misses: a fresh store, every call goes to the chain -----------------------------------

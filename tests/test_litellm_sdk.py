@@ -18,7 +18,8 @@ import litellm
 import pytest
 from litellm.integrations.custom_logger import CustomLogger
 
-from tracer_core import Tracer
+from tracer_core import Tracer, TraceStore
+from tracer_demo.local_teacher import LocalTeacher
 from tracer_litellm import TracerCallback
 from tracer_litellm.request import describe_call
 
@@ -457,6 +458,74 @@ def test_an_audited_call_reaches_the_llm_and_stores_the_would_be_label(use_callb
     assert (trace["source"], trace["route"], trace["predicted"], trace["policy_version"]) == ("teacher", "audit", label, 1)
 
 
+def monitored(db: Path, task, before: int) -> tuple[list[tuple[int, bool]], list[int]]:
+    """(the monitor's audit outcomes, the ids a fit may use) among traces after `before`."""
+    with TraceStore(db) as store:
+        outcomes = store.audit_outcomes(task.task, task.fingerprint, since_id=before)
+        evidence = store.teacher_evidence(task.task, task.fingerprint, since_id=before)
+    return outcomes, evidence.ids
+
+
+def test_a_cached_audit_reaches_the_monitor_and_never_trains(use_callback, teacher, trained_db, hits, task, fake_embedder):
+    """Issue 21.6: an audit answered from the user's cache was dropped, so which audits counted depended on the input."""
+    saved = litellm.cache
+    litellm.cache = litellm.Cache()
+    try:
+        callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder, audit_rate=0.999)
+        before = last_id(trained_db)
+        text, label = hits[0]
+        answers = [litellm.completion(**call_kwargs(teacher, text)) for _ in range(2)]
+    finally:
+        litellm.cache = saved
+    assert teacher.request_count == 1 and answers[1]._hidden_params.get("cache_hit") is True
+    assert answers[0]._hidden_params["tracer"]["reason"] == "audit"  # LiteLLM returns a cache hit before tracer marks it
+    callback.flush()
+    first, cached = new_traces(trained_db, before)
+    assert (first["source"], first["route"], first["predicted"]) == ("teacher", "audit", label)
+    assert (cached["source"], cached["route"], cached["predicted"], cached["label"]) == ("cached", "audit", label, label)
+    assert monitored(trained_db, task, before) == ([(first["id"], True), (cached["id"], True)], [first["id"]])
+    assert callback.tracer_of(**call_kwargs(teacher, text)).status()["monitor"]["audits"] == 2
+
+
+def test_an_unparsable_audit_answer_is_a_disagreement_and_never_trains(use_callback, trained_db, hits, task, fake_embedder):
+    """Issue 21.6: an audit whose answer did not parse was dropped; now the monitor counts it against the policy."""
+    (text, label), (other, other_label) = hits[0], hits[1]
+    answers = {text: "", other: other_label}  # the teacher answers `text` with empty content
+    with LocalTeacher(lambda messages: answers[messages[-1]["content"]]) as silent:
+        callback = use_callback(alpha=ALPHA, db=str(trained_db), embedder=fake_embedder, audit_rate=0.999)
+        before = last_id(trained_db)
+        assert litellm.completion(**call_kwargs(silent, text)).choices[0].message.content in ("", None)
+        assert litellm.completion(**call_kwargs(silent, other)).choices[0].message.content == other_label
+        callback.flush()
+    unparsed, parsed = new_traces(trained_db, before)
+    assert (unparsed["source"], unparsed["route"], unparsed["predicted"]) == ("unparsed", "audit", label)
+    assert (parsed["source"], parsed["route"]) == ("teacher", "audit")
+    assert monitored(trained_db, task, before) == ([(unparsed["id"], False), (parsed["id"], True)], [parsed["id"]])
+
+
+def test_a_callback_stricter_than_the_certificate_defers_with_its_own_reason(
+    use_callback, teacher, trained_db, hits, fake_embedder, tmp_path
+):
+    """Issue 21.4: the policy is certified at alpha 0.9, delta 0.05; a callback at 0.99 or at delta 0.001 asks more,
+    one at 0.8 less. Each level gets its own copy of the store (one process routes a version at one level)."""
+    text, label = hits[0]
+    for i, level in enumerate(({"alpha": 0.99}, {"alpha": ALPHA, "delta": 0.001})):
+        db = shutil.copy(trained_db, tmp_path / f"strict{i}.db")
+        callback = use_callback(db=str(db), embedder=fake_embedder, **level)
+        response = litellm.completion(**call_kwargs(teacher, text))
+        assert response.choices[0].message.content == label and response.usage.total_tokens > 0
+        assert response._hidden_params["tracer"]["reason"] == "not_certified_at_alpha"
+        headers = asyncio.run(callback.async_post_call_response_headers_hook({}, None, response))
+        assert headers["x-tracer-decision"] == "deferred" and headers["x-tracer-reason"] == "not_certified_at_alpha"
+        callback.flush()
+        [trace] = new_traces(db, last_id(trained_db))
+        assert (trace["source"], trace["route"], trace["policy_version"]) == ("teacher", "not_certified_at_alpha", 1)
+    assert teacher.request_count == 2
+    use_callback(alpha=0.8, db=str(trained_db), embedder=fake_embedder)
+    assert litellm.completion(**call_kwargs(teacher, text))._hidden_params["tracer"]["handled"] is True
+    assert teacher.request_count == 2
+
+
 # --- what other parts of the ecosystem see ----------------------------------------------------
 
 
@@ -536,7 +605,12 @@ def test_user_cache_keeps_working_and_its_hits_are_not_training_data(use_callbac
         assert teacher.request_count == 1
         litellm.completion(**call_kwargs(teacher, later))
         callback.flush()
-        assert [(t["input"], t["source"]) for t in traces(db_path)] == [(text, "teacher"), (later, "teacher")]
+        recorded = traces(db_path)
+        assert [(t["input"], t["source"], t["route"]) for t in recorded] == [
+            (text, "teacher", "no_policy"), (text, "cached", "no_policy"), (later, "teacher", "no_policy")]
+        assert recorded[1]["cost_usd"] is None  # a cached answer cost nothing the recorded LLM costs should average
+        tracer = callback.tracer_of(**call_kwargs(teacher, text))
+        assert tracer.store.teacher_evidence(tracer.task, tracer.fingerprint).texts == [text, later]
     finally:
         litellm.cache = saved
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from html import escape as html_escape
 from pathlib import Path
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from tests.browser import open_page
 from tracer_core.cli import main as cli
 from tracer_core.cli_report import report, report_commands, status
+from tracer_core.guarantee import attempt_statement, guarantee_facts, outcome_statement
 from tracer_core.policy import Policy
 from tracer_core.report import build_report
 from tracer_core.report.evolution import plateau, project
@@ -104,8 +106,13 @@ def test_facts_match_a_direct_computation_on_calibration_traces(built, fitted, f
     summary = facts["summary"]
     assert d["cert"]["deployed"] and summary["deployed"] and summary["policy_version"] == 1
     assert summary["coverage"] == d["cert"]["coverage"]
-    assert summary["agreement_lower_bound"] == d["cert"]["agreement_lower_bound"]
+    guarantee = summary["guarantee"]
+    assert guarantee["observed_agreement"] == d["cert"]["agreement"] and (guarantee["alpha"], guarantee["delta"]) == (ALPHA, DELTA)
+    assert guarantee["certified"].startswith("agreement with the LLM >= alpha 0.90 on all answered calls together")
+    assert guarantee["observed"].startswith("observed ") and "not a bound" in guarantee["observed"]
+    assert guarantee["lifetime"].startswith("for this task version, the probability that tracer ever deploys a policy")
     assert summary["verdict"].startswith(f"handles {d['cert']['coverage']:.0%} at >= 90% agreement")
+    assert "lower bound" not in json.dumps(facts)
     assert summary["teacher_traces"] == 800
     assert summary["llm_calls_saved"] == d["surrogate_calls"] > 0
     assert math.isclose(summary["dollars_saved"], d["surrogate_calls"] * d["mean_cost"])
@@ -120,7 +127,7 @@ def test_facts_match_a_direct_computation_on_calibration_traces(built, fitted, f
     assert math.isclose(cal["agreement"], sum(a for a, h in zip(agree, handled) if h) / n_handled)
 
     assert facts["frontier"]["points"] == d["cert"]["frontier"]
-    assert facts["frontier"]["certified_alphas"] == [p["alpha"] for p in d["cert"]["frontier"] if p["certified"]]
+    assert facts["frontier"]["certified"] is False and facts["frontier"]["note"].startswith("Estimates, not certificates")
 
     traffic = Counter(d["all_labels"])
     rows = {r["label"]: r for r in facts["per_label"]["rows"]}
@@ -131,6 +138,7 @@ def test_facts_match_a_direct_computation_on_calibration_traces(built, fitted, f
         reasons = Counter(decisions[i].reason for i in mine if not handled[i])
         confused = Counter(decisions[i].label for i in mine if decisions[i].label != label)
         assert row["traces"] == traffic[label] and math.isclose(row["share"], traffic[label] / 800)
+        assert row["status"] != "certified" and (row["status"] != "answered" or "all answers together" in row["status_text"])
         assert row["n_calibration"] == len(mine)
         assert math.isclose(row["handled_rate"], len(mine_handled) / len(mine))
         if mine_handled:
@@ -217,7 +225,12 @@ def test_html_report_opens_in_chromium_without_console_errors(built) -> None:
     for title in ("1. Summary", "2. Frontier", "3. Evolution", "4. Per label", "5. Why it defers",
                   "6. Boundary examples", "7. Input regions"):
         assert title in page.dom
+    for phrase in ("Lifetime guarantee: for this task version", "attempt not recorded", "Estimates, not certificates",
+                   "No label is certified on its own", "answered (alpha covers all answers together, not this label alone)"):
+        assert phrase in page.dom, phrase
     text = html.read_text()
+    shown = re.sub(r"<script>.*?</script>", "", text, flags=re.S)  # plotly.js itself speaks of lower bounds
+    assert "lower bound" not in shown and "certified bound" not in shown
     assert "<script src" not in text and "<link" not in text and "<img src=\"http" not in text  # self-contained
 
 
@@ -307,3 +320,43 @@ def test_cli_report_refuses_an_unwritable_output_before_any_work(fitted, tmp_pat
     result = CliRunner().invoke(report, ["--db", str(fitted), "--task", TASK, "--out", str(out)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output == f"Error: cannot write report {str(out)!r}: directory {str(out.parent)!r} does not exist\n"
+
+
+NEW_CERT = {  # the fields the lifetime guarantee adds (issue 21): attempt j, delta_j, total spent so far
+    "task": TASK, "fingerprint": "", "deployed": True, "alpha": 0.95, "delta": 0.05, "reason": "", "reason_code": "deployed",
+    "n_traces": 900, "coverage": 0.84, "agreement": 0.962, "attempt": 2, "delta_spent": 0.0076, "delta_spent_total": 0.038,
+}
+OLD_CERT = {k: v for k, v in NEW_CERT.items() if k not in ("attempt", "delta_spent", "delta_spent_total")}
+
+
+def test_every_number_says_what_it_is_for_new_and_old_certificates() -> None:
+    assert attempt_statement(NEW_CERT) == "attempt 2: delta_2 0.0076 spent, 0.038 of delta 0.05 spent so far"
+    assert attempt_statement(OLD_CERT) == "attempt not recorded (certified before attempts were counted)"
+    assert attempt_statement({**NEW_CERT, "attempt": 0}).startswith("no certification attempt: the gate did not run")
+    assert outcome_statement(NEW_CERT) == (
+        "handles 84% at >= 95% agreement (certified: alpha 0.95, delta 0.05, over all answered calls together)")
+    facts = guarantee_facts(NEW_CERT)
+    assert facts["certified"].startswith("agreement with the LLM >= alpha 0.95 on all answered calls together")
+    assert facts["observed"] == "observed 96.2% on the calibration calls it would answer (a measurement, not a bound)"
+    assert facts["lifetime"].startswith("for this task version, the probability that tracer ever deploys a policy whose "
+                                        "agreement with the LLM on the traffic its calibration window sampled is below "
+                                        "alpha is at most delta (0.05)")
+    assert guarantee_facts({**OLD_CERT, "deployed": False, "reason": "too few"})["certified"] == (
+        "nothing certified (the fit was refused)")
+
+
+@pytest.mark.parametrize("cert, attempt", [(NEW_CERT, "attempt 2: delta_2 0.0076 spent"), (OLD_CERT, "attempt not recorded")])
+def test_cli_status_shows_the_attempt_and_the_lifetime_statement(tmp_path, cert, attempt) -> None:
+    db = tmp_path / "tracer.db"
+    with TraceStore(db) as store:
+        store.append_many([make_trace(TASK, "lost my card", "lost_card")])
+        store.save_policy(TASK, fingerprint="", certificate=cert, artifact=b"", status="deployed", n_traces=900)
+    overview = CliRunner().invoke(status, ["--db", str(db)])
+    detail = CliRunner().invoke(status, ["--db", str(db), "--task", TASK])
+    assert overview.exit_code == detail.exit_code == 0, overview.output + detail.output
+    shown = ("2: 0.0076 /", "0.038 spent") if "attempt" in cert else ("not recorded",)  # the table wraps cells
+    assert "0.95 / 0.05" in overview.output and all(part in overview.output for part in shown)
+    flat = " ".join(detail.output.replace("│", " ").split())
+    assert attempt in flat and "lifetime guarantee: for this task version" in flat
+    assert "observed 96.2% on the calibration calls it would answer" in flat
+    assert "lower bound" not in overview.output + detail.output

@@ -113,8 +113,8 @@ def test_append_many_counts_tasks_and_filters(store: TraceStore) -> None:
     batch += [make_trace("a", f"s {i}", "x", source="surrogate", route="handled", policy_version=1) for i in range(3)]
     batch += [make_trace("b", "other", "z", fingerprint="f2", route="low_confidence")]
     assert store.append_many(batch) == 14
-    assert store.counts() == {"teacher": 11, "surrogate": 3, "audit": 0}
-    assert store.counts("a") == {"teacher": 10, "surrogate": 3, "audit": 0}
+    assert store.counts() == {"teacher": 11, "surrogate": 3, "audit": 0, "cached": 0, "unparsed": 0}
+    assert store.counts("a") == {"teacher": 10, "surrogate": 3, "audit": 0, "cached": 0, "unparsed": 0}
     tasks = {t["task"]: t for t in store.tasks()}
     assert tasks["a"]["teacher"] == 10 and tasks["a"]["surrogate"] == 3 and tasks["a"]["fingerprints"] == 2
     assert tasks["b"]["fingerprints"] == 1 and tasks["b"]["last_trace_at"] > 0

@@ -184,7 +184,7 @@ def test_background_refit_deploys_and_ignores_surrogate_traces(db_path, fake_emb
     tracer.flush()
     evidence = tracer.store.teacher_evidence("live", "")
     assert len(evidence.texts) == 800 and "wrong_label" not in evidence.labels
-    assert tracer.store.counts("live") == {"teacher": 800, "surrogate": 50, "audit": 0}
+    assert tracer.store.counts("live") == {"teacher": 800, "surrogate": 50, "audit": 0, "cached": 0, "unparsed": 0}
     tracer.close()
 
 

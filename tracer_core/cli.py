@@ -13,6 +13,7 @@ from tracer_core.cli_report import report_commands
 from tracer_core.cli_store import db_option, require_db, store_commands
 from tracer_core.cli_suspects import suspect_commands
 from tracer_core.errors import TracerError
+from tracer_core.guarantee import attempt_statement, outcome_statement
 
 
 @click.group()
@@ -22,8 +23,14 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def task_tracer(db: str, task: str, fingerprint: str | None, alpha: float = 0.95, delta: float = 0.05) -> Iterator:
-    """A Tracer of the task version the options name; every TracerError becomes a one-line CLI error."""
+def task_tracer(db: str, task: str, fingerprint: str | None, alpha: float | None = None, delta: float | None = None,
+                *, doing: tuple[str, str] | None = None, err: bool = False) -> Iterator:
+    """A Tracer of the task version the options name, at the version's own alpha and delta unless they are given.
+
+    With `doing` (what it does at the version's level, what at another), the level and why it was
+    chosen are printed first (to stderr with `err`). Every TracerError becomes a one-line CLI error.
+    """
+    from tracer_core.binding import choose_level
     from tracer_core.store import TraceStore
     from tracer_core.tracer import Tracer
     from tracer_core.versions import resolve_version
@@ -32,8 +39,11 @@ def task_tracer(db: str, task: str, fingerprint: str | None, alpha: float = 0.95
     try:
         with TraceStore(db) as store:
             version = resolve_version(store, task, fingerprint)
-            with Tracer(task, store, alpha=alpha, delta=delta, fingerprint=version, auto_refit=False,
-                        audit_rate=0.0) as tracer:
+            chosen = choose_level(store, task, version, alpha, delta)
+            with Tracer(task, store, alpha=chosen.level.alpha, delta=chosen.level.delta, fingerprint=version,
+                        auto_refit=False, audit_rate=0.0) as tracer:
+                if doing is not None:
+                    click.echo(f"{doing[chosen.changed]} task {task!r} at {chosen.level} ({chosen.why})", err=err)
                 yield tracer
     except TracerError as exc:
         raise click.ClickException(str(exc)) from None
@@ -43,8 +53,14 @@ task_option = click.option("--task", required=True, help="Task name.")
 fingerprint_option = click.option(
     "--fingerprint", default=None, help="Task version: a fingerprint prefix (needed when the task has several)."
 )
-alpha_option = click.option("--alpha", type=float, default=0.95, show_default=True, help="Minimum agreement on handled inputs.")
-delta_option = click.option("--delta", type=float, default=0.05, show_default=True, help="Allowed probability the certificate is wrong.")
+alpha_option = click.option(
+    "--alpha", type=float, default=None,
+    help="Minimum agreement on handled inputs (default: the task version's, 0.95 if it was never fitted).",
+)
+delta_option = click.option(
+    "--delta", type=float, default=None,
+    help="Allowed lifetime risk of a wrong certificate (default: the task version's, 0.05 if it was never fitted).",
+)
 
 
 @main.command()
@@ -54,16 +70,21 @@ delta_option = click.option("--delta", type=float, default=0.05, show_default=Tr
 @delta_option
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the certificate as JSON.")
-def fit(task: str, fingerprint: str | None, alpha: float, delta: float, db: str, as_json: bool) -> None:
-    """Fit and certify a surrogate on the task's teacher traces; deploy it if certified."""
-    with task_tracer(db, task, fingerprint, alpha, delta) as tracer:
+def fit(task: str, fingerprint: str | None, alpha: float | None, delta: float | None, db: str, as_json: bool) -> None:
+    """Fit and certify a surrogate on the task's teacher traces; deploy it if certified.
+
+    The fit keeps the task version's alpha and delta (those of its latest certificate) unless --alpha or
+    --delta ask for another level; the level and why are printed first.
+    """
+    with task_tracer(db, task, fingerprint, alpha, delta, doing=("certifying", "re-certifying"), err=as_json) as tracer:
         cert = tracer.fit()
     if as_json:
         click.echo(json.dumps(cert.to_dict(), indent=2))
         return
     click.echo(f"task {task!r} version {tracer.fingerprint[:8] or '(unversioned)'}, policy v{cert.version} "
                f"({'deployed' if cert.deployed else 'refused'}), {cert.n_traces} traces, {cert.fit_seconds:.1f} s")
-    click.echo(cert.summary())
+    click.echo(outcome_statement(cert.to_dict()))
+    click.echo(attempt_statement(cert.to_dict()))
     click.echo(cert.evidence())
 
 
@@ -73,7 +94,8 @@ def fit(task: str, fingerprint: str | None, alpha: float, delta: float, db: str,
 @db_option
 @click.argument("texts", nargs=-1, required=True)
 def route(task: str, fingerprint: str | None, db: str, texts: tuple[str, ...]) -> None:
-    """Route TEXTS with the newest deployed policy; one JSON decision per line."""
+    """Route TEXTS with the newest deployed policy, as a caller at the task version's alpha and delta; one JSON
+    decision per line."""
     with task_tracer(db, task, fingerprint) as tracer:
         decisions = tracer.route_many(list(texts))
     for text, decision in zip(texts, decisions):
@@ -100,11 +122,14 @@ def suspend(task: str, fingerprint: str | None, db: str, reason: str) -> None:
 @alpha_option
 @delta_option
 @db_option
-def resume(task: str, fingerprint: str | None, alpha: float, delta: float, db: str) -> None:
-    """Lift a suspension; needs a certificate on traces recorded after it (fits one if needed)."""
-    with task_tracer(db, task, fingerprint, alpha, delta) as tracer:
+def resume(task: str, fingerprint: str | None, alpha: float | None, delta: float | None, db: str) -> None:
+    """Lift a suspension; needs a certificate on traces recorded after it (fits one if needed).
+
+    Like `tracer fit`, it works at the task version's alpha and delta unless --alpha or --delta say otherwise.
+    """
+    with task_tracer(db, task, fingerprint, alpha, delta, doing=("resuming", "resuming")) as tracer:
         cert = tracer.resume()
-    click.echo(f"task {task!r} resumed with policy v{cert.version}: {cert.summary()}")
+    click.echo(f"task {task!r} resumed with policy v{cert.version}: {outcome_statement(cert.to_dict())}")
 
 
 for command in (*store_commands, *report_commands, *suspect_commands):

@@ -18,6 +18,7 @@ class Reason(StrEnum):
     FREE_TEXT_TASK = "free_text_task"
     AUDIT = "audit"
     SUSPENDED = "suspended"
+    NOT_CERTIFIED_AT_ALPHA = "not_certified_at_alpha"
     ERROR = "error"
     INVALID_POLICY = "invalid_policy"
     STORE_UNAVAILABLE = "store_unavailable"
@@ -44,6 +45,10 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.FREE_TEXT_TASK: "outputs are mostly distinct: not a classification task",
     Reason.AUDIT: "a random audit: the LLM answers so the certificate keeps fresh evidence",
     Reason.SUSPENDED: "the task is suspended (audits contradicted the certificate, or by hand)",
+    Reason.NOT_CERTIFIED_AT_ALPHA: (
+        "the policy is certified at a lower alpha (or higher delta) than this caller asks; "
+        "it defers until a fit at the caller's level"
+    ),
     Reason.ERROR: "tracer failed internally; the LLM answers",
     Reason.INVALID_POLICY: "the stored policy failed validation and is not used",
     Reason.STORE_UNAVAILABLE: "the trace store cannot be written (degraded mode) or read; the LLM answers",
@@ -56,8 +61,9 @@ REASON_TEXT: dict[Reason, str] = {
 }
 
 # Reasons under which the LLM answered whatever the input was: such teacher traces are a
-# uniform sample of traffic and may serve as calibration evidence.
-UNSELECTED = frozenset({Reason.NO_POLICY, Reason.AUDIT, Reason.SUSPENDED})
+# uniform sample of traffic and may serve as calibration evidence. A caller stricter than the
+# deployed certificate defers every call, whatever its input, so its traces are such a sample too.
+UNSELECTED = frozenset({Reason.NO_POLICY, Reason.AUDIT, Reason.SUSPENDED, Reason.NOT_CERTIFIED_AT_ALPHA})
 
 
 @dataclass(frozen=True)

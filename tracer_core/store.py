@@ -27,7 +27,7 @@ from tracer_core.decision import UNSELECTED
 from tracer_core.errors import PolicyError, StoreError
 from tracer_core.spill import SpillFile
 from tracer_core.store_address import DEFAULT_DB, resolve_path, store_key
-from tracer_core.trace import SOURCES, Trace, validate
+from tracer_core.trace import CACHED, SOURCES, UNPARSED, Trace, validate
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, BackgroundWriter, FlushReport
 
 __all__ = ["DEFAULT_DB", "SCHEMA_VERSION", "Evidence", "TraceStore", "input_hash", "resolve_path"]
@@ -356,11 +356,15 @@ class TraceStore:
         return [{"source": s, "reason": r, "n": n} for s, r, n in rows]
 
     def hourly_routes(self, task: str, fingerprint: str, since: float) -> list[dict]:
-        """Per hour since `since`: routed calls, those out of distribution, those deferred (audits excluded)."""
+        """Per hour since `since`: calls the policy routed, those out of distribution, those deferred.
+
+        Calls deferred whatever their input (audits, suspended, no policy, a stricter caller) are left out.
+        """
+        unselected = ", ".join(f"'{r}'" for r in sorted(UNSELECTED))
         rows = self._read(
             f"SELECT {self._backend.hour_sql}, count(*), count(*) FILTER (WHERE route = 'out_of_distribution'), "
-            "count(*) FILTER (WHERE source = 'teacher') FROM traces WHERE task = ? AND fingerprint = ? AND created_at >= ? "
-            "AND route IS NOT NULL AND route NOT IN ('audit', 'suspended', 'no_policy') GROUP BY 1 ORDER BY 1",
+            "count(*) FILTER (WHERE source <> 'surrogate') FROM traces WHERE task = ? AND fingerprint = ? "
+            f"AND created_at >= ? AND route IS NOT NULL AND route NOT IN ({unselected}) GROUP BY 1 ORDER BY 1",
             [task, fingerprint, since],
         )
         return [{"hour_start": h * 3600.0, "calls": n, "out_of_distribution": ood or 0, "deferred": d or 0}
@@ -453,10 +457,15 @@ class TraceStore:
         return int((_json_or_none(rows[0][0]) or {}).get("trace_max_id", 0)) if rows else 0
 
     def audit_outcomes(self, task: str, fingerprint: str, *, since_id: int = 0) -> list[tuple[int, bool]]:
-        """(id, LLM agreed with the policy) of audits the policy would have answered, id > since_id, in order."""
+        """(id, LLM agreed with the policy) of audits the policy would have answered, id > since_id, in order.
+
+        Every audit counts, whatever its answer: one from the caller's cache as recorded, one whose
+        answer did not parse as a disagreement.
+        """
         rows = self._read(
-            "SELECT id, label = predicted FROM traces WHERE task = ? AND fingerprint = ? AND source = 'teacher' "
-            "AND route = 'audit' AND predicted IS NOT NULL AND id > ? ORDER BY id",
+            f"SELECT id, source <> '{UNPARSED}' AND label = predicted FROM traces WHERE task = ? AND fingerprint = ? "
+            f"AND source IN ('teacher', '{CACHED}', '{UNPARSED}') AND route = 'audit' AND predicted IS NOT NULL "
+            "AND id > ? ORDER BY id",
             [task, fingerprint, since_id],
         )
         return [(r[0], bool(r[1])) for r in rows]

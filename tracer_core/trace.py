@@ -10,7 +10,13 @@ from typing import Any
 
 from tracer_core.errors import InvalidTraceError
 
-SOURCES = ("teacher", "surrogate", "audit")
+# teacher: an LLM answer, training and calibration evidence; surrogate: a surrogate answer; cached and unparsed:
+# recorded calls that are never evidence for a fit (audits among them still count for the monitor); audit: a
+# source of the first release, unused since.
+CACHED = "cached"  # an LLM answer replayed from the caller's own cache: it repeats an answer already recorded
+UNPARSED = "unparsed"  # an LLM answer that carries no label; stored with UNPARSED_LABEL
+SOURCES = ("teacher", "surrogate", "audit", CACHED, UNPARSED)
+UNPARSED_LABEL = "(unparsed answer)"
 MAX_INPUT_CHARS = 100_000
 MAX_LABEL_CHARS = 1_000
 
@@ -105,6 +111,15 @@ def normalise_input(value: object) -> str:
         )
     _check_encodable("input", value)
     return value
+
+
+def is_label(value: object) -> bool:
+    """Whether `value` can be stored as a label (a non-empty string within the size and encoding limits)."""
+    try:
+        _normalise_label(value)
+    except InvalidTraceError:
+        return False
+    return True
 
 
 def _normalise_label(value: object) -> str:

@@ -12,18 +12,30 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from tracer_core.audits import AuditSampler, as_audit
+from tracer_core.binding import Level, answers_for, certified_level
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
+from tracer_core.guarantee import guarantee_facts
 from tracer_core.refit import RefitScheduler
 from tracer_core.settings import check, check_limit
 from tracer_core.shutdown import FitCancelled
 from tracer_core.store import Evidence, TraceStore
 from tracer_core.suspects import MIN_SCORE, teacher_suspects
 from tracer_core.suspension import Suspensions, contradiction
-from tracer_core.trace import Trace, as_list, check_task, make_trace, normalise_input
+from tracer_core.trace import (
+    CACHED,
+    UNPARSED,
+    UNPARSED_LABEL,
+    Trace,
+    as_list,
+    check_task,
+    is_label,
+    make_trace,
+    normalise_input,
+)
 from tracer_core.watcher import InForce, PolicyWatcher
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 
@@ -77,6 +89,7 @@ class Tracer:
         self._embed = embedder
         self._fit_lock = threading.Lock()
         self._error_logged = False
+        self._stricter_logged: int | None = None  # the policy version a stricter-caller warning was logged for
         self.audits = AuditSampler(self.audit_rate, f"{seed}:{task}:{self.fingerprint}:{os.getpid()}", task)
         self.suspensions = Suspensions(self.store, task, self.fingerprint)
         self.watcher = PolicyWatcher(
@@ -101,6 +114,24 @@ class Tracer:
         self.store.enqueue(trace)
         if trace.source == "teacher":
             self.refits.count(1)
+
+    def record_answer(
+        self, text: str, label: str | None, *, decision: Decision | None = None, cached: bool = False, **fields
+    ) -> None:
+        """Record the answer to a call, as the integrations do, whatever it is.
+
+        An answer that carries no label (`label` None, empty or too long) is kept as an `unparsed`
+        trace and an LLM answer from the caller's own cache (`cached`) as a `cached` one: neither is
+        ever training or calibration evidence (one teaches nothing, the other repeats an answer
+        already recorded), but an audit among them still counts for the monitor, an unparsed one as
+        a disagreement (the LLM did not give the policy's answer). So which audits count never
+        depends on the input.
+        """
+        if not is_label(label):
+            label, fields["source"] = UNPARSED_LABEL, UNPARSED
+        elif cached and not (decision is not None and decision.handled):
+            fields["source"] = CACHED
+        self.record(text, str(label), decision=decision, **fields)
 
     def record_many(
         self, texts: Iterable[str], labels: Iterable[str], *, decisions: Sequence[Decision] | None = None, **fields
@@ -232,9 +263,22 @@ class Tracer:
             return [deferred(Reason.INVALID_POLICY if in_force.policy_error else reason) for _ in texts]
         if not texts:
             return []
+        if not answers_for(policy.certificate, self.alpha, self.delta):
+            self._log_stricter(policy.certificate)
+            return [deferred(Reason.NOT_CERTIFIED_AT_ALPHA, policy.version) for _ in texts]
         decisions = policy.decide(texts, embed_checked(self.embed, texts))
         self.audits.watch(decisions, policy.certificate)
         return [as_audit(d) if audit else d for d, audit in zip(decisions, audited)]
+
+    def _log_stricter(self, cert: Certificate) -> None:
+        """Say once per policy version that this caller asks more than the deployed certificate."""
+        if self._stricter_logged != cert.version:
+            self._stricter_logged = cert.version
+            log.warning(
+                "tracer task %r: policy v%s is certified at %s; this caller asks %s, so every call goes to the LLM "
+                "until a fit at that level deploys", self.task, cert.version, certified_level(cert),
+                Level(self.alpha, self.delta),
+            )
 
     async def aroute(self, text: str) -> Decision:
         """`route()` in a worker thread, so the event loop never waits on embedding."""
@@ -282,7 +326,10 @@ class Tracer:
         if self.suspensions.current() is None:
             raise TracerError(f"task {self.task!r} is not suspended")
         policy = self.watcher.current(force=True).policy
-        fresh = policy is not None and policy.certificate.since_trace_id >= self.suspensions.floor()
+        fresh = (
+            policy is not None and policy.certificate.since_trace_id >= self.suspensions.floor()
+            and answers_for(policy.certificate, self.alpha, self.delta)
+        )
         cert = policy.certificate if fresh else self.fit()
         if not cert.deployed:
             raise TracerError(f"task {self.task!r} stays suspended: no valid certificate after the suspension ({cert.reason})")
@@ -303,7 +350,7 @@ class Tracer:
         return in_force.policy.certificate if in_force.policy else in_force.refusal
 
     def status(self) -> dict:
-        """Traces by source, the deployed policy, the last fit attempt, suspension and monitor, as plain data."""
+        """Traces by source, the deployed policy and what it certifies, the last fit, suspension and monitor, as plain data."""
         in_force = self.watcher.current(force=True)
         policy = in_force.policy
         versions = self.store.policies(self.task, fingerprint=self.fingerprint)
@@ -321,10 +368,11 @@ class Tracer:
             "policy_error": in_force.policy_error,
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
-            "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
+            "certified": guarantee_facts(cert.to_dict() if cert else None),
             "fit_evidence": cert.evidence() if cert else None,
-            "alpha": self.alpha,
+            "alpha": self.alpha,  # this caller's level; the policy answers it only if "answers_this_caller"
             "delta": self.delta,
+            "answers_this_caller": cert is not None and answers_for(cert, self.alpha, self.delta),
             "last_fit_at": last["created_at"] if last else None,
             "last_fit": (last["certificate"] or {}).get("reason", "?") if last else "never fitted",
             "versions": len(versions),

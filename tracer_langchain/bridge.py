@@ -270,20 +270,30 @@ class TracerBridge:
 
     # -- recording -----------------------------------------------------------------------
     def record_teacher(self, call: Call, output: Any, latency_ms: float | None, usage: UsageCollector, run_id: Any) -> None:
-        """Record a real chain answer with the decision that sent it to the chain (skipped, logged once, on failure)."""
+        """Record a real chain answer with the decision that sent it to the chain (skipped, logged once, on failure).
+
+        An answer that cannot be labelled is recorded too, as an `unparsed` trace (`Tracer.record_answer`):
+        never training data, and a disagreement when the call was an audit.
+        """
         if not call.recorded:
             return
         try:
             codec = self.output_codec(output)
-            call.tracer.record(
+            label = codec.to_label(output)
+            extra = {"codec": codec.spec}
+        except Exception as exc:
+            self.warn_once("label", exc)
+            label, extra = None, {}
+        try:
+            call.tracer.record_answer(
                 call.text,
-                codec.to_label(output),
+                label,
                 decision=call.decision,
                 model=usage.model,
                 latency_ms=latency_ms,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                metadata=self._metadata(call, run_id, codec=codec.spec),
+                metadata=self._metadata(call, run_id, **extra),
             )
         except Exception as exc:
             self.warn_once("record", exc)

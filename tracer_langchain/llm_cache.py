@@ -29,6 +29,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 
 from tracer_core import Decision, Reason, TaskIdentity, Tracer, TraceStore, identify, registry_for
 from tracer_core.decision import deferred
+from tracer_core.trace import is_label
 from tracer_langchain.codec import learn_codec
 from tracer_langchain.fingerprint import hash_description, strip_transport
 from tracer_langchain.identity import routed_index
@@ -88,14 +89,20 @@ class TracerLLMCache(BaseCache):
             message = return_val[0].message
             usage = UsageCollector()
             usage.on_llm_end(LLMResult(generations=[list(return_val)]))
-            codec = learn_codec(message)
-            label = codec.to_label(message)
-            tracer.record(
+            try:
+                codec = learn_codec(message)
+                label: str | None = codec.to_label(message)
+                metadata = {"integration": "langchain-cache", "codec": codec.spec}
+            except Exception as exc:  # recorded as an unparsed answer (a disagreement if it was an audit)
+                self._warn(exc)
+                label, metadata = None, {"integration": "langchain-cache"}
+            tracer.record_answer(
                 text, label, decision=decision, model=usage.model, prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens, metadata={"integration": "langchain-cache", "codec": codec.spec},
+                completion_tokens=usage.completion_tokens, metadata=metadata,
             )
-            replay = message.model_copy(update={"id": None, "usage_metadata": None})
-            self._replay[(tracer.fingerprint, label)] = replay
+            if label is not None and is_label(label):
+                replay = message.model_copy(update={"id": None, "usage_metadata": None})
+                self._replay[(tracer.fingerprint, label)] = replay
         except Exception as exc:
             self._warn(exc)
 

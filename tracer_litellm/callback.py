@@ -210,25 +210,29 @@ class TracerCallback(CustomLogger):
             self._record(seen, response, start_time, end_time, kwargs.get("response_cost"), kwargs.get("cache_hit"))
 
     def _record(self, seen: Seen, response: Any, start_time: Any, end_time: Any, cost: Any, cache_hit: Any) -> None:
-        """Record a call once, with the decision that sent it where it went."""
+        """Record a call once, with the decision that sent it where it went.
+
+        Every call is recorded, so which audits reach the monitor never depends on the input: an
+        answer from the user's own cache is kept as a `cached` trace and one without a label as an
+        `unparsed` trace (see `Tracer.record_answer`); neither becomes training data.
+        """
         decision = seen.decision
-        if seen.recorded or decision is None or (cache_hit is True and not decision.handled):
-            return  # an answer from the user's own cache is not a new teacher answer
+        if seen.recorded or decision is None:
+            return
         seen.recorded = True
+        cached = cache_hit is True and not decision.handled
         try:
-            label = label_from_response(response, seen.info)
-            if label is None:
-                return
             usage = getattr(response, "usage", None)
-            self.tracer_for(seen.info).record(
+            self.tracer_for(seen.info).record_answer(
                 seen.info.text,
-                label,
+                label_from_response(response, seen.info),
                 decision=decision,
+                cached=cached,
                 model=seen.info.model,
                 latency_ms=_latency_ms(start_time, end_time),
                 prompt_tokens=getattr(usage, "prompt_tokens", None),
                 completion_tokens=getattr(usage, "completion_tokens", None),
-                cost_usd=0.0 if decision.handled else _cost(cost),
+                cost_usd=0.0 if decision.handled else None if cached else _cost(cost),
             )
         except Exception as exc:
             self._warn_once("record", exc)

@@ -6,7 +6,9 @@ import warnings
 
 import numpy as np
 
+from tracer_core.binding import number
 from tracer_core.embedder import EmbedFn
+from tracer_core.guarantee import attempt_statement
 
 PREFIX_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 MIN_VERSIONS = 3  # fewer stored versions than this: refit on growing prefixes as well
@@ -24,7 +26,8 @@ def version_points(policies: list[dict]) -> list[dict]:
             "n_traces": row["n_traces"],
             "status": row["status"],
             "coverage": float(cert.get("coverage") or 0.0) if cert.get("deployed") else 0.0,
-            "agreement_lower_bound": cert.get("agreement_lower_bound"),
+            "level": _level(cert),
+            "attempt": attempt_statement(cert) if "delta" in cert else "-",
             "reason_code": cert.get("reason_code"),
         })
     return points
@@ -56,11 +59,16 @@ def prefix_points(
             "fraction": fraction,
             "n_traces": n,
             "coverage": float(cert.get("coverage") or 0.0) if cert.get("deployed") else 0.0,
-            "agreement_lower_bound": cert.get("agreement_lower_bound"),
+            "level": _level(cert),
             "deployed": bool(cert.get("deployed")),
             "reason_code": cert.get("reason_code"),
         })
     return points
+
+
+def _level(cert: dict) -> str:
+    alpha, delta = cert.get("alpha"), cert.get("delta")
+    return f"{number(alpha)} / {number(delta)}" if isinstance(alpha, float | int) and isinstance(delta, float | int) else "-"
 
 
 def plateau(points: list[dict]) -> dict:
@@ -147,7 +155,8 @@ def evolution_facts(
         prefixes = prefix_points(*teacher, cert, embed, fractions)
     series = prefixes if len(prefixes) > len(versions) else versions
     return {
-        "source": "certificates: each fit's own held-out calibration split (prefix refits are not saved)",
+        "source": "certificates: each fit's coverage on its own calibration traces, its level and attempt "
+                  "(prefix refits are neither saved nor deployed, so they are no attempts)",
         "versions": versions,
         "prefixes": prefixes,
         "series": "prefixes" if series is prefixes else "versions",

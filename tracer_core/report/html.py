@@ -85,6 +85,7 @@ def calibration_note(c: dict) -> str:
 
 def summary_html(s: dict) -> str:
     klass = "ok" if s["deployed"] and not s.get("suspension") else "refused"
+    guarantee = s.get("guarantee") or {}
     rows = [
         ["task", s["task"]],
         ["fingerprint", s["fingerprint"] or "-"],
@@ -92,7 +93,9 @@ def summary_html(s: dict) -> str:
         ["surrogate traces (calls answered by tracer)", num(s["traces"]["surrogate"])],
         ["policy version", num(s["policy_version"]) + (f" ({s['policy_status']})" if s["policy_status"] else "")],
         ["alpha / delta", f"{num(s['alpha'])} / {num(s['delta'])}"],
-        ["certified agreement lower bound", pct(s["agreement_lower_bound"])],
+        ["certified", guarantee.get("certified") or "-"],
+        ["certification attempt", guarantee.get("attempt_text") or "-"],
+        ["agreement on calibration", guarantee.get("observed") or "-"],
         ["estimated coverage (share handled)", pct(s["coverage"])],
         ["traces trained on (train + validation)", s["trained_on"] or "-"],
         ["calibration traces the gate tested on", s["calibrated_on"] or "-"],
@@ -107,6 +110,8 @@ def summary_html(s: dict) -> str:
                      f"{num(monitor['audits'])} audits, agreement {pct(monitor['agreement'])}, "
                      f"evidence {monitor['wealth']} (suspends at {monitor['reject_at']})"])
     extra = ""
+    if guarantee.get("lifetime"):
+        extra += f'<p class="note" id="lifetime">Lifetime guarantee: {escape(guarantee["lifetime"])}.</p>'
     if s.get("suspension"):
         extra += (f'<p class="note" id="suspension">Suspended since {when(s["suspension"]["since"])}: '
                   f'{escape(s["suspension"]["reason"])}. Every call goes to the LLM.</p>')
@@ -117,7 +122,7 @@ def summary_html(s: dict) -> str:
             f'({h["out_of_distribution"]} out of distribution, {h["deferred"]} deferred of {h["calls"]} calls).</p>'
             for h in flagged)
     if s["last_fit_refused"]:
-        extra = f'<p class="note">The newest refit was refused ({escape(s["last_fit_reason"] or "")}); the version above still serves.</p>'
+        extra += f'<p class="note">The newest refit was refused ({escape(s["last_fit_reason"] or "")}); the version above still serves.</p>'
     if not s["deployed"] and s["reason"]:
         extra += f'<p class="note">Why: {escape(s["reason"])}</p>'
     return f'<p class="verdict {klass}" id="verdict">{escape(s["verdict"])}</p>{extra}{table(["", ""], rows)}'
@@ -125,23 +130,23 @@ def summary_html(s: dict) -> str:
 
 def frontier_html(f: dict) -> str:
     if not f["points"]:
-        return '<p class="note">No frontier: the certificate has no calibration results.</p>'
-    rows = [[num(p["alpha"]), pct(p["coverage"]), "yes" if p.get("certified") else "no", pct(p.get("lower_bound"))]
-            for p in f["points"]]
-    return plots.frontier_plot(f) + table(["alpha", "coverage", "certified", "lower bound"], rows)
+        return '<p class="note">No frontier: the certificate has no frontier estimates.</p>'
+    rows = [[num(p["alpha"]), pct(p["coverage"])] for p in f["points"]]
+    note = f'<p class="note" id="frontier-note">{escape(f["note"])}</p>'
+    return note + plots.frontier_plot(f) + table(["alpha", "estimated coverage (not certified)"], rows)
 
 
 def evolution_html(e: dict) -> str:
-    rows = [[f"v{p['version']}", num(p["n_traces"]), p["status"], pct(p["coverage"]), pct(p["agreement_lower_bound"])]
+    rows = [[f"v{p['version']}", num(p["n_traces"]), p["status"], pct(p["coverage"]), p["level"], p["attempt"]]
             for p in e["versions"]]
-    rows += [[f"prefix {p['fraction']:.0%}", num(p["n_traces"]), "deployed" if p["deployed"] else p["reason_code"],
-              pct(p["coverage"]), pct(p["agreement_lower_bound"])] for p in e["prefixes"]]
+    rows += [[f"prefix {p['fraction']:.0%}", num(p["n_traces"]), "would deploy" if p["deployed"] else p["reason_code"],
+              pct(p["coverage"]), p["level"], "not saved: no attempt"] for p in e["prefixes"]]
     if not rows:
         return '<p class="note">No fits yet.</p>'
     notes = f'<p id="plateau"><b>{escape(e["plateau"]["message"])}</b></p>'
     if e["projection"]:
         notes += f'<p id="projection">{escape(e["projection"]["message"])}</p>'
-    return notes + plots.evolution_plot(e) + table(["fit", "traces", "status", "coverage", "certified bound"], rows)
+    return notes + plots.evolution_plot(e) + table(["fit", "traces", "status", "coverage", "alpha / delta", "attempt"], rows)
 
 
 def per_label_html(p: dict) -> str:
@@ -149,13 +154,14 @@ def per_label_html(p: dict) -> str:
     for r in p["rows"]:
         confused = ", ".join(f"{lab} ({n})" for lab, n in r["confused_with"]) or "-"
         rows.append([
-            r["label"], r["traces"], (pct(r["share"]), r["share"]), r["status"], num(r["n_calibration"]),
+            r["label"], r["traces"], (pct(r["share"]), r["share"]), r["status_text"], num(r["n_calibration"]),
             (pct(r["handled_rate"]), r["handled_rate"]), (pct(r["agreement"]), r["agreement"]),
             r["main_deferral_reason"] or "-", confused,
         ])
-    headers = ["label", "traces", "share of traffic", "status", "calibration n", "handled", "agreement (handled)",
+    headers = ["label", "traces", "share of traffic", "status", "calibration n", "handled", "observed agreement (handled)",
                "main deferral reason", "confused with"]
-    return '<p class="note">Click a column to sort.</p>' + table(headers, rows, sortable=True, table_id="per-label")
+    note = f'<p class="note" id="per-label-note">{escape(p["note"])} Click a column to sort.</p>'
+    return note + table(headers, rows, sortable=True, table_id="per-label")
 
 
 def deferral_html(d: dict) -> str:

@@ -7,7 +7,7 @@ from tracer_core.report.summary import NOT_ROUTED
 
 HANDLED_COLOR = "#2a9d8f"
 DEFERRED_COLOR = "#e76f51"
-BOUND_COLOR = "#264653"
+LIVE_COLOR = "#264653"
 
 
 def _go():
@@ -36,22 +36,14 @@ def frontier_plot(frontier: dict) -> str:
     points = frontier["points"]
     fig = go.Figure()
     fig.add_trace(go.Scatter(
-        x=[p["alpha"] for p in points], y=[p["coverage"] for p in points], mode="lines",
-        line=dict(color="#999"), name="coverage", hoverinfo="skip",
+        x=[p["alpha"] for p in points], y=[p["coverage"] for p in points], mode="lines+markers",
+        line=dict(color="#999"), marker=dict(color=HANDLED_COLOR, size=8), name="estimated coverage (not certified)",
+        hovertemplate="alpha %{x:.3f}<br>estimated coverage %{y:.1%}<extra></extra>",
     ))
-    for certified, color, symbol, name in ((True, HANDLED_COLOR, "circle", "certified"),
-                                           (False, DEFERRED_COLOR, "x", "not certified")):
-        chosen = [p for p in points if bool(p.get("certified")) is certified]
-        fig.add_trace(go.Scatter(
-            x=[p["alpha"] for p in chosen], y=[p["coverage"] for p in chosen], mode="markers", name=name,
-            marker=dict(color=color, symbol=symbol, size=10),
-            customdata=[[p.get("lower_bound")] for p in chosen],
-            hovertemplate="alpha %{x:.2f}<br>coverage %{y:.1%}<br>lower bound %{customdata[0]:.3f}<extra></extra>",
-        ))
     if frontier.get("alpha") is not None:
-        fig.add_vline(x=frontier["alpha"], line_dash="dot", annotation_text="policy alpha")
-    fig.update_layout(title="Coverage against required agreement (alpha)",
-                      xaxis_title="alpha (required agreement)", yaxis=dict(title="coverage", tickformat=".0%"))
+        fig.add_vline(x=frontier["alpha"], line_dash="dot", annotation_text="certified alpha")
+    fig.update_layout(title="Estimated coverage against required agreement (alpha): estimates, not certificates",
+                      xaxis_title="alpha (required agreement)", yaxis=dict(title="estimated coverage", tickformat=".0%"))
     return _fragment(fig, "plot-frontier")
 
 
@@ -62,17 +54,14 @@ def evolution_plot(evolution: dict) -> str:
         points = evolution[key]
         if not points:
             continue
-        n = [p["n_traces"] for p in points]
-        fig.add_trace(go.Scatter(x=n, y=[p["coverage"] for p in points], mode="lines+markers",
-                                 name=f"coverage ({name})", line=dict(color=HANDLED_COLOR, dash=dash)))
-        fig.add_trace(go.Scatter(x=n, y=[p["agreement_lower_bound"] for p in points], mode="lines+markers",
-                                 name=f"certified bound ({name})", line=dict(color=BOUND_COLOR, dash=dash)))
+        fig.add_trace(go.Scatter(x=[p["n_traces"] for p in points], y=[p["coverage"] for p in points],
+                                 mode="lines+markers", name=f"coverage ({name})", line=dict(color=HANDLED_COLOR, dash=dash)))
     projection = evolution.get("projection")
     if projection:
         fig.add_trace(go.Scatter(x=[projection["n_traces"]], y=[projection["coverage"]], mode="markers",
                                  name="projection (not certified)",
                                  marker=dict(symbol="star-open", size=14, color=HANDLED_COLOR)))
-    fig.update_layout(title="Coverage and certified bound against traces", xaxis_title="teacher traces",
+    fig.update_layout(title="Coverage against traces", xaxis_title="teacher traces",
                       yaxis=dict(title="share", tickformat=".0%", range=[0, 1.05]))
     return _fragment(fig, "plot-evolution")
 
@@ -80,7 +69,7 @@ def evolution_plot(evolution: dict) -> str:
 def deferral_plot(deferrals: dict) -> str:
     go = _go()
     fig = go.Figure()
-    for key, name, color in (("calibration", "held-out calibration", DEFERRED_COLOR), ("live", "live traffic", BOUND_COLOR)):
+    for key, name, color in (("calibration", "held-out calibration", DEFERRED_COLOR), ("live", "live traffic", LIVE_COLOR)):
         rows = {reason: row for reason, row in deferrals[key].items() if reason != NOT_ROUTED}
         if rows:
             fig.add_trace(go.Bar(x=list(rows), y=[r["n"] for r in rows.values()], name=name, marker_color=color))

@@ -8,6 +8,7 @@ import numpy as np
 
 from tracer_core.decision import REASON_TEXT
 from tracer_core.embedder import EmbedFn
+from tracer_core.guarantee import PER_LABEL_PROMISE
 from tracer_core.report.calibration import CalibrationRouting
 from tracer_core.report.summary import NOT_ROUTED
 from tracer_core.suspects import SuspectsError, teacher_suspects
@@ -26,14 +27,31 @@ def clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
+FRONTIER_NOTE = (
+    "Estimates, not certificates: the coverage a policy might reach at each alpha, from one fit's data. Only the "
+    "deployed policy's alpha is certified; a fit at another alpha is a new certification attempt that spends its "
+    "own share of delta."
+)
+PER_LABEL_NOTE = (
+    "No label is certified on its own: alpha holds for all answered calls together, so one label's observed "
+    "agreement can be below alpha while the whole stays above it."
+)
+LABEL_STATUS = {  # a certificate's per-label status -> what the report calls it, and says on its line
+    "certified": ("answered", f"answered ({PER_LABEL_PROMISE})"),
+    "too_rare": ("too_rare", "too rare to train: deferred"),
+    "not_in_policy": ("not_in_policy", "not in the policy: deferred"),
+}
+
+
 def frontier_facts(cert: dict | None) -> dict:
-    """Coverage against alpha from the certificate's frontier (same calibration data and grid)."""
+    """Coverage against alpha from the certificate's frontier: estimates, never certified."""
     points = [dict(p) for p in (cert or {}).get("frontier") or []]
     return {
-        "source": "certificate: the fixed-sequence test re-run at each alpha on the held-out calibration traces",
+        "source": "certificate: estimated coverage at each alpha (not certified)",
+        "note": FRONTIER_NOTE,
+        "certified": False,
         "alpha": (cert or {}).get("alpha"),
         "points": points,
-        "certified_alphas": [p["alpha"] for p in points if p.get("certified")],
     }
 
 
@@ -45,12 +63,14 @@ def per_label_facts(routing: CalibrationRouting | None, cert: dict | None, teach
     rows = []
     for label in sorted(set(traffic) | set(cert_labels), key=lambda lab: (-traffic[lab], lab)):
         info = cert_labels.get(label, {})
+        status, status_text = LABEL_STATUS.get(info.get("status", "not_in_policy"), (info.get("status"), info.get("status")))
         row = {
             "label": label,
             "traces": traffic[label],
             "share": traffic[label] / total if total else 0.0,
             "n_train": info.get("n_train"),
-            "status": info.get("status", "not_in_policy"),
+            "status": status,
+            "status_text": status_text,
             "n_calibration": info.get("n_calibration"),
             "handled_rate": None,
             "agreement": info.get("agreement"),
@@ -61,7 +81,8 @@ def per_label_facts(routing: CalibrationRouting | None, cert: dict | None, teach
         if routing is not None:
             row.update(_label_on_calibration(routing, label))
         rows.append(row)
-    return {"source": CALIBRATION_SOURCE if routing else "certificate (no deployed policy to route)", "rows": rows}
+    source = CALIBRATION_SOURCE if routing else "certificate (no deployed policy to route)"
+    return {"source": source, "note": PER_LABEL_NOTE, "rows": rows}
 
 
 def _label_on_calibration(routing: CalibrationRouting, label: str) -> dict:

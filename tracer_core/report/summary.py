@@ -9,9 +9,11 @@ from scipy.stats import binom
 from tracer_core import versions
 from tracer_core.certificate import Certificate
 from tracer_core.errors import PolicyError
+from tracer_core.guarantee import attempt_brief, guarantee_facts, outcome_statement
 from tracer_core.monitor import DRIFT_LEVEL, EXPECTED_OOD_SHARE, AgreementMonitor
 from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
+from tracer_core.trace import CACHED, UNPARSED
 from tracer_core.versions import resolve_version
 
 HOUR_S = 3600.0
@@ -41,15 +43,19 @@ def usable_policy(row: dict | None) -> tuple[Policy | None, str | None]:
 
 
 def live_counts(store: TraceStore, task: str, since: float, fingerprint: str | None = None) -> dict:
-    """Calls of `task` since `since`: handled by the surrogate, deferred to the LLM by reason."""
+    """Calls of `task` since `since`: handled by the surrogate, deferred to the LLM by reason (of which answered
+    from the caller's cache, and with answers that did not parse)."""
     handled = audit = 0
     deferred: dict[str, int] = {}
+    kinds = dict.fromkeys((CACHED, UNPARSED), 0)
     for row in store.counts_since(task, since, fingerprint):
         if row["source"] == "surrogate":
             handled += row["n"]
-        elif row["source"] == "teacher":
+        elif row["source"] in ("teacher", *kinds):
             reason = row["reason"] or NOT_ROUTED
             deferred[reason] = deferred.get(reason, 0) + row["n"]
+            if row["source"] in kinds:
+                kinds[row["source"]] += row["n"]
         else:
             audit += row["n"]
     total = handled + sum(deferred.values())
@@ -60,6 +66,7 @@ def live_counts(store: TraceStore, task: str, since: float, fingerprint: str | N
         "deferred": sum(deferred.values()),
         "handled_share": handled / total if total else None,
         "deferred_by_reason": dict(sorted(deferred.items(), key=lambda kv: -kv[1])),
+        **kinds,
         "audit": audit,
     }
 
@@ -76,7 +83,7 @@ def teacher_cost(store: TraceStore, task: str, fingerprint: str | None) -> dict:
 
 
 def verdict(cert: dict | None, task: str, suspension: dict | None = None, policy_error: str | None = None) -> str:
-    """One line: what the surrogate handles at which agreement, or why it does not."""
+    """One line: what the surrogate handles and what is certified, or why it does not answer."""
     if suspension is not None:
         return f"suspended: {suspension['reason']} - every call goes to the LLM"
     if policy_error is not None:
@@ -84,15 +91,12 @@ def verdict(cert: dict | None, task: str, suspension: dict | None = None, policy
     if cert is None:
         return f"no policy fitted yet for {task!r}: every call goes to the LLM (run `tracer fit --task {task}`)"
     if not cert.get("deployed"):
-        return f"refused: {cert.get('reason', 'no reason recorded')} - every call goes to the LLM"
-    return (
-        f"handles {cert['coverage']:.0%} at >= {cert['alpha']:.0%} agreement "
-        f"(certified lower bound {cert['agreement_lower_bound']:.1%}, confidence {1 - cert['delta']:.0%})"
-    )
+        return f"{outcome_statement(cert)} - every call goes to the LLM"
+    return outcome_statement(cert)
 
 
 def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, *, now: float | None = None) -> dict:
-    """Section 1 facts: traces, policy, certified bound, coverage, savings so far, verdict."""
+    """Section 1 facts: traces, policy, what is certified (attempt, delta spent), coverage, savings so far, verdict."""
     now = time.time() if now is None else now
     fingerprint = pick_fingerprint(store, task, fingerprint)
     row = current_policy_row(store, task, fingerprint)
@@ -111,14 +115,14 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "policy_status": row["status"] if row else None,
         "last_fit_at": newest[0]["created_at"] if newest else None,
         "last_fit_refused": bool(newest and newest[0]["status"] != "deployed" and row and row["status"] == "deployed"),
-        "last_fit_reason": newest[0]["certificate"].get("reason") if newest else None,
+        "last_fit_reason": refusal_reason(newest[0]["certificate"]) if newest else None,
         "deployed": bool(cert and cert.get("deployed")) and policy_error is None,
         "policy_error": policy_error,
         "alpha": cert.get("alpha") if cert else None,
         "delta": cert.get("delta") if cert else None,
-        "agreement_lower_bound": cert.get("agreement_lower_bound") if cert else None,
+        "guarantee": guarantee_facts(cert),
         "coverage": cert.get("coverage") if cert else None,
-        "reason": cert.get("reason") if cert else None,
+        "reason": refusal_reason(cert),
         **fit_evidence(cert),
         "reason_code": cert.get("reason_code") if cert else "no_policy",
         "llm_calls_saved": saved_calls,
@@ -132,10 +136,16 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "monitor": monitor_facts(store, task, fingerprint, cert),
         "label_free": label_free_facts(store, task, fingerprint, cert, now),
         "sources": {
-            "coverage, agreement_lower_bound": "certificate: held-out calibration traces",
+            "alpha, delta, guarantee": "certificate: what was certified, the attempt and the delta it spent",
+            "coverage, guarantee.observed_agreement": "certificate: measured on its calibration traces (not bounds)",
             "llm_calls_saved, dollars_saved, live_*": "live traffic: store counts and recorded teacher costs",
         },
     }
+
+
+def refusal_reason(cert: dict | None) -> str | None:
+    """Why a fit was refused; None for a deployed one (`guarantee` says what it certifies)."""
+    return cert.get("reason") if cert and not cert.get("deployed") else None
 
 
 def fit_evidence(cert: dict | None) -> dict:
@@ -173,7 +183,7 @@ def label_free_facts(store: TraceStore, task: str, fingerprint: str, cert: dict 
 
 
 def tasks_overview(store: TraceStore) -> list[dict]:
-    """One row per task version for `tracer status`: traces, policy, coverage, bound, suspension, last fit."""
+    """One row per task version for `tracer status`: traces, policy, coverage, certified level, suspension, last fit."""
     rows = []
     for version in store.versions():
         task, fingerprint = version["task"], version["fingerprint"]
@@ -192,7 +202,9 @@ def tasks_overview(store: TraceStore) -> list[dict]:
             "policy_version": current["version"] if current else None,
             "status": "suspended" if suspension else current["status"] if current else "no policy",
             "coverage": cert.get("coverage") if cert.get("deployed") else None,
-            "agreement_lower_bound": cert.get("agreement_lower_bound") if cert.get("deployed") else None,
+            "alpha": cert.get("alpha") if cert.get("deployed") else None,
+            "delta": cert.get("delta") if cert.get("deployed") else None,
+            "attempt": attempt_brief(cert) if cert.get("deployed") else None,
             "last_fit_at": policies[0]["created_at"] if policies else None,
         })
     return rows

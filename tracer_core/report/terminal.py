@@ -24,32 +24,36 @@ def plain(value: object) -> Text:
 
 
 def tasks_table(rows: list[dict], db: str) -> Table:
-    """One row per task version: traces, serving policy, coverage, certified bound, last fit, origin."""
+    """One row per task version: traces, serving policy, coverage, certified level and attempt, last fit, origin."""
     table = Table(title=plain(f"Task versions in {db}"))
-    for column in ("task", "version", "traces", "LLM", "surrogate", "policy", "coverage", "certified bound",
-                   "last fit", "what it came from"):
-        table.add_column(column, justify="left" if column in ("task", "version", "policy", "what it came from") else "right",
+    for column in ("task", "version", "traces", "LLM", "surrogate", "policy", "coverage", "certified alpha / delta",
+                   "attempt: delta_j / total spent", "last fit", "what it came from"):
+        table.add_column(column, justify="right" if column in ("traces", "LLM", "surrogate", "coverage") else "left",
                          no_wrap=column in ("task", "version"))
     for r in rows:
         policy = f"v{r['policy_version']} {r['status']}" if r["policy_version"] is not None else r["status"]
+        level = f"{num(r['alpha'])} / {num(r['delta'])}" if r["alpha"] is not None else "-"
         table.add_row(
             plain(r["task"]), r["version"], num(r["traces"]), num(r["teacher"]), num(r["surrogate"]), plain(policy),
-            pct(r["coverage"]), pct(r["agreement_lower_bound"]), when(r["last_fit_at"]), plain(r["origin"]),
+            pct(r["coverage"]), level, plain(r["attempt"] or "-"), when(r["last_fit_at"]), plain(r["origin"]),
         )
     return table
 
 
 def summary_view(s: dict) -> Group:
-    """The report's summary section plus last hour's and all-time live counters by reason."""
+    """The report's summary section, what is certified and the lifetime promise, and live counters by reason."""
     style = "bold green" if s["deployed"] else "bold red"
+    guarantee = s.get("guarantee") or {}
     facts = Table(title=plain(f"Task {s['task']} version {s['fingerprint'][:8] or '(unversioned)'}"), show_header=False)
     facts.add_column("fact")
-    facts.add_column("value", justify="right")
+    facts.add_column("value")
     for name, value in (
         ("teacher traces", num(s["teacher_traces"])),
         ("policy version", f"{num(s['policy_version'])} ({s['policy_status'] or 'none'})"),
         ("alpha / delta", f"{num(s['alpha'])} / {num(s['delta'])}"),
-        ("certified agreement lower bound", pct(s["agreement_lower_bound"])),
+        ("certified", guarantee.get("certified") or "-"),
+        ("certification attempt", guarantee.get("attempt_text") or "-"),
+        ("agreement on calibration", guarantee.get("observed") or "-"),
         ("estimated coverage (calibration)", pct(s["coverage"])),
         ("trained on (train + validation)", s["trained_on"] or "-"),
         ("calibration traces (gate)", s["calibrated_on"] or "-"),
@@ -59,6 +63,8 @@ def summary_view(s: dict) -> Group:
     ):
         facts.add_row(name, plain(value))
     parts: list[RenderableType] = [Text(s["verdict"], style=style), facts]
+    if guarantee.get("lifetime"):
+        parts.append(Text(f"lifetime guarantee: {guarantee['lifetime']}"))
     if s.get("suspension"):
         since = when(s["suspension"]["since"])
         parts.append(Text(f"SUSPENDED since {since}: {s['suspension']['reason']} - every call goes to the LLM",
@@ -92,5 +98,8 @@ def live_table(hour: dict, total: dict) -> Table:
         table.add_row(
             plain(f"  {reason}"), num(hour["deferred_by_reason"].get(reason, 0)), num(total["deferred_by_reason"].get(reason, 0))
         )
+    for kind, name in (("cached", "  answered from the caller's cache"), ("unparsed", "  answers that did not parse")):
+        if total.get(kind):
+            table.add_row(name, num(hour.get(kind, 0)), num(total[kind]))
     table.add_row("handled share", pct(hour["handled_share"]), pct(total["handled_share"]))
     return table
