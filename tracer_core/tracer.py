@@ -15,8 +15,11 @@ from tracer_core.audits import AuditSampler, as_audit
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
+from tracer_core.embedder_identity import identify, mismatch
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
+from tracer_core.policy import Policy
+from tracer_core.policy_seal import seal
 from tracer_core.refit import RefitScheduler
 from tracer_core.settings import check, check_limit
 from tracer_core.shutdown import FitCancelled
@@ -75,6 +78,8 @@ class Tracer:
         self._owns_store = not isinstance(db, TraceStore)
         self.store = db if isinstance(db, TraceStore) else TraceStore(db)
         self._embed = embedder
+        self._identity: dict | None = None  # the embedder's identity, computed once
+        self._embedder_checked: tuple[Policy | None, str | None] = (None, None)  # (policy, why it cannot answer)
         self._fit_lock = threading.Lock()
         self._error_logged = False
         self.audits = AuditSampler(self.audit_rate, f"{seed}:{task}:{self.fingerprint}:{os.getpid()}", task)
@@ -135,6 +140,28 @@ class Tracer:
             self._embed = get_default_embedder()
         return self._embed
 
+    @property
+    def embedder_identity(self) -> dict:
+        """This tracer's embedder: kind, name, dimension, probe checksum (`tracer_core.embedder_identity`)."""
+        if self._identity is None:
+            self._identity = identify(self.embed)
+        return self._identity
+
+    def embedder_mismatch(self, policy: Policy | None = None) -> str | None:
+        """Why `policy` (default: the one in force) cannot answer with this tracer's embedder, or None.
+        Checked once per loaded policy, and logged then."""
+        policy = policy if policy is not None else self.watcher.current().policy
+        if policy is None:
+            return None
+        checked, problem = self._embedder_checked
+        if checked is not policy:
+            problem = mismatch(policy, self.embedder_identity)
+            if problem is not None:
+                log.error("tracer task %r: the policy does not answer in this process (every call goes to the LLM): %s",
+                          self.task, problem)
+            self._embedder_checked = (policy, problem)
+        return problem
+
     # -- fitting ----------------------------------------------------------------------
     def fit(self) -> Certificate:
         """Fit on the teacher traces of this task version and certify; deploy only if certified.
@@ -158,10 +185,12 @@ class Tracer:
                 calibration_pool=evidence.unselected, max_train=self.max_train,
             )
             cert.since_trace_id = floor
+            cert.embedder = self.embedder_identity
+            artifact = seal(policy) if policy else b""  # the certificate vouches for the artifact
             in_force = self.watcher.current(force=True)
             version = self.store.save_policy(
                 self.task, fingerprint=self.fingerprint, certificate=cert.to_dict(),
-                artifact=policy.to_bytes() if policy else b"", status="deployed" if cert.deployed else "refused",
+                artifact=artifact, status="deployed" if cert.deployed else "refused",
                 n_traces=len(evidence.texts),
             )
             cert.version = version
@@ -230,6 +259,8 @@ class Tracer:
             refusal = in_force.refusal
             reason = Reason.FREE_TEXT_TASK if refusal and refusal.reason_code == FREE_TEXT else Reason.NO_POLICY
             return [deferred(Reason.INVALID_POLICY if in_force.policy_error else reason) for _ in texts]
+        if self.embedder_mismatch(policy) is not None:
+            return [deferred(Reason.EMBEDDER_MISMATCH, policy.version) for _ in texts]
         if not texts:
             return []
         decisions = policy.decide(texts, embed_checked(self.embed, texts))
@@ -261,7 +292,7 @@ class Tracer:
     def _withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
         """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""
         policy = in_force.policy
-        if policy is None or in_force.suspension is not None:
+        if policy is None or in_force.suspension is not None or self.embedder_mismatch(policy) is not None:
             return
         found = contradiction(policy, evidence, self.embed, self.alpha, self.delta)
         if found is not None:
@@ -319,6 +350,7 @@ class Tracer:
             "traces": traces,
             "degraded": self.store.degraded,
             "policy_error": in_force.policy_error,
+            "embedder_mismatch": self.embedder_mismatch(policy),
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
             "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
