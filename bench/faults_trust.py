@@ -4,8 +4,9 @@
   every output a user sees is searched for pieces of the password (target: none).
 - A store whose policy was fitted with another embedder (512-d hashed bag of words) routed with
   MiniLM: answers from it (target 0), and `tracer route/report/status/suspects` exit cleanly.
-- Policies edited consistently (labels rotated by one; threshold 0 in artifact and certificate;
-  certificate set to deployed: false, alpha 0.5): scenarios of the fault loop, answers from them 0.
+- Policies edited consistently (labels rotated by one; threshold 0 and no out-of-distribution limit,
+  in artifact and certificate; certificate set to deployed: false, alpha 0.5): scenarios of the fault
+  loop, answers from them 0.
 """
 
 from __future__ import annotations
@@ -14,22 +15,30 @@ import time
 from pathlib import Path
 
 from bench.fit_scale import BagOfWordsEmbedder
-from tests.faultkit import MALFORMED_URLS, edit_certificate, opening_outputs, rotated_labels, tamper, zero_threshold
+from tests.faultkit import (
+    HANDLE_EVERYTHING,
+    MALFORMED_URLS,
+    edit_certificate,
+    handle_everything,
+    opening_outputs,
+    rotated_labels,
+    tamper,
+)
 
 OTHER_DIMENSION = 512
 
 
 def edited_policy_scenarios(db: Path) -> list[tuple[str, dict]]:
     """(name, spec) of the fault loop in bench/faults.py: the policy row edited while calls go on."""
-    def zero_threshold_everywhere() -> None:
-        tamper(db, zero_threshold)
-        edit_certificate(db, threshold=0.0)
+    def handle_everything_everywhere() -> None:
+        tamper(db, handle_everything)
+        edit_certificate(db, **HANDLE_EVERYTHING)
 
     return [
         ("policy labels rotated by one (a process starting after it)",
          dict(fault=lambda: tamper(db, rotated_labels), policy_fault=True, fresh=True)),
-        ("policy threshold set to 0 in artifact and certificate (a process starting after it)",
-         dict(fault=zero_threshold_everywhere, policy_fault=True, fresh=True)),
+        ("policy threshold set to 0, out-of-distribution limit lifted, in artifact and certificate "
+         "(a process starting after it)", dict(fault=handle_everything_everywhere, policy_fault=True, fresh=True)),
         ("certificate edited to deployed: false, alpha 0.5 (a process starting after it)",
          dict(fault=lambda: edit_certificate(db, deployed=False, alpha=0.5), policy_fault=True, fresh=True)),
     ]

@@ -17,7 +17,14 @@ from click.testing import CliRunner
 
 from tests import clustered
 from tests.conftest import HashEmbedder
-from tests.faultkit import edit_certificate, rotated_labels, subprocess_env, tamper, zero_threshold
+from tests.faultkit import (
+    HANDLE_EVERYTHING,
+    edit_certificate,
+    handle_everything,
+    rotated_labels,
+    subprocess_env,
+    tamper,
+)
 from tracer_core import Reason, Tracer, TraceStore
 from tracer_core.cli import main as cli
 from tracer_core.embedder_identity import PROBES
@@ -138,16 +145,16 @@ def test_case6_minilm_identity_is_the_same_with_one_and_two_blas_threads(tmp_pat
 
 # -- case 7: a policy answers only with a certificate that vouches for it --------------------
 
-def _consistent_zero_threshold(db: Path) -> None:
-    tamper(db, zero_threshold)
-    edit_certificate(db, threshold=0.0)
+def _handle_everything_consistently(db: Path) -> None:
+    tamper(db, handle_everything)
+    edit_certificate(db, **HANDLE_EVERYTHING)
 
 
 @pytest.mark.parametrize("edit, why", [
     (lambda db: tamper(db, rotated_labels), "does not match the SHA-256"),
-    (_consistent_zero_threshold, "does not match the SHA-256"),
+    (_handle_everything_consistently, "does not match the SHA-256"),
     (lambda db: edit_certificate(db, deployed=False, alpha=0.5), "says it was not deployed"),
-], ids=["labels rotated by one", "threshold 0 in artifact and certificate", "certificate deployed: false, alpha 0.5"])
+], ids=["labels rotated by one", "threshold 0 and no OOD limit in artifact and certificate", "certificate deployed: false, alpha 0.5"])
 def test_case7_an_edited_policy_never_answers(fitted, fake_embedder, texts, edit, why, caplog) -> None:
     """Case 7 (fails at 19ccbfc: 384, 400 and 384 of 400 inputs were answered from the edited policies)."""
     edit(fitted)
