@@ -185,8 +185,10 @@ class Tracer:
                 calibration_pool=evidence.unselected, max_train=self.max_train,
             )
             cert.since_trace_id = floor
-            cert.embedder = self.embedder_identity
-            artifact = seal(policy) if policy else b""  # the certificate vouches for the artifact
+            artifact = b""
+            if policy is not None:  # the certificate names the embedder and vouches for the artifact
+                cert.embedder = self.embedder_identity
+                artifact = seal(policy)
             in_force = self.watcher.current(force=True)
             version = self.store.save_policy(
                 self.task, fingerprint=self.fingerprint, certificate=cert.to_dict(),
@@ -350,7 +352,7 @@ class Tracer:
             "traces": traces,
             "degraded": self.store.degraded,
             "policy_error": in_force.policy_error,
-            "embedder_mismatch": self.embedder_mismatch(policy),
+            "embedder_mismatch": self.embedder_mismatch(policy) if policy else None,
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
             "agreement_lower_bound": cert.agreement_lower_bound if cert else None,
