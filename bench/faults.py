@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.faults_trust import edited_policy_scenarios, malformed_urls, other_embedder
 from tests.faultkit import (
     RECORD_THEN_WAIT,
     REFIT_AT_EXIT,
@@ -306,7 +307,7 @@ def faults() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         fitted = _fitted_db(folder, embed)
-        for name, spec in _scenarios(folder / "run.db"):
+        for name, spec in [*_scenarios(folder / "run.db"), *edited_policy_scenarios(folder / "run.db")]:
             db = folder / "run.db"
             for leftover in folder.glob("run.db*"):
                 leftover.unlink()
@@ -316,6 +317,7 @@ def faults() -> list[dict]:
             lost = len(run.after_fault - stored)
             out.append(_row(name, CALLS, run.completed, len(run.after_fault), lost, run.spilled,
                             run.broken_answers if spec.get("policy_fault") else None, run.stall_s, run.note))
+        out += [malformed_urls(), other_embedder(folder, rows, embed, CALLS)]
         out.append(_postgres_restart(folder, fitted, rows, embed))
         out.append(_litellm_broken_store(folder, embed))
         out.append(_exit_during_refit(folder))

@@ -32,6 +32,7 @@ def _row(metric: str, value: str, target: str, reference: str, ok: bool | None) 
 def speed(cache: FitCache) -> list[dict]:
     """Fit alone in this process (result cached for the routing table), then the latencies."""
     from tracer_core.embedder import Embedder, get_default_embedder
+    from tracer_core.policy_seal import seal
     from tracer_core.store import TraceStore
     from tracer_core.tracer import Tracer
 
@@ -73,7 +74,8 @@ def speed(cache: FitCache) -> list[dict]:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = TraceStore(Path(tmp) / "speed.db")
-        store.save_policy("bench", fingerprint="", certificate=result.cert.to_dict(), artifact=policy.to_bytes(),
+        artifact = seal(policy)  # writes the artifact's SHA-256 into its certificate, which vouches for it
+        store.save_policy("bench", fingerprint="", certificate=policy.certificate.to_dict(), artifact=artifact,
                           status="deployed", n_traces=len(split.train_texts))
         fresh = Embedder(cache_dir=Path(tmp) / "emb")  # empty cache: every route embeds
         for label, embedder in (("uncached text (model runs)", fresh), ("cached text", get_default_embedder())):

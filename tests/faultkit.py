@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import sqlite3
 import textwrap
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,83 @@ WEIGHTS = re.compile(r"^s_(m\d+_)?w\d+$")  # a surrogate's (or an ensemble membe
 def nan_weights(arrays: dict, meta: dict) -> None:
     for key in [k for k in arrays if WEIGHTS.match(k)]:
         arrays[key] = np.full_like(arrays[key], np.nan)
+
+
+def rotated_labels(arrays: dict, meta: dict) -> None:
+    """Every label moved to the next one's place: each answer names the neighbouring label."""
+    meta["labels"] = meta["labels"][1:] + meta["labels"][:1]
+
+
+HANDLE_EVERYTHING = {"threshold": 0.0, "ood_threshold": 1e9}  # no confidence or out-of-distribution limit
+
+
+def handle_everything(arrays: dict, meta: dict) -> None:
+    """The artifact's limits lifted (a certified threshold may already be 0: the OOD limit changes anyway)."""
+    meta.update(HANDLE_EVERYTHING)
+
+
+def edit_certificate(db: Path, **changes: object) -> None:
+    """Rewrite fields of the newest deployed policy's certificate in place (from another connection)."""
+    conn = sqlite3.connect(db)
+    try:
+        version, body = conn.execute(
+            "SELECT version, certificate FROM policies WHERE status = 'deployed' ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+        conn.execute("UPDATE policies SET certificate = ? WHERE version = ?", (json.dumps(json.loads(body) | changes), version))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+# store URLs that are malformed (or fail at once: nothing listens on port 1), with the pieces of their
+# password that must never be shown, and what the error says
+MALFORMED_URLS = [
+    ("postgresql://tracer:Pa ss W0rd@127.0.0.1:1/postgres", ["Pa ss W0rd", "W0rd"], "unexpected spaces"),
+    ("postgresql://tracer:Qx7w@Zk9v@127.0.0.1:55432/postgres", ["Qx7w", "Zk9v"], "more than one '@'"),
+    ("postgresql://tracer:Qx7w:Zk9v@127.0.0.1:1/postgres", ["Qx7w", "Zk9v"], "cannot reach"),
+    ("postgresql://tracer:Qx7w/Zk9v@127.0.0.1:1/postgres", ["Qx7w", "Zk9v"], "'/'"),
+    ("postgresql://tracer:Qx7w%40Zk9v@127.0.0.1:1/postgres", ["Qx7w", "Zk9v"], "cannot reach"),
+    ("postgresql://tracer:Qx7w%zzZk9v@127.0.0.1:1/postgres", ["Qx7w", "Zk9v"], "percent-encoded"),
+    ("postgresql://tracer:Qx7w%@127.0.0.1:1/postgres", ["Qx7w"], "percent-encoded"),
+    ("postgresql://tracer:Qx7w%ffZk9v@127.0.0.1:1/postgres", ["Qx7w", "Zk9v"], "UTF-8"),
+    ("postgresql://tracer:Qx7wZk9v@[::1:55432/postgres", ["Qx7wZk9v"], "IPv6"),
+    ("postgresql://tracer:Qx7wZk9v@127.0.0.1:99999/postgres", ["Qx7wZk9v"], "invalid port"),
+    ("postgresql://tracer:Qx7wZk9v@127.0.0.1:notaport/postgres", ["Qx7wZk9v"], "invalid"),
+    ("postgresql://tracer:Qx7wZk9v@127.0.0.1:1/postgres?bogus=1", ["Qx7wZk9v"], "bogus"),
+    ("postgresql://tracer:Qx7wZk9v@:1/postgres", ["Qx7wZk9v"], "cannot reach"),
+    ("postgresql://tracer@127.0.0.1:1/postgres?password=Qx7wZk9v&sslmode=disable", ["Qx7wZk9v"], "cannot reach"),
+    ("postgresql://tracer@127.0.0.1:1/postgres?password=Qx7w&Zk9v&sslmode=disable", ["Qx7w", "Zk9v"], "%26"),
+    ("postgresql://tracer@127.0.0.1:1/postgres?sslpassword=Qx7wZk9v&x=1", ["Qx7wZk9v"], "x"),
+    ("postgresql:tracer:Qx7wZk9v@127.0.0.1:1/postgres", ["Qx7wZk9v"], "postgresql://"),
+    ("  POSTGRES://tracer:Qx7w Zk9v@127.0.0.1:1/postgres  ", ["Qx7w", "Zk9v"], "unexpected spaces"),
+]
+
+
+def opening_outputs(url: str) -> tuple[BaseException | None, list[str]]:
+    """Open a trace store at `url` and collect every text a user could see of it: the error (message, repr,
+    formatted traceback, anything chained), what was logged, the store key and the name it is shown by."""
+    from tracer_core import TraceStore
+    from tracer_core.store_address import display, resolve_path, store_key
+
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level, root.level = root.level, logging.DEBUG
+    error: BaseException | None = None
+    try:
+        with TraceStore(url):
+            pass
+    except Exception as exc:  # noqa: BLE001 - whatever it is, its text is checked
+        error = exc
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    texts = [logged.getvalue(), store_key(resolve_path(url)), display(url)]
+    if error is not None:
+        texts += [str(error), repr(error), "".join(traceback.format_exception(error))]
+        texts += [repr(chained) for chained in (error.__cause__, error.__context__) if chained is not None]
+    return error, texts
 
 
 def subprocess_env(**extra: str) -> dict:

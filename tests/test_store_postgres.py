@@ -316,7 +316,9 @@ def test_every_entry_point_takes_the_url(pg_url: str, monkeypatch) -> None:
 
     monkeypatch.setenv("TRACER_DB", pg_url)
     with TraceStore() as store:
-        assert store.is_postgres and store.key == pg_url
+        assert store.is_postgres and store.key != pg_url and "***" in store.key
+        with TraceStore(store.key) as again:  # a key stands for its URL within this process
+            assert again.key == store.key
     registry = registry_for(pg_url)
     assert registry is registry_for(pg_url) and registry.store.is_postgres
     assert TracerCallback().settings.db == pg_url == TracerSettings.from_env().db

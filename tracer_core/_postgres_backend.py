@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from tracer_core import migrations
 from tracer_core._retry import retry_transient
 from tracer_core.errors import StoreError
-from tracer_core.store_address import display, redact
+from tracer_core.store_address import Secret, redact, split_url
 
 CONNECT_TIMEOUT_S = 5
 TCP_USER_TIMEOUT_MS = 10_000
@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     psycopg = None  # type: ignore[assignment]
 
 _RETRYABLE = ("40001", "40P01", "55P03")  # serialization failure, deadlock, lock timeout
+_SECRET_KEYS = ("password", "sslpassword")
 
 
 @functools.lru_cache(maxsize=256)
@@ -66,24 +67,37 @@ class PostgresBackend:
     problem: str | None = None  # a server store has no file to lose
 
     def __init__(self, url: str) -> None:
-        self.name = display(url)
+        parts = split_url(url)
+        self.name = parts.shown
+        self._secrets = parts.secrets
+        if parts.problem is not None:  # libpq would read it otherwise than shown: it never sees it
+            raise StoreError(f"trace store {self.name!r} is not a valid PostgreSQL URL: {parts.problem}")
         if psycopg is None:
             raise StoreError(
                 f"trace store {self.name!r} is a PostgreSQL URL but psycopg is not installed "
                 "(pip install 'tracer-router[postgres]')"
             )
-        try:
-            self._conninfo = psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.Error as exc:
-            raise StoreError(f"trace store {self.name!r}: not a valid PostgreSQL URL ({self._clean(exc)})") from None
-        self._secrets = tuple(str(v) for k, v in self._conninfo.items() if k == "password" and v)
-        self._conninfo.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+        conninfo, problem = self._parse(parts.url)
+        if problem is not None:
+            raise StoreError(f"trace store {self.name!r} is not a valid PostgreSQL URL: {problem}")
+        self._secrets = Secret((*self._secrets.reveal(), *(str(conninfo[k]) for k in _SECRET_KEYS if conninfo.get(k))))
+        conninfo.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
         # a server that vanishes from the network (no reset) fails a call within seconds, not minutes
-        self._conninfo.setdefault("keepalives_idle", 10)
-        self._conninfo.setdefault("tcp_user_timeout", TCP_USER_TIMEOUT_MS)
-        self._conninfo.setdefault("application_name", "tracer")
-        self._dsn: str = psycopg.conninfo.make_conninfo("", **self._conninfo)
+        conninfo.setdefault("keepalives_idle", 10)
+        conninfo.setdefault("tcp_user_timeout", TCP_USER_TIMEOUT_MS)
+        conninfo.setdefault("application_name", "tracer")
+        self._dsn = Secret(psycopg.conninfo.make_conninfo("", **conninfo))
+        self._conninfo = {k: v for k, v in conninfo.items() if k not in _SECRET_KEYS}  # what may be shown
         self._schema = ""
+
+    def _parse(self, url: Secret[str]) -> tuple[dict[str, Any], str | None]:
+        """libpq's reading of the URL, or why it has none (raised by the caller: no libpq error is chained)."""
+        try:
+            return psycopg.conninfo.conninfo_to_dict(url.reveal()), None
+        except psycopg.Error as exc:
+            return {}, self._clean(exc)
+        except UnicodeDecodeError:  # psycopg reads libpq's percent-decoded values as UTF-8
+            return {}, "a percent-escape in it does not decode to UTF-8 text"
 
     @property
     def path(self) -> str:
@@ -100,13 +114,15 @@ class PostgresBackend:
         return pathlib.Path(where) / f"{name}.spill.jsonl"
 
     def _clean(self, exc: BaseException) -> str:
-        return redact(str(exc).strip(), self._secrets)
+        """A server or driver message on one line, every secret of the URL hidden."""
+        return " ".join(redact(str(exc), self._secrets.reveal()).split())
 
     def _raw_connect(self) -> Any:
         try:
-            return psycopg.connect(self._dsn, autocommit=True)
+            return psycopg.connect(self._dsn.reveal(), autocommit=True)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot reach trace store {self.name!r}: {self._clean(exc)}") from None
+            problem = self._clean(exc)
+        raise StoreError(f"cannot reach trace store {self.name!r}: {problem}")  # outside `except`: nothing chained
 
     def connect(self) -> PostgresConnection:
         return PostgresConnection(self._raw_connect())
@@ -125,9 +141,10 @@ class PostgresBackend:
         try:
             return retry_transient(fn, budget_s, lambda exc: getattr(exc, "sqlstate", None) in _RETRYABLE)
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.LockNotAvailable):
-                raise StoreError(f"trace store {self.name!r} is unreachable: {self._clean(exc)}") from None
-            raise StoreError(f"trace store {self.name!r}: {self._clean(exc)}") from None
+            unreachable = isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.LockNotAvailable)
+            problem = self._clean(exc)
+        # raised outside `except`, so no server error (which may quote the URL) is chained to it
+        raise StoreError(f"trace store {self.name!r}{' is unreachable' if unreachable else ''}: {problem}")
 
     def _key(self, *parts: str) -> int:
         """A 64-bit advisory lock key for `parts` in this database and schema."""

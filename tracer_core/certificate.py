@@ -48,6 +48,9 @@ class Certificate:
     fit_seconds: float = 0.0
     trace_max_id: int = 0
     since_trace_id: int = 0  # only traces with a higher id were used (the newest suspension)
+    embedder: dict | None = None  # the fit's embedder: kind, name, dimension, checksum (None: an earlier release)
+    artifact_sha256: str = ""  # SHA-256 of the policy artifact as stored ("": an earlier release's policy)
+    labels_sha256: str = ""  # SHA-256 of the policy's label list (policy_seal.labels_digest)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -41,6 +41,8 @@ def report(db: str, task: str, fingerprint: str | None, out: str, json_out: str 
         extra: dict[str, Any] = {"refit_fractions": ()} if no_refit else {}
         facts = build_report(store, task, fingerprint=fingerprint, out_html=out, out_json=json_out, **extra)
     click.echo(facts["summary"]["verdict"])
+    if facts["summary"].get("embedder_problem"):
+        click.echo(f"not re-measured on calibration traces: {facts['summary']['embedder_problem']}")
     click.echo(f"Wrote {Path(out).resolve()}")
     click.echo(f"Wrote {Path(json_out).resolve()}")
 

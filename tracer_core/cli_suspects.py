@@ -8,7 +8,9 @@ import click
 
 from tracer_core.cli_report import chosen_version
 from tracer_core.cli_store import db_option, open_store, require_db
+from tracer_core.embedder_identity import identify, mismatch
 from tracer_core.errors import TracerError
+from tracer_core.report.summary import current_policy_row, usable_policy
 from tracer_core.suspects import MIN_SCORE
 
 
@@ -28,10 +30,16 @@ def suspects(task: str, fingerprint: str | None, limit: int, min_score: float, a
     with open_store(db) as store:
         version = chosen_version(store, task, fingerprint)
         try:
-            found = Tracer(task, store, fingerprint=version, auto_refit=False).suspects(limit=limit, min_score=min_score)
+            tracer = Tracer(task, store, fingerprint=version, auto_refit=False)
+            found = tracer.suspects(limit=limit, min_score=min_score)
+            policy = usable_policy(current_policy_row(store, task, version))[0]
+            problem = mismatch(policy, identify(tracer.embed)) if policy is not None else None
         except TracerError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(found, indent=2, ensure_ascii=False) if as_json else render_text(task, found))
+    if problem is not None:
+        click.echo(f"note: these suspects are scored with this command's embedder, which the deployed policy "
+                   f"does not take: {problem}", err=True)
 
 
 def render_text(task: str, found: dict) -> str:

@@ -21,6 +21,7 @@ class Reason(StrEnum):
     NOT_CERTIFIED_AT_ALPHA = "not_certified_at_alpha"
     ERROR = "error"
     INVALID_POLICY = "invalid_policy"
+    EMBEDDER_MISMATCH = "embedder_mismatch"
     STORE_UNAVAILABLE = "store_unavailable"
     # decided by an integration before the core is asked
     CONVERSATION_HISTORY = "conversation_history"
@@ -51,6 +52,7 @@ REASON_TEXT: dict[Reason, str] = {
     ),
     Reason.ERROR: "tracer failed internally; the LLM answers",
     Reason.INVALID_POLICY: "the stored policy failed validation and is not used",
+    Reason.EMBEDDER_MISMATCH: "the policy was fitted with another embedder than this process uses",
     Reason.STORE_UNAVAILABLE: "the trace store cannot be written (degraded mode) or read; the LLM answers",
     Reason.CONVERSATION_HISTORY: "the call carries conversation history, which the certificate never saw",
     Reason.NON_TEXT_CONTENT: "the call has content the surrogate cannot see (images, audio, files)",

@@ -18,9 +18,11 @@ from tracer_core.errors import PolicyError
 from tracer_core.features import Tfidf, predict_proba
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy_check import check_policy
+from tracer_core.policy_seal import LEGACY_FORMAT, check_seal
 from tracer_core.surrogate import Surrogate, surrogate_from_arrays
 
-FORMAT = "tracer-policy/1"
+FORMAT = "tracer-policy/2"  # the certificate holds the artifact's SHA-256 (see policy_seal)
+FORMATS = (LEGACY_FORMAT, FORMAT)
 
 
 @dataclass
@@ -39,6 +41,12 @@ class Policy:
     unseen_threshold: float
     certificate: Certificate
     version: int | None = None
+    format: str = FORMAT
+
+    @property
+    def dimension(self) -> int:
+        """The embedding dimension the policy takes."""
+        return int(self.ood.whitener.shape[0])
 
     def predict_proba(self, texts: list[str], vectors: np.ndarray) -> np.ndarray:
         return predict_proba(self.surrogate, vectors, texts, self.tfidf)
@@ -102,9 +110,9 @@ class Policy:
             meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
         except Exception as exc:
             raise PolicyError(f"stored policy is not a readable tracer policy: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise PolicyError(f"stored policy has format {found!r}, expected {FORMAT!r}")
+            raise PolicyError(f"stored policy has format {found!r}, expected one of {', '.join(FORMATS)}")
         try:
             surrogate = surrogate_from_arrays(meta["surrogate"], {k[2:]: v for k, v in arrays.items() if k.startswith("s_")})
             tfidf = Tfidf(meta["tfidf_terms"], arrays["tfidf_idf"]) if meta["tfidf_terms"] else None
@@ -114,6 +122,7 @@ class Policy:
                 ood_threshold=meta["ood_threshold"], threshold=meta["threshold"], excluded=set(meta["excluded"]),
                 unseen_vectors=arrays["unseen_vectors"], unseen_labels=meta["unseen_labels"],
                 unseen_threshold=meta["unseen_threshold"], certificate=certificate, version=version,
+                format=meta["format"],
             )
         except Exception as exc:
             raise PolicyError(f"stored policy is incomplete: {type(exc).__name__}: {exc}") from None
@@ -122,10 +131,13 @@ class Policy:
 
     @classmethod
     def from_row(cls, row: dict) -> Policy:
-        """Load and validate a row of the store's `policies` table (PolicyError if it is not usable)."""
+        """Load and validate a row of the store's `policies` table; PolicyError if it is not usable or its
+        certificate does not vouch for it (see `policy_seal`)."""
         try:
             certificate = Certificate.from_dict(row["certificate"])
         except TypeError as exc:
             reason = row["certificate"].get("reason") if isinstance(row["certificate"], dict) else None
             raise PolicyError(reason or f"policy v{row['version']} has an incomplete certificate: {exc}") from None
-        return cls.from_bytes(row["artifact"], certificate, row["version"])
+        policy = cls.from_bytes(row["artifact"], certificate, row["version"])
+        check_seal(policy, row["artifact"])
+        return policy

@@ -75,7 +75,7 @@ class TraceStore:
         self, path: str | os.PathLike | None = None, *, queue_size: int = 10_000, adopt_foreign_db: bool = False
     ) -> None:
         address = resolve_path(path)
-        self._address = address
+        self._key = store_key(address)  # a URL's password is kept by the backend alone, never shown
         self._backend: SQLiteBackend | PostgresBackend = (
             PostgresBackend(address) if isinstance(address, str) else SQLiteBackend(address, adopt_foreign_db=adopt_foreign_db)
         )
@@ -107,8 +107,9 @@ class TraceStore:
 
     @property
     def key(self) -> str:
-        """What identifies the store within a process (the resolved file, or the URL)."""
-        return store_key(self._address)
+        """What identifies the store within a process: the resolved file, or the URL without its password
+        plus a keyed digest of it (`TraceStore(key)` opens the same store again in this process)."""
+        return self._key
 
     @property
     def is_postgres(self) -> bool:

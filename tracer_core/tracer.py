@@ -16,9 +16,12 @@ from tracer_core.binding import Level, answers_for, certified_level
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
+from tracer_core.embedder_identity import identify, mismatch
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
 from tracer_core.guarantee import guarantee_facts
+from tracer_core.policy import Policy
+from tracer_core.policy_seal import seal
 from tracer_core.refit import RefitScheduler
 from tracer_core.settings import check, check_limit
 from tracer_core.shutdown import FitCancelled
@@ -87,6 +90,8 @@ class Tracer:
         self._owns_store = not isinstance(db, TraceStore)
         self.store = db if isinstance(db, TraceStore) else TraceStore(db)
         self._embed = embedder
+        self._identity: dict | None = None  # the embedder's identity, computed once
+        self._embedder_checked: tuple[Policy | None, str | None] = (None, None)  # (policy, why it cannot answer)
         self._fit_lock = threading.Lock()
         self._error_logged = False
         self._stricter_logged: int | None = None  # the policy version a stricter-caller warning was logged for
@@ -166,6 +171,28 @@ class Tracer:
             self._embed = get_default_embedder()
         return self._embed
 
+    @property
+    def embedder_identity(self) -> dict:
+        """This tracer's embedder: kind, name, dimension, probe checksum (`tracer_core.embedder_identity`)."""
+        if self._identity is None:
+            self._identity = identify(self.embed)
+        return self._identity
+
+    def embedder_mismatch(self, policy: Policy | None = None) -> str | None:
+        """Why `policy` (default: the one in force) cannot answer with this tracer's embedder, or None.
+        Checked once per loaded policy, and logged then."""
+        policy = policy if policy is not None else self.watcher.current().policy
+        if policy is None:
+            return None
+        checked, problem = self._embedder_checked
+        if checked is not policy:
+            problem = mismatch(policy, self.embedder_identity)
+            if problem is not None:
+                log.error("tracer task %r: the policy does not answer in this process (every call goes to the LLM): %s",
+                          self.task, problem)
+            self._embedder_checked = (policy, problem)
+        return problem
+
     # -- fitting ----------------------------------------------------------------------
     def fit(self) -> Certificate:
         """Fit on the teacher traces of this task version and certify; deploy only if certified.
@@ -189,10 +216,14 @@ class Tracer:
                 calibration_pool=evidence.unselected, max_train=self.max_train,
             )
             cert.since_trace_id = floor
+            artifact = b""
+            if policy is not None:  # the certificate names the embedder and vouches for the artifact
+                cert.embedder = self.embedder_identity
+                artifact = seal(policy)
             in_force = self.watcher.current(force=True)
             version = self.store.save_policy(
                 self.task, fingerprint=self.fingerprint, certificate=cert.to_dict(),
-                artifact=policy.to_bytes() if policy else b"", status="deployed" if cert.deployed else "refused",
+                artifact=artifact, status="deployed" if cert.deployed else "refused",
                 n_traces=len(evidence.texts),
             )
             cert.version = version
@@ -261,6 +292,8 @@ class Tracer:
             refusal = in_force.refusal
             reason = Reason.FREE_TEXT_TASK if refusal and refusal.reason_code == FREE_TEXT else Reason.NO_POLICY
             return [deferred(Reason.INVALID_POLICY if in_force.policy_error else reason) for _ in texts]
+        if self.embedder_mismatch(policy) is not None:
+            return [deferred(Reason.EMBEDDER_MISMATCH, policy.version) for _ in texts]
         if not texts:
             return []
         if not answers_for(policy.certificate, self.alpha, self.delta):
@@ -305,7 +338,7 @@ class Tracer:
     def _withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
         """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""
         policy = in_force.policy
-        if policy is None or in_force.suspension is not None:
+        if policy is None or in_force.suspension is not None or self.embedder_mismatch(policy) is not None:
             return
         found = contradiction(policy, evidence, self.embed, self.alpha, self.delta)
         if found is not None:
@@ -366,6 +399,7 @@ class Tracer:
             "traces": traces,
             "degraded": self.store.degraded,
             "policy_error": in_force.policy_error,
+            "embedder_mismatch": self.embedder_mismatch(policy) if policy else None,
             "policy_version": policy.version if policy else None,
             "coverage": cert.coverage if cert else 0.0,
             "certified": guarantee_facts(cert.to_dict() if cert else None),

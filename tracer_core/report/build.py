@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tracer_core.embedder import EmbedFn, get_default_embedder
+from tracer_core.embedder_identity import identify, mismatch
 from tracer_core.errors import TracerError
 from tracer_core.report.calibration import CalibrationRouting, route_calibration
 from tracer_core.report.evolution import PREFIX_FRACTIONS, evolution_facts
@@ -62,6 +63,9 @@ def build_report(
     cert = row["certificate"] if row else None
     embed = embed or get_default_embedder()
     policy = usable_policy(row)[0]
+    if policy is not None and (problem := mismatch(policy, identify(embed))) is not None:
+        summary["embedder_problem"] = problem  # its calibration traces cannot be routed with this embedder
+        policy = None
     routing = route_calibration(policy, cert, teacher, embed) if cert else None
     facts = {
         "generated_at": time.time(),

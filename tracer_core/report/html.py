@@ -99,6 +99,9 @@ def summary_html(s: dict) -> str:
         ["estimated coverage (share handled)", pct(s["coverage"])],
         ["traces trained on (train + validation)", s["trained_on"] or "-"],
         ["calibration traces the gate tested on", s["calibrated_on"] or "-"],
+        ["embedder the policy needs", s["embedder"] or "-"],
+        ["certificate vouches for the artifact (SHA-256)",
+         "-" if s["artifact_verified"] is None else "yes" if s["artifact_verified"] else "unverified (an earlier release's policy)"],
         ["LLM calls saved so far", num(s["llm_calls_saved"])],
         ["mean recorded LLM cost per call", usd(s["mean_teacher_cost_usd"])],
         ["dollars saved so far", usd(s["dollars_saved"])],
@@ -112,6 +115,11 @@ def summary_html(s: dict) -> str:
     extra = ""
     if guarantee.get("lifetime"):
         extra += f'<p class="note" id="lifetime">Lifetime guarantee: {escape(guarantee["lifetime"])}.</p>'
+    if s.get("embedder_hint"):
+        extra += f'<p class="note" id="embedder-hint">Embedder: {escape(s["embedder_hint"])}.</p>'
+    if s.get("embedder_problem"):
+        extra += (f'<p class="note" id="embedder">The calibration sections are not re-measured: '
+                  f'{escape(s["embedder_problem"])}.</p>')
     if s.get("suspension"):
         extra += (f'<p class="note" id="suspension">Suspended since {when(s["suspension"]["since"])}: '
                   f'{escape(s["suspension"]["reason"])}. Every call goes to the LLM.</p>')

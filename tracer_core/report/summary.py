@@ -8,10 +8,12 @@ from scipy.stats import binom
 
 from tracer_core import versions
 from tracer_core.certificate import Certificate
+from tracer_core.embedder_identity import needed_text
 from tracer_core.errors import PolicyError
 from tracer_core.guarantee import attempt_brief, guarantee_facts, outcome_statement
 from tracer_core.monitor import DRIFT_LEVEL, EXPECTED_OOD_SHARE, AgreementMonitor
 from tracer_core.policy import Policy
+from tracer_core.policy_seal import is_verified
 from tracer_core.store import TraceStore
 from tracer_core.trace import CACHED, UNPARSED
 from tracer_core.versions import resolve_version
@@ -101,7 +103,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
     fingerprint = pick_fingerprint(store, task, fingerprint)
     row = current_policy_row(store, task, fingerprint)
     cert = row["certificate"] if row else None
-    policy_error = usable_policy(row)[1]
+    policy, policy_error = usable_policy(row)
     newest = store.policies(task, fingerprint=fingerprint)[:1] if fingerprint is not None else []
     counts = store.counts(task)
     cost = teacher_cost(store, task, fingerprint)
@@ -124,6 +126,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "coverage": cert.get("coverage") if cert else None,
         "reason": refusal_reason(cert),
         **fit_evidence(cert),
+        **binding_facts(cert, policy),
         "reason_code": cert.get("reason_code") if cert else "no_policy",
         "llm_calls_saved": saved_calls,
         "mean_teacher_cost_usd": cost["mean_usd"],
@@ -155,6 +158,14 @@ def fit_evidence(cert: dict | None) -> dict:
         "trained_on": fitted.training_used() if fitted else None,
         "calibrated_on": fitted.calibration_used() if fitted else None,
     }
+
+
+def binding_facts(cert: dict | None, policy: Policy | None) -> dict:
+    """The embedder the serving policy needs (and how to give it), and whether its certificate binds its artifact."""
+    if policy is None or cert is None:
+        return {"embedder": None, "embedder_hint": None, "artifact_verified": None}
+    needed, hint = needed_text(cert.get("embedder"), policy.dimension)
+    return {"embedder": needed, "embedder_hint": hint, "artifact_verified": is_verified(cert)}
 
 
 def monitor_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | None) -> dict | None:

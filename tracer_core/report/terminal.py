@@ -57,6 +57,8 @@ def summary_view(s: dict) -> Group:
         ("estimated coverage (calibration)", pct(s["coverage"])),
         ("trained on (train + validation)", s["trained_on"] or "-"),
         ("calibration traces (gate)", s["calibrated_on"] or "-"),
+        ("embedder it needs", s["embedder"] or "-"),
+        ("certificate vouches for the artifact", _verified(s["artifact_verified"])),
         ("LLM calls saved", num(s["llm_calls_saved"])),
         ("dollars saved", usd(s["dollars_saved"])),
         ("last fit", when(s["last_fit_at"])),
@@ -65,6 +67,10 @@ def summary_view(s: dict) -> Group:
     parts: list[RenderableType] = [Text(s["verdict"], style=style), facts]
     if guarantee.get("lifetime"):
         parts.append(Text(f"lifetime guarantee: {guarantee['lifetime']}"))
+    if s.get("embedder_hint"):
+        parts.append(Text(f"embedder: {s['embedder_hint']}"))
+    if s.get("embedder_problem"):
+        parts.append(Text(s["embedder_problem"], style="bold red"))
     if s.get("suspension"):
         since = when(s["suspension"]["since"])
         parts.append(Text(f"SUSPENDED since {since}: {s['suspension']['reason']} - every call goes to the LLM",
@@ -84,6 +90,12 @@ def summary_view(s: dict) -> Group:
         parts.append(Text(f"newest refit refused: {s['last_fit_reason']}", style="yellow"))
     parts.append(live_table(s["live_last_hour"], s["live_all_time"]))
     return Group(*parts)
+
+
+def _verified(verified: bool | None) -> str:
+    if verified is None:
+        return "-"
+    return "yes (SHA-256 of artifact and labels)" if verified else "unverified (an earlier release's policy; refit to bind it)"
 
 
 def live_table(hour: dict, total: dict) -> Table:
