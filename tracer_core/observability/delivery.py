@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 from tracer_core.observability.events import TracerEvent
 from tracer_core.observability.outbox import Outbox
-from tracer_core.observability.webhook import Webhook
+from tracer_core.observability.webhook import EXITING, Webhook
 from tracer_core.settings import SettingsError
 
 log = logging.getLogger("tracer.events")
 WEBHOOK_ENV = "TRACER_WEBHOOK_URL"
-EXIT_FLUSH_S = 1.0
+EXIT_FLUSH_S = 0.5
 
 EventHandler = Callable[[TracerEvent], object]
 _handlers: list[EventHandler] = []
@@ -89,7 +89,8 @@ def _configured_webhook() -> Webhook | None:
 
 @atexit.register
 def _flush_at_exit() -> None:
-    """Give queued events at most EXIT_FLUSH_S to reach the handlers and the webhook; never more."""
+    """Give queued events at most EXIT_FLUSH_S to reach the handlers and the webhook (one attempt each); never more."""
+    EXITING.set()
     deadline = time.monotonic() + EXIT_FLUSH_S
     outboxes = [_calls] + ([_webhook[1].outbox] if _webhook is not None and _webhook[1] is not None else [])
     for outbox in outboxes:

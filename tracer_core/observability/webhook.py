@@ -7,6 +7,7 @@ import base64
 import http.client
 import json
 import logging
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +23,7 @@ log = logging.getLogger("tracer.observability")
 TIMEOUT_S = 2.0  # per attempt: connecting, and waiting for the answer
 BACKOFF_S = (0.5, 2.0)  # before the second and the third attempt
 WARN_EVERY_S = 60.0
+EXITING = threading.Event()  # set at interpreter exit: no more waiting between attempts
 
 
 class Webhook:
@@ -52,17 +54,17 @@ class Webhook:
         self.outbox.put(event)
 
     def deliver(self, event: TracerEvent) -> None:
-        """POST one event, retrying a failure after each of BACKOFF_S; log (rate-limited) if all attempts fail."""
+        """POST one event, retrying a failure after each of BACKOFF_S (not once the interpreter exits);
+        log (rate-limited) when it gives up."""
         body = json.dumps(event.to_dict(), default=str).encode("utf-8")
         for delay in (*BACKOFF_S, None):
             try:
                 self._post(body)
                 return
             except (OSError, http.client.HTTPException) as exc:  # URLError, HTTPError and timeouts are OSErrors
-                if delay is None:
+                if delay is None or EXITING.wait(delay):
                     self._warn(event, exc)
                     return
-                time.sleep(delay)
 
     def _post(self, body: bytes) -> None:
         request = urllib.request.Request(self._target, data=body, headers=self._headers, method="POST")
