@@ -101,13 +101,12 @@ def test_serve_metrics_refuses_a_bad_port():
 
 def test_every_metric_and_event_name_is_documented():
     page = DOCS.read_text(encoding="utf-8")
-    documented = set(re.findall(r"`(tracer_[a-z_]+)`", page))
-    assert {spec.name for spec in SPECS} <= documented
-    assert documented <= {spec.name for spec in SPECS} | {"tracer_refit_duration_seconds_bucket"}  # no stale names
-    assert {f"`{kind}`" for kind in EventKind} <= set(re.findall(r"`[a-z_]+`", page))
+    table = re.findall(r"^\| `(tracer_\w+)` \| (\w+) \| ([^|]*) \|", page, re.M)  # name | type | labels | meaning
+    assert sorted(name for name, _, _ in table) == sorted(spec.name for spec in SPECS)  # every one, no stale one
     for spec in SPECS:
-        for label in spec.label_names:
-            assert f"`{label}`" in page, f"label {label} of {spec.name} is not documented"
+        assert (spec.name, spec.kind, ", ".join(f"`{label}`" for label in spec.label_names)) in table, spec.name
+    events = page.split("\n## Events\n", 1)[1].split("\n## ", 1)[0]
+    assert sorted(re.findall(r"^\| `([a-z_]+)` \|", events, re.M)) == sorted(EventKind)
 
 
 WORKER = textwrap.dedent("""
