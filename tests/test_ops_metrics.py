@@ -94,6 +94,27 @@ def test_the_llm_cost_and_the_estimated_savings_follow_the_recorded_costs(tmp_pa
     tracer.close()
 
 
+def test_calls_an_integration_decides_are_counted_with_the_cores(tmp_path, teacher, fake_embedder, banking_subset):
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_openai import ChatOpenAI
+
+    from tracer_langchain import with_tracer
+
+    model = ChatOpenAI(base_url=teacher.base_url, api_key="sk-test", model="stand-in", max_retries=0)
+    chain = ChatPromptTemplate([("system", "Classify the banking query."), ("human", "{text}")]) | model | StrOutputParser()
+    wrapped = with_tracer(chain, task="ops-langchain", db=tmp_path / "l.db", embedder=fake_embedder, auto_refit=False)
+    port = serve_metrics(0)
+    for text, _ in banking_subset[:2]:
+        wrapped.invoke({"text": text})
+    wrapped.invoke({"text": banking_subset[2][0]}, {"configurable": {"tracer_mode": "observe"}})
+    wrapped.flush()
+    got = scrape(port, task="ops-langchain")
+    assert {dict(k)["reason"]: v for (n, k), v in got.items() if n == "tracer_calls_total"} == {
+        "no_policy": 2, "tracer_off": 1}
+    assert total(got, "tracer_traces_recorded_total", source="teacher") == 3
+
+
 def test_serve_metrics_refuses_a_bad_port():
     with pytest.raises(SettingsError, match="port must be an integer"):
         serve_metrics(70_000)

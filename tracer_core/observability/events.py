@@ -4,6 +4,7 @@ happened, to which task and version, why, and what to do."""
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import shlex
 import socket
@@ -63,6 +64,7 @@ def suspension_cause(reason: str, automatic: bool) -> str:
     return WITHDRAWN if reason.startswith(WITHDRAWAL_PREFIX) else MONITOR
 
 
+@functools.lru_cache(maxsize=4096)
 def version_of(fingerprint: str) -> str:
     """The fingerprint prefix people see (`tracer tasks`, `tracer status`)."""
     from tracer_core.versions import label  # versions imports the store, which imports this package

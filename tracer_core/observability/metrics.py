@@ -30,8 +30,12 @@ class MetricSpec:
     aggregate: Literal["livemostrecent", "livemax", "livesum"] = "livemostrecent"  # a gauge's multiprocess mode
 
     def labels(self, *values: str) -> Any:
-        """The series of these label values (made on first use; a no-op without prometheus-client)."""
-        return metric(self).labels(*values)
+        """The series of these label values (made on first use, then kept; a no-op without prometheus-client)."""
+        key = (self.name, values)
+        child = _children.get(key)
+        if child is None:
+            child = _children[key] = metric(self).labels(*values)
+        return child
 
 
 CALLS = MetricSpec("tracer_calls_total", "counter", "Calls routed, by decision (handled or deferred) and reason",
@@ -97,6 +101,7 @@ class _Off:
 
 
 _made: dict[str, Any] = {}
+_children: dict[tuple[str, tuple[str, ...]], Any] = {}  # bounded: label values are bounded (see the module doc)
 _lock = threading.Lock()
 
 

@@ -12,7 +12,6 @@ import math
 import os
 import pathlib
 import threading
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -70,28 +69,29 @@ def counts_calls(route_many: Callable[[Any, Sequence[str]], list[Decision]]) -> 
 @never_raises
 def count_calls(task: str, fingerprint: str, decisions: Sequence[Decision]) -> None:
     """Count routed calls by decision and reason (the core's decisions, and those an integration makes first)."""
-    calls = m.CALLS
-    labels = _labels(task, fingerprint)
-    for (handled, reason), n in Counter((d.handled, str(d.reason)) for d in decisions).items():
-        calls.labels(*labels, "handled" if handled else "deferred", reason).inc(n)
+    task, version = _labels(task, fingerprint)
+    for d in decisions:
+        m.CALLS.labels(task, version, "handled" if d.handled else "deferred", str(d.reason)).inc()
 
 
 @never_raises
 def recorded(tracer: Tracer, traces: Sequence[Trace]) -> None:
     """Count traces by source, the LLM's cost, and the calls (and estimated cost) the surrogate saved."""
     labels = _labels(tracer.task, tracer.fingerprint)
-    sources = Counter(t.source for t in traces)
-    for source, n in sources.items():
-        m.TRACES.labels(*labels, source).inc(n)
-    costs = [t.cost_usd for t in traces if t.source == "teacher" and t.cost_usd is not None]
+    saved, cost, costed = 0, 0.0, 0
+    for trace in traces:
+        m.TRACES.labels(*labels, trace.source).inc()
+        if trace.source == "surrogate":
+            saved += 1
+        elif trace.source == "teacher" and trace.cost_usd is not None:
+            cost, costed = cost + trace.cost_usd, costed + 1
     key = (tracer.task, tracer.fingerprint)
     with _lock:
         spent, answers = _llm_cost.get(key, (0.0, 0))
-        spent, answers = spent + sum(costs), answers + len(costs)
+        spent, answers = spent + cost, answers + costed
         _llm_cost[key] = (spent, answers)
-    if costs:
-        m.LLM_COST.labels(*labels).inc(sum(costs))
-    saved = sources.get("surrogate", 0)
+    if costed:
+        m.LLM_COST.labels(*labels).inc(cost)
     if saved:
         m.CALLS_SAVED.labels(*labels).inc(saved)
         if answers:
