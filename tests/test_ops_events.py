@@ -23,7 +23,7 @@ from tests import clustered
 from tests.faultkit import drop_traces_table, run_sql
 from tests.webhooks import EventReceiver, HangingServer, refusing_url
 from tracer_core import EventKind, Tracer, TracerEvent, off_event, on_event, use_json_logs
-from tracer_core.observability import delivery, events, jsonlog, webhook
+from tracer_core.observability import delivery, events, exposition, jsonlog, webhook
 from tracer_core.observability.outbox import Outbox
 from tracer_core.settings import SettingsError
 
@@ -278,6 +278,21 @@ def test_the_webhook_url_never_shows_its_secrets(monkeypatch, caplog):
     with pytest.raises(SettingsError, match="http:// or https://") as error:
         webhook.Webhook(f"ftp://127.0.0.1/{SECRET}")
     assert SECRET not in str(error.value)
+
+
+def test_bad_settings_in_the_environment_are_named_and_break_nothing(monkeypatch, caplog, handled):
+    monkeypatch.setenv("TRACER_WEBHOOK_URL", f"hooks.example.com/{SECRET}")
+    for _ in range(2):
+        delivery.emit(events.resumed("ops-env", "", "test", 1))
+    assert caplog.text.count("TRACER_WEBHOOK_URL must be an http:// or https:// URL") == 1 and SECRET not in caplog.text
+    delivered(handled, EventKind.RESUMED, "ops-env")  # the callables still get it
+    monkeypatch.setattr(exposition, "_env_tried", None)
+    monkeypatch.setenv("TRACER_METRICS_PORT", "ninety")
+    exposition.serve_from_env()
+    assert "TRACER_METRICS_PORT must be a port number in [0, 65535], got 'ninety'" in caplog.text
+    monkeypatch.setenv("TRACER_LOG_FORMAT", "yaml")
+    jsonlog.apply_log_format_from_env()
+    assert "TRACER_LOG_FORMAT must be json or text, got 'yaml'" in caplog.text
 
 
 def test_json_logs_carry_the_fields_of_the_event(tmp_path):
