@@ -73,6 +73,7 @@ PAGES: dict[str, Page] = {
     "docs/guarantee.md": Page({}),
     "docs/lifetime-guarantee.md": Page({}),
     "docs/operating.md": Page({"bash": 8, "text": 2}, operating_left_its_files),
+    "docs/operations-metrics.md": Page({"python": 1, "text": 4}),
     "docs/configuration.md": Page({"python": 1}),
     "docs/api.md": Page({}),
     "docs/cli.md": Page({}),

@@ -14,6 +14,7 @@ import numpy as np
 
 from tracer_core.embedder import embed_checked
 from tracer_core.gate import significantly_below
+from tracer_core.observability import observe
 from tracer_core.policy import Policy
 from tracer_core.store import Evidence, TraceStore
 
@@ -39,9 +40,11 @@ class Suspensions:
         log.warning("tracer task %r suspended: %s", self.task, reason)
         self.store.flush()
         self._log("suspend", reason, automatic=automatic, **details)
+        observe.suspended(self.task, self.fingerprint, reason, automatic, details)
 
     def resume(self, reason: str, version: int | None) -> None:
         self._log("resume", reason, version=version)
+        observe.resumed(self.task, self.fingerprint, reason, version)
 
     def lift_if_automatic(self, version: int | None) -> None:
         """A new certificate lifts a suspension the monitor or a withdrawal made (never a manual one)."""

@@ -20,6 +20,7 @@ from tracer_core.embedder_identity import identify, mismatch
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
 from tracer_core.guarantee import guarantee_facts
+from tracer_core.observability import observe
 from tracer_core.policy import Policy
 from tracer_core.policy_seal import seal
 from tracer_core.refit import RefitScheduler
@@ -105,6 +106,7 @@ class Tracer:
             interval_s=float(check("refit_interval_s", refit_interval_s)), enabled=auto_refit,
             name=f"tracer-refit-{task}", paused=lambda: self.store.degraded is not None,
         )
+        observe.watch(self)
 
     # -- recording --------------------------------------------------------------------
     def record(self, text: str, label: str, *, decision: Decision | None = None, **fields) -> None:
@@ -117,6 +119,7 @@ class Tracer:
         """
         trace = self._trace(text, label, decision, fields)
         self.store.enqueue(trace)
+        observe.recorded(self, [trace])
         if trace.source == "teacher":
             self.refits.count(1)
 
@@ -153,6 +156,7 @@ class Tracer:
             for i, (text, label) in enumerate(zip(texts, labels))
         ]
         written = self.store.append_many(traces)
+        observe.recorded(self, traces)
         self.refits.count(sum(t.source == "teacher" for t in traces))
         return written
 
@@ -227,6 +231,7 @@ class Tracer:
                 n_traces=len(evidence.texts),
             )
             cert.version = version
+            observe.fitted(self, cert)
             if policy is not None:
                 policy.version = version
                 self.suspensions.lift_if_automatic(version)
@@ -250,6 +255,7 @@ class Tracer:
             log.info("tracer task %r: background refit stopped at interpreter exit", self.task)
         except Exception:
             log.exception("tracer task %r: background refit failed; the previous policy stays", self.task)
+            observe.refit_failed(self)
 
     def wait_for_refit(self, timeout: float | None = None) -> bool:
         """Block until a running background refit finishes; True when none is running."""
@@ -260,6 +266,7 @@ class Tracer:
         """Decide one input: the surrogate's certified answer, or defer to the LLM with a reason."""
         return self.route_many([text])[0]
 
+    @observe.counts_calls
     def route_many(self, texts: Sequence[str]) -> list[Decision]:
         """Vectorised `route()`: one embedding batch, same decisions."""
         texts = [normalise_input(t) for t in texts]

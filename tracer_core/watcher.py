@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from tracer_core.certificate import Certificate
 from tracer_core.errors import PolicyError, StoreError
 from tracer_core.monitor import AgreementMonitor
+from tracer_core.observability import observe
 from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
 
@@ -81,6 +82,7 @@ class PolicyWatcher:
         with self._lock:
             if read.state is not None:
                 self._state = read.state
+                observe.state_read(self, read.state)
             self._reading = None
 
     def adopt(self, policy: Policy | None, refusal: Certificate | None) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tracer_core.errors import StoreError
+from tracer_core.observability import observe
 from tracer_core.spill import SpillFile
 from tracer_core.trace import Trace
 
@@ -103,6 +104,7 @@ class BackgroundWriter:
         """Queue one trace; a full queue (or a stopped writer) spills it instead. Never blocks."""
         with self._done:
             self._enqueued += 1
+        observe.writer_queue(self.spill.path, self._enqueued - self._finished)
         if not self._stopping:
             try:
                 self._queue.put_nowait(trace)
@@ -204,6 +206,7 @@ class BackgroundWriter:
             return False
         log.warning("trace store is writable again; recording resumed (%s)", self.spill.path.name)
         self._degraded = None
+        observe.store_recovered(self.spill.path)
         return True
 
     def _replay_spill(self) -> bool:
@@ -214,6 +217,7 @@ class BackgroundWriter:
             return False
         with self._done:
             self._spilled = 0
+        observe.spill_changed(self.spill.path)
         return True
 
     def _enter_degraded(self, exc: Exception) -> None:
@@ -224,6 +228,7 @@ class BackgroundWriter:
             "again, or at the next start); tracer is degraded: every call goes to the LLM until then",
             exc, self.spill.path,
         )
+        observe.store_degraded(self.spill.path, self._degraded)
 
     def _spill_now(self, traces: list[Trace], why: str) -> None:
         try:
@@ -244,6 +249,7 @@ class BackgroundWriter:
         with self._done:
             self._finished += n
             self._done.notify_all()
+        observe.writer_done(self.spill.path, self._enqueued - self._finished)
 
     def _warn(self, key: str, message: str, *args: object) -> None:
         """Log a warning at most once per WARN_EVERY_S per kind (a failing store must not flood the log)."""

@@ -20,6 +20,7 @@ from langchain_core.runnables import RunnableConfig
 
 from tracer_core import Decision, Reason, TaskIdentity, Tracer, registry_for
 from tracer_core.decision import deferred
+from tracer_core.observability.observe import count_calls
 from tracer_langchain.codec import OutputCodec, codec_for_type, codec_from_spec, learn_codec
 from tracer_langchain.errors import IntegrationConfigError
 from tracer_langchain.history import append_turn, session_history
@@ -133,6 +134,8 @@ class TracerBridge:
             decision = deferred(identity.blocked)
         elif mode == "observe":
             decision = deferred(Reason.TRACER_OFF)
+        if decision is not None:
+            count_calls(tracer.task, tracer.fingerprint, [decision])
         return Call(text, decision, mode, tracer, identity, view, history)
 
     def tracer_for(self, identity: TaskIdentity) -> Tracer:

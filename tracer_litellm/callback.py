@@ -31,6 +31,7 @@ from litellm.types.utils import CallTypes, ModelResponse
 from tracer_core import Decision, FlushReport, Reason, Tracer, TracerError, TracerRegistry, registry_for
 from tracer_core.decision import deferred
 from tracer_core.fit import DEFAULT_MAX_TRAIN
+from tracer_core.observability.observe import count_calls
 from tracer_core.tracer import DEFAULT_AUDIT_RATE, DEFAULT_CLOSE_TIMEOUT_S
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S
 from tracer_litellm import hooks
@@ -127,6 +128,7 @@ class TracerCallback(CustomLogger):
             return Seen(info, None)
         reason = info.blocked or (Reason.TRACER_OFF if mode == "observe" else None)
         if reason is not None:
+            count_calls(info.task, info.fingerprint, [deferred(reason)])
             return Seen(info, deferred(reason))
         try:
             return Seen(info, self.tracer_for(info).route(info.text))
