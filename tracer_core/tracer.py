@@ -8,18 +8,21 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
+from tracer_core import background
 from tracer_core.audits import AuditSampler, as_audit
+from tracer_core.background import Late
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
-from tracer_core.refit import RefitScheduler
+from tracer_core.refit import RefitScheduler, abandon
 from tracer_core.settings import check, check_limit
-from tracer_core.shutdown import FitCancelled
+from tracer_core.shutdown import STOP_BOUND_S, FitCancelled, cancelled, check_exit
 from tracer_core.store import Evidence, TraceStore
 from tracer_core.suspects import MIN_SCORE, teacher_suspects
 from tracer_core.suspension import Suspensions, contradiction
@@ -30,7 +33,7 @@ from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 log = logging.getLogger("tracer")
 
 DEFAULT_AUDIT_RATE = 0.05
-DEFAULT_CLOSE_TIMEOUT_S = 60.0
+DEFAULT_CLOSE_TIMEOUT_S = DEFAULT_FLUSH_TIMEOUT_S
 
 
 class Tracer:
@@ -85,7 +88,7 @@ class Tracer:
         self.refits = RefitScheduler(
             self._refit, every=int(check("refit_every", refit_every)),
             interval_s=float(check("refit_interval_s", refit_interval_s)), enabled=auto_refit,
-            name=f"tracer-refit-{task}", paused=lambda: self.store.degraded is not None,
+            name=f"tracer-refit-{task}", paused=lambda: self.store.closed or self.store.degraded is not None,
         )
 
     # -- recording --------------------------------------------------------------------
@@ -162,7 +165,7 @@ class Tracer:
             version = self.store.save_policy(
                 self.task, fingerprint=self.fingerprint, certificate=cert.to_dict(),
                 artifact=policy.to_bytes() if policy else b"", status="deployed" if cert.deployed else "refused",
-                n_traces=len(evidence.texts),
+                n_traces=len(evidence.texts), check=check_exit,  # an abandoned refit writes no row
             )
             cert.version = version
             if policy is not None:
@@ -176,7 +179,8 @@ class Tracer:
             return cert
 
     def _refit(self) -> None:
-        """Background refit under a cross-process lock; a failure keeps the old policy."""
+        """Background refit under a cross-process lock; a failure keeps the old policy. A refit abandoned
+        at close() or exit raises FitCancelled (to its scheduler) and says nothing."""
         try:
             with self.store.refit_lock(self.task, self.fingerprint) as acquired:
                 if not acquired:
@@ -185,8 +189,10 @@ class Tracer:
                 cert = self.fit()
                 log.info("tracer task %r: refit v%s: %s", self.task, cert.version, cert.summary())
         except FitCancelled:
-            log.info("tracer task %r: background refit stopped at interpreter exit", self.task)
+            raise
         except Exception:
+            if cancelled():  # e.g. the store closed under it: part of stopping, not a failure
+                raise FitCancelled("the refit was abandoned") from None
             log.exception("tracer task %r: background refit failed; the previous policy stays", self.task)
 
     def wait_for_refit(self, timeout: float | None = None) -> bool:
@@ -203,6 +209,8 @@ class Tracer:
         texts = [normalise_input(t) for t in texts]
         try:
             return self._decide(texts)
+        except Late:  # the store's state is still being read (opening, slow or hung): defer meanwhile
+            return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         except StoreError as exc:  # e.g. a PostgreSQL server that is down: expected, not an internal failure
             if not self._error_logged:
                 log.error("tracer task %r: the trace store cannot be read (%s); deferring to the LLM", self.task, exc)
@@ -220,7 +228,7 @@ class Tracer:
         if self.store.degraded:
             return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         audited = self.audits.draw(len(texts), self.watcher.monitor)  # drawn before routing
-        in_force = self.watcher.current()
+        in_force = self.watcher.current(budget_s=background.CALLER_BUDGET_S)
         if in_force.suspension is None and self.watcher.monitor.rejected:
             in_force = self._suspend_on_monitor()
         policy = in_force.policy
@@ -344,15 +352,24 @@ class Tracer:
         return self.store.flush(timeout)
 
     def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
-        """Wait for a running refit and flush queued traces (together at most `timeout` s); close the
-        store if this tracer opened it. The report says what could not be written."""
+        """Abandon a running background refit (it stops at its next step and writes nothing; call
+        `wait_for_refit()` first to keep it), flush queued traces (together at most `timeout` s) and
+        close the store if this tracer opened it. The report says what could not be written and how
+        many refits were abandoned; nothing is logged about them afterwards."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.wait_for_refit(timeout)
+        abandoned = abandon_refits([self], timeout)
         left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        return self.store.close(left) if self._owns_store else self.store.flush(left)
+        report = self.store.close(left) if self._owns_store else self.store.flush(left)
+        return replace(report, abandoned_refits=abandoned)
 
     def __enter__(self) -> Tracer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def abandon_refits(tracers: Iterable[Tracer], timeout: float | None = None) -> int:
+    """Stop the running background refits of `tracers`, waiting for them at most STOP_BOUND_S (or
+    `timeout`, if shorter); returns how many were abandoned (what every close() does first)."""
+    return abandon([tracer.refits for tracer in tracers], STOP_BOUND_S if timeout is None else min(STOP_BOUND_S, timeout))
