@@ -18,9 +18,9 @@ from tracer_core.errors import StoreError
 
 T = TypeVar("T")
 
-# A call through tracer waits at most 50 ms on the store (beyond the embedding): 40 ms for the
-# work, the rest for the waiting thread to wake up on a busy machine.
-CALLER_BUDGET_S = 0.04
+# A call through tracer waits at most 50 ms on the store (beyond the embedding): 30 ms for the
+# work, the rest for the waiting thread to wake up and take the GIL back on a busy machine.
+CALLER_BUDGET_S = 0.03
 
 
 class Late(StoreError):
@@ -30,13 +30,14 @@ class Late(StoreError):
 class Job(Generic[T]):
     """One piece of store work running on another thread; callers wait for its result at most a budget."""
 
-    def __init__(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> None:
+    def __init__(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None,
+                 ahead: Callable[[], Job | None] = lambda: None) -> None:
         self.started = time.monotonic()
         self.finished: float | None = None
         self.value: T | None = None
         self.error: BaseException | None = None
         self.overdue = False  # a caller gave up waiting for it
-        self._fn, self._on_done = fn, on_done
+        self._fn, self._on_done, self._ahead = fn, on_done, ahead
         self._done = threading.Event()
 
     @property
@@ -60,10 +61,13 @@ class Job(Generic[T]):
 
     def result(self, budget_s: float | None) -> T:
         """The job's value, waiting at most `budget_s` (None: as long as it takes); raises its error,
-        or `Late` when it is not done in time (the job goes on)."""
-        if not self._done.wait(budget_s):
+        or `Late` when it is not done in time (the job goes on). A caller on the call path does not
+        wait at all for a job queued behind one that a caller already gave up on."""
+        ahead = self._ahead()
+        stuck = ahead is not None and ahead is not self and ahead.overdue
+        if not self._done.wait(0.0 if stuck and budget_s is not None and budget_s <= CALLER_BUDGET_S else budget_s):
             self.overdue = True
-            raise Late(f"the trace store did not answer within {budget_s:.2f} s")
+            raise Late(f"the trace store did not answer within {budget_s} s")
         if self.error is not None:
             raise self.error
         return self.value  # type: ignore[return-value]  # set by run() when error is None
@@ -86,10 +90,11 @@ class Worker:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._running: Job | None = None
 
     def submit(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
         """Queue `fn`; the returned job says when it is done."""
-        job = Job(fn, on_done)
+        job = Job(fn, on_done, lambda: self._running)
         with self._lock:
             if self._stopped:
                 raise StoreError("the trace store is closed")
@@ -108,4 +113,6 @@ class Worker:
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
+            self._running = job
             job.run()
+            self._running = None
