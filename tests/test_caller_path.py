@@ -7,6 +7,7 @@ marked `caller_budget`: they keep the real 30 ms budget (conftest gives other te
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -89,7 +90,7 @@ def litellm_caller() -> Iterator[Callable[..., Caller]]:
     yield make
     litellm.logging_callback_manager._reset_all_callbacks()
     for callback in made:
-        timed(30, lambda callback=callback: callback.close(timeout=10))
+        timed(30, functools.partial(callback.close, timeout=10))
 
 
 @pytest.fixture(params=["langchain", "litellm"])
@@ -112,7 +113,7 @@ def test_case1_the_first_calls_of_a_process_do_not_wait_for_a_held_write_lock(
     try:
         ask, close = caller(teacher, db_path, fake_embedder)
         for text, label in banking_subset[:3]:
-            answer, seconds = timed(30, lambda text=text: ask(text))
+            answer, seconds = timed(30, functools.partial(ask, text))
             assert answer == label and seconds < CALL_S, f"a call took {seconds:.2f} s under a held write lock"
     finally:
         holder.execute("ROLLBACK")
@@ -121,6 +122,30 @@ def test_case1_the_first_calls_of_a_process_do_not_wait_for_a_held_write_lock(
     assert report.lost == 0 and report.pending == 0
     with TraceStore(db_path) as store:  # a restart replays whatever was spilled meanwhile
         assert len(list(store.iter_traces(store.tasks()[0]["task"]))) == 3
+
+
+@pytest.mark.caller_budget
+def test_case1_a_suspension_by_the_monitor_does_not_wait_for_a_held_write_lock(
+    db_path, fake_embedder, monkeypatch
+) -> None:
+    """Issue 22, case 1: the monitor's suspension was written on the caller's path (up to 60 s for the
+    lock). The call now defers as suspended at once; the suspension is written when the lock goes."""
+    from tracer_core.monitor import AgreementMonitor
+
+    tracer = Tracer(TASK, db=db_path, embedder=fake_embedder)
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        monkeypatch.setattr(AgreementMonitor, "rejected", property(lambda monitor: True))  # audits contradict it
+        for _ in range(3):
+            decision, seconds = timed(30, functools.partial(tracer.route, "a text"))
+            assert decision.reason == "suspended" and seconds < CALL_S, f"a call took {seconds:.2f} s"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    status, _ = timed(30, tracer.status)
+    assert status["suspended"]["reason"].startswith("audits contradict the certificate")
+    tracer.close()
 
 
 # -- 2. the first call of a new task version while the PostgreSQL server hangs or is down ------------
@@ -156,7 +181,7 @@ def test_case2_a_new_version_does_not_wait_for_a_hung_or_unreachable_server(
         pg_cluster.stop()
     try:
         for version, text in enumerate(texts[1:], start=1):
-            reason, seconds = timed(30, lambda version=version, text=text: call(version, text))
+            reason, seconds = timed(30, functools.partial(call, version, text))
             assert reason == "store_unavailable" and seconds < CALL_S, f"a new version's call took {seconds:.2f} s"
     finally:
         if fault == "hung":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 
 from tracer_core import background
 from tracer_core.audits import AuditSampler, as_audit
-from tracer_core.background import Late
+from tracer_core.background import Job, Late
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
@@ -27,13 +28,14 @@ from tracer_core.store import Evidence, TraceStore
 from tracer_core.suspects import MIN_SCORE, teacher_suspects
 from tracer_core.suspension import Suspensions, contradiction
 from tracer_core.trace import Trace, as_list, check_task, make_trace, normalise_input
-from tracer_core.watcher import InForce, PolicyWatcher
+from tracer_core.watcher import READ_BUDGET_S, InForce, PolicyWatcher
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 
 log = logging.getLogger("tracer")
 
 DEFAULT_AUDIT_RATE = 0.05
 DEFAULT_CLOSE_TIMEOUT_S = DEFAULT_FLUSH_TIMEOUT_S
+SUSPEND_RETRY_S = 1.0  # a suspension the monitor asked for that could not be written is tried again after this
 
 
 class Tracer:
@@ -79,6 +81,8 @@ class Tracer:
         self.store = db if isinstance(db, TraceStore) else TraceStore(db)
         self._embed = embedder
         self._fit_lock = threading.Lock()
+        self._suspend_lock = threading.Lock()
+        self._suspending: Job[None] | None = None  # the monitor's suspension being written, if any
         self._error_logged = False
         self.audits = AuditSampler(self.audit_rate, f"{seed}:{task}:{self.fingerprint}:{os.getpid()}", task)
         self.suspensions = Suspensions(self.store, task, self.fingerprint)
@@ -229,10 +233,10 @@ class Tracer:
             return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         audited = self.audits.draw(len(texts), self.watcher.monitor)  # drawn before routing
         in_force = self.watcher.current(budget_s=background.CALLER_BUDGET_S)
-        if in_force.suspension is None and self.watcher.monitor.rejected:
-            in_force = self._suspend_on_monitor()
         policy = in_force.policy
-        if in_force.suspension is not None:
+        if in_force.suspension is None and self.watcher.monitor.rejected:
+            self._suspend_on_monitor()  # written in the background; the calls defer as suspended meanwhile
+        if in_force.suspension is not None or self.watcher.monitor.rejected:
             return [deferred(Reason.SUSPENDED, policy.version if policy else None) for _ in texts]
         if policy is None:
             refusal = in_force.refusal
@@ -257,14 +261,24 @@ class Tracer:
         """`audit_rate`, raised while the monitor is worried or a drift signal is recent."""
         return self.audits.rate(self.watcher.monitor)
 
-    def _suspend_on_monitor(self) -> InForce:
-        summary = self.watcher.monitor.summary()
-        self.suspensions.suspend(
-            f"audits contradict the certificate: agreement {summary['agreement']} on {summary['audits']} "
-            f"audited calls the policy would have answered (alpha {self.alpha})",
-            automatic=True, **summary,
-        )
-        return self.watcher.current(force=True)
+    def _suspend_on_monitor(self) -> None:
+        """Suspend on a thread of its own (the store may be slow or locked); one suspension at a time,
+        tried again after SUSPEND_RETRY_S if it failed."""
+        with self._suspend_lock:
+            job = self._suspending
+            if job is not None and (job.finished is None or job.age < SUSPEND_RETRY_S):
+                return
+            summary = self.watcher.monitor.summary()
+
+            def suspend() -> None:
+                self.suspensions.suspend(
+                    f"audits contradict the certificate: agreement {summary['agreement']} on {summary['audits']} "
+                    f"audited calls the policy would have answered (alpha {self.alpha})",
+                    automatic=True, **summary,
+                )
+                self.watcher.current(force=True)
+
+            self._suspending = self.store.detached(suspend)
 
     def _withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
         """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""
@@ -312,6 +326,9 @@ class Tracer:
 
     def status(self) -> dict:
         """Traces by source, the deployed policy, the last fit attempt, suspension and monitor, as plain data."""
+        if self._suspending is not None:  # a suspension the monitor asked for is part of the state
+            with contextlib.suppress(Exception):
+                self._suspending.result(READ_BUDGET_S)
         in_force = self.watcher.current(force=True)
         policy = in_force.policy
         versions = self.store.policies(self.task, fingerprint=self.fingerprint)
