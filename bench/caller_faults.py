@@ -112,7 +112,7 @@ def first_call_under_lock(folder: Path, embed, rows: list[dict], integration: st
     stored = _count(db)
     return _row(f"first calls of a process, SQLite write lock held by another process for {FAULT_S:.0f} s: "
                 f"{integration}", CALLS, completed, CALLS, CALLS - stored, "-", None, None,
-                f"first call {clock.waits_ms[0]:.1f} ms; close: {report}", wait_ms=clock.longest_ms)
+                f"first call {clock.waits_ms[0]:.1f} ms{clock.gc_note}; close: {report}", wait_ms=clock.longest_ms)
 
 
 def postgres_rows(folder: Path, embed, rows: list[dict]) -> list[dict]:
@@ -185,7 +185,7 @@ def _new_versions(url: str, embed, rows: list[dict], fault: str, fault_on: Calla
     when = "first calls of new task versions" if warm else "first calls of a process (the store opens)"
     return _row(f"PostgreSQL {fault} for {FAULT_S:.0f} s: {when}, through the integrations' registry", CALLS, completed,
                 CALLS, CALLS - stored, report.spilled, None, None,
-                f"first call {clock.waits_ms[0]:.1f} ms; reasons {', '.join(sorted(reasons))}; flush: {report}",
+                f"first call {clock.waits_ms[0]:.1f} ms{clock.gc_note}; reasons {', '.join(sorted(reasons))}; flush: {report}",
                 wait_ms=clock.longest_ms)
 
 
@@ -250,7 +250,7 @@ def _close_row(what: str, completed: int, clock: CallerClock, close: Callable[[]
     ok = getattr(report, "ok", True) is False and getattr(report, "lost", 0) + getattr(report, "spilled", 0) == 5
     row = _row(f"close() after 5 calls, no trace reaches the store: {what}", 5, completed, 5,
                getattr(report, "lost", 5), getattr(report, "spilled", "-"), None, None,
-               f"close {close_s:.2f} s: {report!r}"[:300], wait_ms=clock.longest_ms, lost_ok=True)
+               f"close {close_s:.2f} s: {report!r}"[:300] + clock.gc_note, wait_ms=clock.longest_ms, lost_ok=True)
     row["ok"] = row["ok"] and ok
     return row
 

@@ -165,6 +165,7 @@ def _run_scenario(db: Path | str, spec: dict, rows: list[dict], embed) -> Run:
                         and time.monotonic() - faulted_at > tracer.policy_check_s):
                     run.broken_answers += 1
     run.wait_ms = clock.longest_ms
+    gc_note = clock.gc_note
     if spec.get("restore"):
         spec["restore"]()
         deadline = time.monotonic() + 15
@@ -175,7 +176,7 @@ def _run_scenario(db: Path | str, spec: dict, rows: list[dict], embed) -> Run:
     report = store.close(timeout=CLOSE_TIMEOUT_S)
     run.spilled = store._writer.spilled_total if store._writer else 0
     run.note = f"{report.spilled} still in the spill file at close; "
-    run.note += f"close {time.perf_counter() - start:.2f} s"
+    run.note += f"close {time.perf_counter() - start:.2f} s{gc_note}"
     return run
 
 

@@ -69,7 +69,7 @@ class HashEmbedder:
 
 @pytest.fixture(autouse=True)
 def _store_answers_in_time(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A call waits at most 40 ms for the store and defers meanwhile (issue 22): on this busy 2-core
+    """A call waits at most 25 ms for the store and defers meanwhile (issue 22): on this busy 2-core
     machine a store that is still opening, or a policy still loading, can take longer. Tests of
     something else give it half a second, as if the process were warm; tests marked `caller_budget`
     keep the real budget."""

@@ -2,7 +2,7 @@
 during a refit, and every close() returns a FlushReport whose `ok` says whether traces were recorded.
 
 Every step that could hang runs in a thread with a time limit. Tests of the caller's budget are
-marked `caller_budget`: they keep the real 30 ms budget (conftest gives other tests half a second).
+marked `caller_budget`: they keep the real 25 ms budget (conftest gives other tests half a second).
 """
 
 from __future__ import annotations

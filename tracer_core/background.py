@@ -18,9 +18,9 @@ from tracer_core.errors import StoreError
 
 T = TypeVar("T")
 
-# A call through tracer waits at most 50 ms on the store (beyond the embedding): 30 ms for the
+# A call through tracer waits at most 50 ms on the store (beyond the embedding): 25 ms for the
 # work, the rest for the waiting thread to wake up and take the GIL back on a busy machine.
-CALLER_BUDGET_S = 0.03
+CALLER_BUDGET_S = 0.025
 
 
 class Late(StoreError):
@@ -73,16 +73,9 @@ class Job(Generic[T]):
         return self.value  # type: ignore[return-value]  # set by run() when error is None
 
 
-def on_thread(fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None, *,
-              name: str = "tracer-store-job") -> Job[T]:
-    """Start `fn` on a daemon thread of its own (for writes that may wait for locks)."""
-    job = Job(fn, on_done)
-    threading.Thread(target=job.run, name=name, daemon=True).start()
-    return job
-
-
 class Worker:
-    """One daemon thread that runs jobs in order, so that they share its store connection."""
+    """One daemon thread that runs jobs in order, so that they share its store connection (a store has
+    one for reads and one for writes that may wait for locks)."""
 
     def __init__(self, name: str) -> None:
         self.name = name

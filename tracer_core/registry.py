@@ -56,14 +56,14 @@ class TracerRegistry:
         return tracer
 
     def _register(self, key: tuple[str, str], identity: TaskIdentity) -> None:
-        """Record what a version describes, on a thread of its own (a locked or hung store never holds
-        up the call); a failed registration is tried again by a call REGISTER_RETRY_S later."""
+        """Record what a version describes on the store's writing thread (a locked or hung store never
+        holds up the call); a failed registration is tried again by a call REGISTER_RETRY_S later."""
         with self._lock:
             job = self._registering.get(key)
             if key in self._registered or (job is not None and (job.finished is None or job.age < REGISTER_RETRY_S)):
                 return
             task, fp = key
-            self._registering[key] = self.store.detached(
+            self._registering[key] = self.store.background_write(
                 lambda: self.store.register_version(task, fp, identity.description(), identity.origin,
                                                     budget_s=WRITER_LOCK_BUDGET_S),
                 lambda done: self._registered_now(key, done),

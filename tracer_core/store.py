@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from tracer_core import migrations
 from tracer_core._postgres_backend import PostgresBackend
 from tracer_core._sqlite_backend import SQLiteBackend
-from tracer_core.background import Job, Worker, on_thread
+from tracer_core.background import Job, Worker
 from tracer_core.decision import UNSELECTED
 from tracer_core.errors import PolicyError, StoreError
 from tracer_core.shutdown import stop_refits
@@ -101,9 +101,9 @@ class TraceStore:
         self._open_lock = threading.Lock()
         self._open_error: StoreError | None = None
         self._open_failed_at = 0.0
-        self._worker = Worker("tracer-store-read")
+        self._reads, self._writes = Worker("tracer-store-read"), Worker("tracer-store-write")
         if background:
-            self._worker.submit(self._open_in_background)
+            self._reads.submit(self._open_in_background)
         else:
             try:
                 self._ensure_open()
@@ -159,27 +159,21 @@ class TraceStore:
 
     def _open_in_background(self) -> None:
         self._ensure_open()
-        self.detached(self._replay_spill_at_start)
+        self.background_write(self._replay_spill_at_start)
 
-    def background(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
-        """Queue `fn` (a read) on the store's own thread, which reuses one connection; `job.result(budget)`
+    def background_read(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
+        """Queue `fn` (reads) on the store's reading thread, which keeps one connection; `job.result(budget)`
         waits for it. Raises StoreError if the store is closed."""
         if os.getpid() != self._pid:
             self._after_fork()
-        return self._worker.submit(fn, on_done)
+        return self._reads.submit(fn, on_done)
 
-    def detached(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
-        """Start `fn` (a write that may wait for locks) on a daemon thread of its own, closing that
-        thread's connection after it."""
-        def run() -> T:
-            try:
-                return fn()
-            finally:
-                conn = getattr(self._local, "conn", None)
-                if conn is not None:
-                    self._drop(conn)
-
-        return on_thread(run, on_done)
+    def background_write(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
+        """Queue `fn` (a write that may wait for locks) on the store's writing thread, so that reads never
+        wait behind it. Raises StoreError if the store is closed."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        return self._writes.submit(fn, on_done)
 
     def _db(self) -> Any:
         """This thread's connection to the opened store (waits for the opening; see `_ensure_open`)."""
@@ -227,7 +221,7 @@ class TraceStore:
         self._conns = []
         self._lock = threading.Lock()
         self._writer = None
-        self._worker = Worker("tracer-store-read")
+        self._reads, self._writes = Worker("tracer-store-read"), Worker("tracer-store-write")
         self._open_lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -311,7 +305,8 @@ class TraceStore:
             self._after_fork()
         report = self._writer.stop(timeout) if self._writer is not None else FlushReport(degraded=self.degraded)
         self._closed = True
-        self._worker.stop()
+        self._reads.stop()
+        self._writes.stop()
         with self._lock:
             for conn in self._conns:
                 with contextlib.suppress(Exception):  # a broken server connection closes anyway

@@ -262,8 +262,8 @@ class Tracer:
         return self.audits.rate(self.watcher.monitor)
 
     def _suspend_on_monitor(self) -> None:
-        """Suspend on a thread of its own (the store may be slow or locked); one suspension at a time,
-        tried again after SUSPEND_RETRY_S if it failed."""
+        """Suspend on the store's writing thread (the store may be slow or locked); one suspension at a
+        time, tried again after SUSPEND_RETRY_S if it failed."""
         with self._suspend_lock:
             job = self._suspending
             if job is not None and (job.finished is None or job.age < SUSPEND_RETRY_S):
@@ -278,7 +278,7 @@ class Tracer:
                 )
                 self.watcher.current(force=True)
 
-            self._suspending = self.store.detached(suspend)
+            self._suspending = self.store.background_write(suspend)
 
     def _withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
         """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""

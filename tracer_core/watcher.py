@@ -74,7 +74,7 @@ class PolicyWatcher:
                 if not force and now - self._checked_at < self.check_s:
                     return self._state
                 self._checked_at = now
-                reading = self._reading = self.store.background(self._read, self._finish)
+                reading = self._reading = self.store.background_read(self._read, self._finish)
             elif reading.overdue and budget_s is not None and budget_s <= background.CALLER_BUDGET_S:
                 late = Late if reading.age < READ_BUDGET_S else StoreError
                 raise late(f"the trace store has not answered for {reading.age:.2f} s")

@@ -250,7 +250,7 @@ class TracerBridge:
                 with self._lock:
                     job = self._codec_reads.get(fingerprint)
                     if job is None or job.error is not None:
-                        job = self._codec_reads[fingerprint] = tracer.store.background(lambda: self._codec_from_store(tracer))
+                        job = self._codec_reads[fingerprint] = tracer.store.background_read(lambda: self._codec_from_store(tracer))
                 stored = job.result(background.CALLER_BUDGET_S)
             except Exception:  # not read yet (or the store is closed): this call defers
                 return None
