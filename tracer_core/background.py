@@ -1,4 +1,4 @@
-"""Store work off the caller's path: jobs on daemon threads, waited for at most a budget.
+"""Store work off the caller's path: jobs on a store's reading and writing threads, waited for at most a budget.
 
 A call through tracer (`Tracer.route`, `Tracer.record`, either integration) never waits on the
 store for more than CALLER_BUDGET_S: what it needs from the store runs as a `Job` on another
