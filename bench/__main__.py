@@ -173,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                        "(which replays the spill file); longest stall = the slowest route() + record() call; "
                        "answers from a broken policy count handled decisions more than policy_check_s (0.2 s) "
                        "after the policy broke (a policy row edited in place is seen by processes that load it; "
-                       "a running process keeps answering from the valid copy it loaded and certified).")
+                       "a running process keeps answering from the valid copy it loaded and certified). "
+                       "Longest caller-path wait = tracer's own work on the caller's thread minus the embedding "
+                       "and any garbage-collection pause (bench/caller_clock.py; target 50 ms); the rows after the "
+                       "SIGKILL one are issue 22's (bench/caller_faults.py), each making 20 calls while the fault "
+                       "lasts. Exits: from the script's last call to the end of its exit hooks (target 2 s) and "
+                       "of the process (which adds Python's teardown of its modules).")
             report.write()
         if "fitscale" in only:  # before the pool starts: one fit process at a time, nothing beside it
             from bench.fit_scale import NOTE, VALIDITY_CAP, VALIDITY_NOTE, capped_validity, fit_scale

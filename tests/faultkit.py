@@ -9,8 +9,12 @@ import logging
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import textwrap
 import traceback
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +160,16 @@ def subprocess_env(**extra: str) -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **extra}
 
 
+# The first lines of a script whose exit is timed (`run_to_exit`): an exit hook registered before
+# tracer's, so it runs after them, says when they are done.
+EXIT_MARK = textwrap.dedent("""
+    import atexit, sys, time
+    atexit.register(lambda: print("exit hooks done", time.monotonic(), flush=True))
+""")
+
 # argv: db path, JSONL rows. Records 2 x the rows (a refit starts), waits until the refit thread
 # has loaded the embedding model, then ends while the refit embeds the uncached texts.
-REFIT_AT_EXIT = textwrap.dedent("""
+REFIT_AT_EXIT = EXIT_MARK + textwrap.dedent("""
     import json, sys, time
     from tracer_core import Tracer, embedder
     rows = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
@@ -169,8 +180,52 @@ REFIT_AT_EXIT = textwrap.dedent("""
     while time.monotonic() < deadline and (embedder._default is None or embedder._default._model is None):
         time.sleep(0.1)
     time.sleep(2)
-    print("script end", flush=True)
+    print("last line", time.monotonic(), flush=True)
 """)
+
+# argv: db path, JSONL rows. Like REFIT_AT_EXIT, but while the refit embeds it makes a last call,
+# says so, closes the tracer (printing the report to stderr) and ends: the process must end within
+# seconds, print nothing after close() and leave no policy row.
+REFIT_THEN_CLOSE = EXIT_MARK + textwrap.dedent("""
+    import json, sys, time
+    from tracer_core import Tracer, embedder
+    rows = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
+    tracer = Tracer("exit-refit", db=sys.argv[1], alpha=0.9, refit_every=200)
+    tracer.record_many([f"{r['input']} (variant {k})" for k in range(2) for r in rows],
+                       [r["label"] for k in range(2) for r in rows])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (embedder._default is None or embedder._default._model is None):
+        time.sleep(0.1)
+    time.sleep(1)
+    tracer.record(rows[0]["input"], rows[0]["label"], decision=tracer.route(rows[0]["input"]))
+    print("last line", time.monotonic(), flush=True)
+    report = tracer.close()
+    print(f"closed: abandoned_refits={getattr(report, 'abandoned_refits', None)} ok={report.ok}", file=sys.stderr, flush=True)
+""")
+
+
+@dataclass(frozen=True)
+class ExitRun:
+    """A script run to its end: its output, and the seconds from its `last line` to the end of the
+    exit hooks (tracer's part) and to the end of the process (with the interpreter's teardown)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    hooks_s: float
+    exit_s: float
+
+
+def run_to_exit(script: str, *args: str, env: dict, timeout: float = 300) -> ExitRun:
+    """Run `script` (starting with EXIT_MARK, printing `last line <time.monotonic()>`) to its end."""
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    ended = time.monotonic()  # one clock for every process of this machine
+    stamps = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines()
+              if line.startswith(("last line ", "exit hooks done "))}
+    last = stamps.get("last line", float("nan"))
+    return ExitRun(done.returncode, done.stdout, done.stderr, stamps.get("exit hooks done", float("nan")) - last,
+                   ended - last)
 
 # argv: db path, queue size. Records 5,000 traces, says so, then waits to be killed.
 RECORD_THEN_WAIT = textwrap.dedent("""

@@ -8,6 +8,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -68,6 +69,29 @@ class ThrowawayCluster:
 
     def stop(self) -> None:
         self._run(str(self._bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def pids(self) -> list[int]:
+        """The running server's processes: the postmaster (postmaster.pid) and its children."""
+        main = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if int(fields[1]) == main:
+                children.append(int(stat.parent.name))
+        return [main, *children]
+
+    def pause(self) -> None:
+        """Stop every server process (SIGSTOP): connections and queries hang, nothing is refused."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let the processes `pause` stopped run again (SIGCONT)."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
 
     def destroy(self) -> None:
         """Stop the server if it runs, and delete the cluster."""

@@ -84,6 +84,7 @@ def test_registry_shares_one_tracer_per_version(tmp_path):
     assert registry.tracer("t", call("x", params={"temperature": 1.0})) is not a
     with pytest.raises(TracerError, match="already routed in this process with alpha 0.9"):
         registry.tracer("t", identity, alpha=0.95)
+    registry.flush()  # versions are registered in the background
     with TraceStore(db) as store:
         rows = {v["fingerprint"]: v for v in store.versions("t")}
     assert rows[identity.fingerprint]["origin"] == "litellm"

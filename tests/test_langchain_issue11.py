@@ -154,6 +154,7 @@ def test_ignore_inputs_declares_a_variable_irrelevant(server, db, rows, fake_emb
     wrapper = wrap(chain, db, fake_embedder, ignore_inputs=("granularity",))
     fine = wrapper.tracer_for({"text": rows[0][0], "granularity": "fine"})
     assert wrapper.tracer_for({"text": rows[0][0], "granularity": "coarse"}) is fine
+    wrapper.flush()  # versions are registered in the background
     assert "granularity: {tracer:ignored}" in json.dumps(fine.store.versions(TASK))
 
 

@@ -635,10 +635,12 @@ NO_FASTAPI = textwrap.dedent(
     from tracer_litellm import TracerCallback
 
     db, alpha, text, label = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
-    litellm.callbacks = [TracerCallback(alpha=alpha, db=db, audit_rate=0.0, embedder=HashEmbedder())]
+    callback = TracerCallback(alpha=alpha, db=db, audit_rate=0.0, embedder=HashEmbedder())
+    litellm.callbacks = [callback]
     with LocalTeacher({text: "teacher-answer"}) as srv:
         kwargs = dict(model="openai/teacher", api_base=srv.base_url, api_key="sk-test",
                       messages=[SYSTEM, {"role": "user", "content": text}])
+        assert callback.tracer_of(**kwargs).policy_version == 1  # a first call would not wait for the policy to load
         answer = litellm.completion(**kwargs).choices[0].message.content
         chunks = list(litellm.completion(**kwargs, stream=True))
         streamed = litellm.stream_chunk_builder(chunks).choices[0].message.content

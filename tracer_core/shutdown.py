@@ -1,20 +1,26 @@
-"""Clean interpreter exit during a background refit.
+"""Stopping background refits: at `close()` and at interpreter exit, within a second or so.
 
-A refit runs in a daemon thread and spends most of its time in native code (the embedding model,
-BLAS). If the interpreter finalises while such a thread is inside native code, the process can
-abort (`terminate called without an active exception`). So at exit an atexit hook sets `EXITING`
-and joins every running refit thread (bounded); a fit checks `EXITING` between its steps and
-between embedding chunks (`check_exit`) and stops with `FitCancelled`.
+A refit runs in a daemon thread and checks, between its steps and between embedding chunks
+(`check_exit`), whether it should stop: the interpreter is exiting (`EXITING`), or its tracer
+was closed (the cancel event `RefitScheduler` gives the thread, see `cancellable`). It then
+raises `FitCancelled` and writes nothing more (no policy row from an abandoned fit).
+
+Nobody waits for a refit to finish. `close()` waits at most STOP_BOUND_S for it to stop, and so
+does the exit hook, with one exception: interrupting the embedding model (torch) at interpreter
+exit aborts the process (`terminate called without an active exception`), so the exit hook
+waits for a refit inside an embedding chunk to leave it (chunks are short, EMBED_STEP texts).
+Anywhere else (scikit-learn, numpy, the store) the daemon thread is simply left to the exit.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -24,51 +30,87 @@ from tracer_core.errors import EmbedderError, TracerError
 log = logging.getLogger("tracer")
 
 EXITING = threading.Event()
-JOIN_BOUND_S = 60.0
+STOP_BOUND_S = 0.5  # the longest close() or the exit hook waits for a refit to stop
+EMBED_BOUND_S = 10.0  # the longest the exit hook waits for a refit to leave an embedding chunk
+EMBED_STEP = 32
 _REFITS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+_EMBEDDING: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # refit threads inside the embedding model
+_scope = threading.local()
 
 
 class FitCancelled(TracerError):
-    """A background fit stopped because the interpreter is exiting."""
+    """A background fit stopped because its tracer was closed or the interpreter is exiting."""
+
+
+def cancelled() -> bool:
+    """Whether the fit running in this thread was asked to stop."""
+    event = getattr(_scope, "cancel", None)
+    return EXITING.is_set() or (event is not None and event.is_set())
 
 
 def check_exit() -> None:
-    """Raise FitCancelled if the interpreter is exiting (call between fit steps)."""
-    if EXITING.is_set():
-        raise FitCancelled("the interpreter is exiting; the fit stopped between two steps")
+    """Raise FitCancelled if the fit running in this thread was asked to stop (call between fit steps)."""
+    if cancelled():
+        raise FitCancelled("the fit was abandoned between two steps (its tracer closed, or the interpreter exits)")
+
+
+@contextlib.contextmanager
+def cancellable(cancel: threading.Event) -> Iterator[None]:
+    """Run a background fit in this thread that stops once `cancel` is set."""
+    _scope.cancel = cancel
+    try:
+        yield
+    finally:
+        _scope.cancel = None
 
 
 def register_refit(thread: threading.Thread) -> None:
-    """Have the exit hook wait for `thread` (a started background refit)."""
+    """Have the exit hook stop `thread` (a started background refit)."""
     _REFITS.add(thread)
 
 
 @atexit.register
-def _stop_refits() -> None:
-    """Ask running refits to stop at their next step and wait for them to leave native code."""
+def stop_refits() -> None:
+    """Ask running refits to stop and wait briefly (longer only while one is inside the embedding model).
+
+    Runs once, before the stores are closed (their exit hook calls it first)."""
+    if EXITING.is_set():
+        return
     EXITING.set()
-    deadline = time.monotonic() + JOIN_BOUND_S
+    deadline = time.monotonic() + STOP_BOUND_S
     for thread in list(_REFITS):
         thread.join(max(deadline - time.monotonic(), 0.0))
+        embedding_until = time.monotonic() + EMBED_BOUND_S
+        while thread.is_alive() and thread in _EMBEDDING and time.monotonic() < embedding_until:
+            thread.join(0.01)
         if thread.is_alive():
-            log.warning("background refit %s did not stop within %.0f s of exit", thread.name, JOIN_BOUND_S)
-
-
-EMBED_STEP = 128
+            log.debug("background refit %s left to the interpreter exit", thread.name)
 
 
 def embed_in_steps(embed: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
-    """`embed_checked(embed, texts)` in chunks of EMBED_STEP, checking for exit between chunks.
+    """`embed_checked(embed, texts)` in chunks of EMBED_STEP, checking for a stop between chunks.
 
     The chunks are written into one preallocated matrix (no second copy of every vector).
     """
     out: np.ndarray | None = None
     for start in range(0, len(texts), EMBED_STEP):
         check_exit()
-        part = embed_checked(embed, texts[start : start + EMBED_STEP])
+        with _embedding():
+            part = embed_checked(embed, texts[start : start + EMBED_STEP])
         if out is None:
             out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
         elif part.shape[1] != out.shape[1]:
             raise EmbedderError(f"embedding function returned {part.shape[1]} dimensions after {out.shape[1]}")
         out[start : start + len(part)] = part
     return out if out is not None else embed_checked(embed, texts)
+
+
+@contextlib.contextmanager
+def _embedding() -> Iterator[None]:
+    """Mark this thread as inside the embedding model (the exit hook waits for it to leave)."""
+    thread = threading.current_thread()
+    _EMBEDDING.add(thread)
+    try:
+        yield
+    finally:
+        _EMBEDDING.discard(thread)

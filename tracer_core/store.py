@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -23,8 +24,10 @@ from typing import Any, TypeVar
 from tracer_core import migrations
 from tracer_core._postgres_backend import PostgresBackend
 from tracer_core._sqlite_backend import SQLiteBackend
+from tracer_core.background import Job, Worker
 from tracer_core.decision import UNSELECTED
 from tracer_core.errors import PolicyError, StoreError
+from tracer_core.shutdown import stop_refits
 from tracer_core.spill import SpillFile
 from tracer_core.store_address import DEFAULT_DB, resolve_path, store_key
 from tracer_core.trace import CACHED, SOURCES, UNPARSED, Trace, validate
@@ -33,7 +36,8 @@ from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, BackgroundWriter, FlushR
 __all__ = ["DEFAULT_DB", "SCHEMA_VERSION", "Evidence", "TraceStore", "input_hash", "resolve_path"]
 
 LOCK_RETRY_S = 60.0
-WRITER_LOCK_BUDGET_S = 2.0  # the background writer gives up on a locked store this fast, then spills
+WRITER_LOCK_BUDGET_S = 2.0  # background writes give up on a locked store this fast (the writer then spills)
+OPEN_RETRY_S = 2.0  # a store that could not be opened is tried again this often (by background threads)
 ITER_CHUNK = 1_000
 
 T = TypeVar("T")
@@ -69,10 +73,16 @@ class TraceStore:
     `path` is an SQLite file, or a `postgresql://` URL (several hosts can share one such store).
     A file that is an SQLite database of another application is refused unless `adopt_foreign_db`.
     Traces left in the spill file by an earlier run are replayed when the store opens.
+
+    `background=True` (the integrations' stores) checks the address and returns at once: connecting
+    and the schema steps run on the store's own thread, and whatever needs the database waits for
+    them there (a failed opening is retried every OPEN_RETRY_S). Calls through tracer only ever
+    wait for such work with a budget (`tracer_core.background`).
     """
 
     def __init__(
-        self, path: str | os.PathLike | None = None, *, queue_size: int = 10_000, adopt_foreign_db: bool = False
+        self, path: str | os.PathLike | None = None, *, queue_size: int = 10_000, adopt_foreign_db: bool = False,
+        background: bool = False,
     ) -> None:
         address = resolve_path(path)
         self._key = store_key(address)  # a URL's password is kept by the backend alone, never shown
@@ -87,13 +97,20 @@ class TraceStore:
         self._writer: BackgroundWriter | None = None
         self._closed = False
         self._pid = os.getpid()
-        try:
-            self._backend.migrate(self._db(), LOCK_RETRY_S)
-        except BaseException:
-            self.close()
-            raise
-        self._backend.opened()
-        self._replay_spill_at_start()
+        self._opened = threading.Event()
+        self._open_lock = threading.Lock()
+        self._open_error: StoreError | None = None
+        self._open_failed_at = 0.0
+        self._reads, self._writes = Worker("tracer-store-read"), Worker("tracer-store-write")
+        if background:
+            self._reads.submit(self._open_in_background)
+        else:
+            try:
+                self._ensure_open()
+            except BaseException:
+                self.close()
+                raise
+            self._replay_spill_at_start()
         _OPEN_STORES.add(self)
 
     @property
@@ -118,9 +135,55 @@ class TraceStore:
     def __repr__(self) -> str:
         return f"TraceStore({self.name!r})"
 
-    # --- connections ------------------------------------------------------------------------
+    # --- opening, connections and background work -----------------------------------------------
+
+    def _ensure_open(self) -> None:
+        """Return once the store is connected and migrated: wait for the thread opening it, or open it
+        here (again, if the last attempt failed at least OPEN_RETRY_S ago; before that, raise why)."""
+        if self._opened.is_set():
+            return
+        with self._open_lock:
+            if self._opened.is_set():
+                return
+            if self._open_error is not None and time.monotonic() - self._open_failed_at < OPEN_RETRY_S:
+                raise copy.copy(self._open_error)
+            try:
+                self._backend.migrate(self._conn(), LOCK_RETRY_S)
+                self._backend.opened()
+            except Exception as exc:
+                self._open_failed_at = time.monotonic()
+                self._open_error = exc if isinstance(exc, StoreError) else StoreError(
+                    f"cannot open trace store {self.name!r}: {type(exc).__name__}: {exc}")
+                raise
+            self._open_error = None
+            self._opened.set()
+
+    def _open_in_background(self) -> None:
+        self._ensure_open()
+        self.background_write(self._replay_spill_at_start)
+
+    def background_read(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
+        """Queue `fn` (reads) on the store's reading thread, which keeps one connection; `job.result(budget)`
+        waits for it. Raises StoreError if the store is closed."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        return self._reads.submit(fn, on_done)
+
+    def background_write(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
+        """Queue `fn` (a write that may wait for locks) on the store's writing thread, so that reads never
+        wait behind it. Raises StoreError if the store is closed."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        return self._writes.submit(fn, on_done)
 
     def _db(self) -> Any:
+        """This thread's connection to the opened store (waits for the opening; see `_ensure_open`)."""
+        if self._closed:
+            raise StoreError(f"trace store {self.name!r} is closed")
+        self._ensure_open()
+        return self._conn()
+
+    def _conn(self) -> Any:
         """This thread's connection (each thread, and the writer thread, gets its own)."""
         if self._closed:
             raise StoreError(f"trace store {self.name!r} is closed")
@@ -159,6 +222,8 @@ class TraceStore:
         self._conns = []
         self._lock = threading.Lock()
         self._writer = None
+        self._reads, self._writes = Worker("tracer-store-read"), Worker("tracer-store-write")
+        self._open_lock = threading.Lock()
         self._pid = os.getpid()
 
     def _on_conn(self, op: Callable[[Any], T]) -> T:
@@ -222,6 +287,8 @@ class TraceStore:
         """Why traces are not being written to the store (they go to the spill file), or None."""
         if self._backend.problem is not None:
             return self._backend.problem
+        if self._open_error is not None and not self._opened.is_set():
+            return str(self._open_error)
         writer = self._writer
         return writer.degraded if writer is not None else None
 
@@ -239,6 +306,8 @@ class TraceStore:
             self._after_fork()
         report = self._writer.stop(timeout) if self._writer is not None else FlushReport(degraded=self.degraded)
         self._closed = True
+        self._reads.stop()
+        self._writes.stop()
         with self._lock:
             for conn in self._conns:
                 with contextlib.suppress(Exception):  # a broken server connection closes anyway
@@ -250,6 +319,7 @@ class TraceStore:
     def refit_lock(self, task: str, fingerprint: str) -> contextlib.AbstractContextManager[bool]:
         """`with store.refit_lock(task, fp) as acquired:` one refit at a time per task version, across
         processes (a file lock beside an SQLite file) or hosts (an advisory lock on PostgreSQL)."""
+        self._ensure_open()  # the advisory lock's key includes the schema the opening finds
         return self._backend.refit_lock(task, fingerprint)
 
     def __enter__(self) -> TraceStore:
@@ -388,13 +458,14 @@ class TraceStore:
 
     # --- task versions ------------------------------------------------------------------------
 
-    def register_version(self, task: str, fingerprint: str, description: dict, origin: str = "") -> None:
-        """Remember what a task version describes (first registration wins)."""
+    def register_version(self, task: str, fingerprint: str, description: dict, origin: str = "", *,
+                         budget_s: float = LOCK_RETRY_S) -> None:
+        """Remember what a task version describes (first registration wins); wait at most `budget_s` for locks."""
         body = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
         self._write(lambda conn: conn.execute(
             "INSERT INTO task_versions (task, fingerprint, origin, description, created_at) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (task, fingerprint, origin, body, time.time()),
-        ))
+        ), budget_s)
 
     def versions(self, task: str | None = None) -> list[dict]:
         """Every (task, fingerprint) with traces, a policy or a description, newest activity first."""
@@ -474,9 +545,12 @@ class TraceStore:
     # --- policies -----------------------------------------------------------------------------
 
     def save_policy(
-        self, task: str, *, fingerprint: str, certificate: dict, artifact: bytes, status: str, n_traces: int
+        self, task: str, *, fingerprint: str, certificate: dict, artifact: bytes, status: str, n_traces: int,
+        check: Callable[[], None] | None = None,
     ) -> int:
-        """Store a new policy version of (task, fingerprint); returns the version number."""
+        """Store a new policy version of (task, fingerprint); returns the version number.
+
+        `check` runs inside the write transaction, before the row is inserted: if it raises, nothing is written."""
         if not isinstance(artifact, (bytes, bytearray)):
             raise PolicyError(f"policy artifact must be bytes, got {type(artifact).__name__}")
         if not isinstance(status, str) or not status:
@@ -487,6 +561,8 @@ class TraceStore:
             raise PolicyError(f"policy certificate is not JSON-serialisable: {exc}") from None
 
         def insert(conn: Any) -> int:
+            if check is not None:
+                check()
             (top,) = conn.execute(
                 "SELECT coalesce(max(version), 0) FROM policies WHERE task = ? AND fingerprint = ?",
                 (task, fingerprint),
@@ -635,6 +711,7 @@ _OPEN_STORES: weakref.WeakSet[TraceStore] = weakref.WeakSet()
 
 @atexit.register
 def _close_open_stores() -> None:
-    """Flush every store still open when the interpreter exits."""
+    """Flush every store still open when the interpreter exits (after telling running refits to stop)."""
+    stop_refits()
     for store in list(_OPEN_STORES):
         store.close()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
+from tracer_core import background
 from tracer_core.audits import AuditSampler, as_audit
 from tracer_core.binding import Level, answers_for, certified_level
+from tracer_core.background import Job, Late
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder
@@ -23,9 +27,9 @@ from tracer_core.guarantee import guarantee_facts
 from tracer_core.observability import observe
 from tracer_core.policy import Policy
 from tracer_core.policy_seal import seal
-from tracer_core.refit import RefitScheduler
+from tracer_core.refit import RefitScheduler, abandon
 from tracer_core.settings import check, check_limit
-from tracer_core.shutdown import FitCancelled
+from tracer_core.shutdown import STOP_BOUND_S, FitCancelled, cancelled, check_exit
 from tracer_core.store import Evidence, TraceStore
 from tracer_core.suspects import MIN_SCORE, teacher_suspects
 from tracer_core.suspension import Suspensions, contradiction
@@ -40,13 +44,14 @@ from tracer_core.trace import (
     make_trace,
     normalise_input,
 )
-from tracer_core.watcher import InForce, PolicyWatcher
+from tracer_core.watcher import READ_BUDGET_S, InForce, PolicyWatcher
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 
 log = logging.getLogger("tracer")
 
 DEFAULT_AUDIT_RATE = 0.05
-DEFAULT_CLOSE_TIMEOUT_S = 60.0
+DEFAULT_CLOSE_TIMEOUT_S = DEFAULT_FLUSH_TIMEOUT_S
+SUSPEND_RETRY_S = 1.0  # a suspension the monitor asked for that could not be written is tried again after this
 
 
 class Tracer:
@@ -94,6 +99,8 @@ class Tracer:
         self._identity: dict | None = None  # the embedder's identity, computed once
         self._embedder_checked: tuple[Policy | None, str | None] = (None, None)  # (policy, why it cannot answer)
         self._fit_lock = threading.Lock()
+        self._suspend_lock = threading.Lock()
+        self._suspending: Job[None] | None = None  # the monitor's suspension being written, if any
         self._error_logged = False
         self._stricter_logged: int | None = None  # the policy version a stricter-caller warning was logged for
         self.audits = AuditSampler(self.audit_rate, f"{seed}:{task}:{self.fingerprint}:{os.getpid()}", task)
@@ -104,7 +111,7 @@ class Tracer:
         self.refits = RefitScheduler(
             self._refit, every=int(check("refit_every", refit_every)),
             interval_s=float(check("refit_interval_s", refit_interval_s)), enabled=auto_refit,
-            name=f"tracer-refit-{task}", paused=lambda: self.store.degraded is not None,
+            name=f"tracer-refit-{task}", paused=lambda: self.store.closed or self.store.degraded is not None,
         )
         observe.watch(self)
 
@@ -228,7 +235,7 @@ class Tracer:
             version = self.store.save_policy(
                 self.task, fingerprint=self.fingerprint, certificate=cert.to_dict(),
                 artifact=artifact, status="deployed" if cert.deployed else "refused",
-                n_traces=len(evidence.texts),
+                n_traces=len(evidence.texts), check=check_exit,  # an abandoned refit writes no row
             )
             cert.version = version
             observe.fitted(self, cert)
@@ -243,7 +250,8 @@ class Tracer:
             return cert
 
     def _refit(self) -> None:
-        """Background refit under a cross-process lock; a failure keeps the old policy."""
+        """Background refit under a cross-process lock; a failure keeps the old policy. A refit abandoned
+        at close() or exit raises FitCancelled (to its scheduler) and says nothing."""
         try:
             with self.store.refit_lock(self.task, self.fingerprint) as acquired:
                 if not acquired:
@@ -252,8 +260,10 @@ class Tracer:
                 cert = self.fit()
                 log.info("tracer task %r: refit v%s: %s", self.task, cert.version, cert.summary())
         except FitCancelled:
-            log.info("tracer task %r: background refit stopped at interpreter exit", self.task)
+            raise
         except Exception:
+            if cancelled():  # e.g. the store closed under it: part of stopping, not a failure
+                raise FitCancelled("the refit was abandoned") from None
             log.exception("tracer task %r: background refit failed; the previous policy stays", self.task)
             observe.refit_failed(self)
 
@@ -272,6 +282,8 @@ class Tracer:
         texts = [normalise_input(t) for t in texts]
         try:
             return self._decide(texts)
+        except Late:  # the store's state is still being read (opening, slow or hung): defer meanwhile
+            return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         except StoreError as exc:  # e.g. a PostgreSQL server that is down: expected, not an internal failure
             if not self._error_logged:
                 log.error("tracer task %r: the trace store cannot be read (%s); deferring to the LLM", self.task, exc)
@@ -289,11 +301,11 @@ class Tracer:
         if self.store.degraded:
             return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         audited = self.audits.draw(len(texts), self.watcher.monitor)  # drawn before routing
-        in_force = self.watcher.current()
-        if in_force.suspension is None and self.watcher.monitor.rejected:
-            in_force = self._suspend_on_monitor()
+        in_force = self.watcher.current(budget_s=background.CALLER_BUDGET_S)
         policy = in_force.policy
-        if in_force.suspension is not None:
+        if in_force.suspension is None and self.watcher.monitor.rejected:
+            self._suspend_on_monitor()  # written in the background; the calls defer as suspended meanwhile
+        if in_force.suspension is not None or self.watcher.monitor.rejected:
             return [deferred(Reason.SUSPENDED, policy.version if policy else None) for _ in texts]
         if policy is None:
             refusal = in_force.refusal
@@ -333,14 +345,24 @@ class Tracer:
         """`audit_rate`, raised while the monitor is worried or a drift signal is recent."""
         return self.audits.rate(self.watcher.monitor)
 
-    def _suspend_on_monitor(self) -> InForce:
-        summary = self.watcher.monitor.summary()
-        self.suspensions.suspend(
-            f"audits contradict the certificate: agreement {summary['agreement']} on {summary['audits']} "
-            f"audited calls the policy would have answered (alpha {self.alpha})",
-            automatic=True, **summary,
-        )
-        return self.watcher.current(force=True)
+    def _suspend_on_monitor(self) -> None:
+        """Suspend on the store's writing thread (the store may be slow or locked); one suspension at a
+        time, tried again after SUSPEND_RETRY_S if it failed."""
+        with self._suspend_lock:
+            job = self._suspending
+            if job is not None and (job.finished is None or job.age < SUSPEND_RETRY_S):
+                return
+            summary = self.watcher.monitor.summary()
+
+            def suspend() -> None:
+                self.suspensions.suspend(
+                    f"audits contradict the certificate: agreement {summary['agreement']} on {summary['audits']} "
+                    f"audited calls the policy would have answered (alpha {self.alpha})",
+                    automatic=True, **summary,
+                )
+                self.watcher.current(force=True)
+
+            self._suspending = self.store.background_write(suspend)
 
     def _withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
         """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""
@@ -391,6 +413,9 @@ class Tracer:
 
     def status(self) -> dict:
         """Traces by source, the deployed policy and what it certifies, the last fit, suspension and monitor, as plain data."""
+        if self._suspending is not None:  # a suspension the monitor asked for is part of the state
+            with contextlib.suppress(Exception):
+                self._suspending.result(READ_BUDGET_S)
         in_force = self.watcher.current(force=True)
         policy = in_force.policy
         versions = self.store.policies(self.task, fingerprint=self.fingerprint)
@@ -433,15 +458,24 @@ class Tracer:
         return self.store.flush(timeout)
 
     def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
-        """Wait for a running refit and flush queued traces (together at most `timeout` s); close the
-        store if this tracer opened it. The report says what could not be written."""
+        """Abandon a running background refit (it stops at its next step and writes nothing; call
+        `wait_for_refit()` first to keep it), flush queued traces (together at most `timeout` s) and
+        close the store if this tracer opened it. The report says what could not be written and how
+        many refits were abandoned; nothing is logged about them afterwards."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.wait_for_refit(timeout)
+        abandoned = abandon_refits([self], timeout)
         left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        return self.store.close(left) if self._owns_store else self.store.flush(left)
+        report = self.store.close(left) if self._owns_store else self.store.flush(left)
+        return replace(report, abandoned_refits=abandoned)
 
     def __enter__(self) -> Tracer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def abandon_refits(tracers: Iterable[Tracer], timeout: float | None = None) -> int:
+    """Stop the running background refits of `tracers`, waiting for them at most STOP_BOUND_S (or
+    `timeout`, if shorter); returns how many were abandoned (what every close() does first)."""
+    return abandon([tracer.refits for tracer in tracers], STOP_BOUND_S if timeout is None else min(STOP_BOUND_S, timeout))

@@ -4,9 +4,10 @@ Every process reads the same store, so a policy deployed, deleted or suspended a
 seen everywhere within `policy_check_s`. The monitor is recomputed from the audits in the
 store, in id order, so every process reaches the same verdict on the same evidence.
 
-A routing call waits at most READ_BUDGET_S for that read: a store that does not answer (a
-PostgreSQL server that hangs, a table locked by a migration) makes calls defer at once, with
-`store_unavailable`, until the read in the background returns.
+The read runs on the store's own thread. A routing call waits at most CALLER_BUDGET_S for it
+(`tracer_core.background`), anything else READ_BUDGET_S: a store that does not answer (a PostgreSQL server that hangs, a
+store still opening) makes calls defer at once, with `store_unavailable`, until the read in the
+background returns (`Late` while that is shorter than READ_BUDGET_S, then a StoreError).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from tracer_core import background
+from tracer_core.background import Job, Late
 from tracer_core.certificate import Certificate
 from tracer_core.errors import PolicyError, StoreError
 from tracer_core.monitor import AgreementMonitor
@@ -26,7 +28,7 @@ from tracer_core.store import TraceStore
 
 log = logging.getLogger("tracer")
 
-READ_BUDGET_S = 2.0  # the longest a routing call waits for the store's state
+READ_BUDGET_S = 2.0  # the longest anything but a routing call waits for the store's state
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class PolicyWatcher:
         self._monitor_floor: int | None = None  # suspension id the monitor was reset at
         self._audit_seen = 0
         self._rejected: int | None = None  # a deployed version that failed validation (not re-read)
-        self._reading: _Read | None = None  # the read in flight, if any
+        self._reading: Job[InForce] | None = None  # the read in flight, if any
 
     @property
     def monitor(self) -> AgreementMonitor:
@@ -64,7 +66,7 @@ class PolicyWatcher:
         """The state in force, re-read from the store at most once per `check_s` (or now with `force`).
 
         Waits at most `budget_s` (None: as long as it takes) for the read, else raises StoreError;
-        while that read is still running, later calls raise at once instead of using the old state.
+        while that read is still running, later routing calls raise at once instead of using the old state.
         """
         now = time.monotonic()
         with self._lock:
@@ -73,16 +75,17 @@ class PolicyWatcher:
                 if not force and now - self._checked_at < self.check_s:
                     return self._state
                 self._checked_at = now
-                reading = self._reading = _Read(self._read, self._finish)
-            elif reading.overdue:
-                raise StoreError(f"the trace store has not answered for {reading.age:.1f} s")
+                reading = self._reading = self.store.background_read(self._read, self._finish)
+            elif reading.overdue and budget_s is not None and budget_s <= background.CALLER_BUDGET_S:
+                late = Late if reading.age < READ_BUDGET_S else StoreError
+                raise late(f"the trace store has not answered for {reading.age:.2f} s")
         return reading.result(budget_s)
 
-    def _finish(self, read: _Read) -> None:
+    def _finish(self, read: Job[InForce]) -> None:
         with self._lock:
-            if read.state is not None:
-                self._state = read.state
-                observe.state_read(self, read.state)
+            if read.value is not None:
+                self._state = read.value
+                observe.state_read(self, read.value)
             self._reading = None
 
     def adopt(self, policy: Policy | None, refusal: Certificate | None) -> None:
@@ -141,41 +144,6 @@ class PolicyWatcher:
         if rows:
             self._audit_seen = rows[-1][0]
             self._monitor.update(agreed for _, agreed in rows)
-
-
-class _Read:
-    """One read of the store's state on a daemon thread; callers wait for it with a budget."""
-
-    def __init__(self, read: Callable[[], InForce], finish: Callable[[_Read], None]) -> None:
-        self.started = time.monotonic()
-        self.state: InForce | None = None
-        self.error: BaseException | None = None
-        self.overdue = False  # a caller gave up waiting: the next ones do not wait
-        self._done = threading.Event()
-        self._read, self._finish = read, finish
-        threading.Thread(target=self._run, name="tracer-policy-read", daemon=True).start()
-
-    @property
-    def age(self) -> float:
-        return time.monotonic() - self.started
-
-    def _run(self) -> None:
-        try:
-            self.state = self._read()
-        except BaseException as exc:  # handed to the callers waiting for this read
-            self.error = exc
-        finally:
-            self._finish(self)
-            self._done.set()
-
-    def result(self, budget_s: float | None) -> InForce:
-        if not self._done.wait(budget_s):
-            self.overdue = True
-            raise StoreError(f"the trace store did not answer within {budget_s:.1f} s")
-        if self.error is not None:
-            raise self.error
-        assert self.state is not None
-        return self.state
 
 
 def _certificate_of(row: dict) -> Certificate:

@@ -36,28 +36,32 @@ _STOP = object()
 
 @dataclass(frozen=True)
 class FlushReport:
-    """What a flush or close could not write to the store.
+    """What a flush or close could not write to the store, and what it gave up.
 
     `pending`: still queued when the timeout ran out; `spilled`: in the spill file, waiting to be
-    replayed (automatically when the store recovers, or at the next start); `lost`: neither
-    stored nor spilled (the spill file could not be written either); `degraded`: why the store
-    is not being written, or None.
+    replayed (automatically when the store recovers, or at the next start: not lost); `lost`:
+    neither stored nor spilled (the spill file could not be written, or no store could be opened
+    or it was closed); `degraded`: why the store is not being written, or None;
+    `abandoned_refits`: background refits that `close()` stopped before they finished (they wrote
+    nothing; the next refit fits their traces).
     """
 
     pending: int = 0
     spilled: int = 0
     lost: int = 0
     degraded: str | None = None
+    abandoned_refits: int = 0
 
     @property
     def ok(self) -> bool:
-        """True when every trace handed over so far is in the store."""
+        """True only when every trace this process handed over so far is in the store: False while
+        any is pending or spilled (not yet recorded, though a spilled one is not lost) or lost."""
         return not (self.pending or self.spilled or self.lost)
 
     def __add__(self, other: FlushReport) -> FlushReport:
         return FlushReport(
             self.pending + other.pending, self.spilled + other.spilled, self.lost + other.lost,
-            self.degraded or other.degraded,
+            self.degraded or other.degraded, self.abandoned_refits + other.abandoned_refits,
         )
 
 

@@ -10,17 +10,23 @@ the wrapped chain keeps working whatever happens to the store, embedder or polic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 
-from tracer_core import Decision, Reason, TaskIdentity, Tracer, registry_for
+from tracer_core import Decision, FlushReport, Reason, TaskIdentity, Tracer, background, registry_for
+from tracer_core.background import Job
 from tracer_core.decision import deferred
 from tracer_core.observability.observe import count_calls
+from tracer_core.errors import StoreError
+from tracer_core.registry import Unrecorded, open_registry
+from tracer_core.tracer import abandon_refits
 from tracer_langchain.codec import OutputCodec, codec_for_type, codec_from_spec, learn_codec
 from tracer_langchain.errors import IntegrationConfigError
 from tracer_langchain.history import append_turn, session_history
@@ -41,7 +47,8 @@ STORE_SCAN = 20_000
 class Call:
     """What tracer decided for one input; `hit` means `output` is the surrogate's answer.
 
-    `decision` is None only between identifying the call and asking its Tracer.
+    `decision` is None only between identifying the call and asking its Tracer; `unstored` says why
+    no store can take its trace (the store could not be opened).
     """
 
     text: str | None
@@ -53,6 +60,7 @@ class Call:
     history: Any = None  # the session history of a RunnableWithMessageHistory call
     hit: bool = False
     output: Any = None
+    unstored: StoreError | None = None
 
     @property
     def reason(self) -> str:
@@ -109,6 +117,10 @@ class TracerBridge:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._store_checked: set[str] = set()
+        self._codec_reads: dict[str, Job[OutputCodec | None]] = {}
+        self.unrecorded = Unrecorded()
+        with contextlib.suppress(StoreError):  # the store starts opening now, in the background
+            registry_for(db)
 
     # -- identifying ---------------------------------------------------------------------
     def prepare(self, value: Any, config: RunnableConfig) -> Call:
@@ -126,6 +138,9 @@ class TracerBridge:
             history = session_history(runnable, config) if runnable is not None else None
             identity, view = self.identity.of(value, text, history.messages if history is not None else ())
             tracer = self.tracer_for(identity)
+        except StoreError as exc:  # no store for this call's trace (e.g. the path is a directory)
+            self.warn_once("store", exc)
+            return Call(text, deferred(Reason.STORE_UNAVAILABLE), mode, unstored=exc)
         except Exception as exc:
             self.warn_once("identity", exc)
             return Call(text, deferred(Reason.ERROR), mode)
@@ -230,10 +245,20 @@ class TracerBridge:
     # -- codec ---------------------------------------------------------------------------
     def answer_codec(self, tracer: Tracer) -> OutputCodec | None:
         """The codec to build surrogate answers: the user's, the learned one, one rebuilt from stored traces,
-        or the one the chain's declared output type implies."""
-        if self.codec is None and tracer.fingerprint not in self._store_checked:
-            self._store_checked.add(tracer.fingerprint)
-            self.codec = self._codec_from_store(tracer) or self._codec_from_type()
+        or the one the chain's declared output type implies. The stored traces are read in the background:
+        None (the call defers) until that read is done, if it takes longer than the caller's budget."""
+        fingerprint = tracer.fingerprint
+        if self.codec is None and fingerprint not in self._store_checked:
+            try:
+                with self._lock:
+                    job = self._codec_reads.get(fingerprint)
+                    if job is None or job.error is not None:
+                        job = self._codec_reads[fingerprint] = tracer.store.background_read(lambda: self._codec_from_store(tracer))
+                stored = job.result(background.CALLER_BUDGET_S)
+            except Exception:  # not read yet (or the store is closed): this call defers
+                return None
+            self._store_checked.add(fingerprint)
+            self.codec = stored or self._codec_from_type()
         return self.codec
 
     def _codec_from_type(self) -> OutputCodec | None:
@@ -277,8 +302,11 @@ class TracerBridge:
 
         An answer that cannot be labelled is recorded too, as an `unparsed` trace (`Tracer.record_answer`):
         never training data, and a disagreement when the call was an audit.
+        One no store could take is counted for close().
         """
         if not call.recorded:
+            if call.unstored is not None and call.text is not None and call.mode != "off":
+                self.unrecorded.add(call.unstored)
             return
         try:
             codec = self.output_codec(output)
@@ -298,6 +326,9 @@ class TracerBridge:
                 completion_tokens=usage.completion_tokens,
                 metadata=self._metadata(call, run_id, **extra),
             )
+        except StoreError as exc:  # the store was closed
+            self.unrecorded.add(exc)
+            self.warn_once("record", exc)
         except Exception as exc:
             self.warn_once("record", exc)
 
@@ -307,8 +338,24 @@ class TracerBridge:
             call.tracer.record(call.text, call.decision.label, decision=call.decision, metadata=self._metadata(call, run_id))
             if call.history is not None:
                 append_turn(call.history, self.identity.parts.history, value, call.output)
+        except StoreError as exc:  # the store was closed
+            self.unrecorded.add(exc)
+            self.warn_once("record", exc)
         except Exception as exc:
             self.warn_once("record", exc)
+
+    # -- flush and close -------------------------------------------------------------------
+    def flush(self, timeout: float | None) -> FlushReport:
+        """Wait at most `timeout` s for queued traces; the report adds those no store took (never raises)."""
+        registry = open_registry(self.db)
+        return (registry.flush(timeout) if registry is not None else FlushReport()) + self.unrecorded.report()
+
+    def close(self, timeout: float | None) -> FlushReport:
+        """Abandon the running refits of this wrapper's versions, then flush (together within about `timeout` s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        abandoned = abandon_refits(list(self.tracers.values()), timeout)
+        report = self.flush(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        return report + FlushReport(abandoned_refits=abandoned)
 
     @staticmethod
     def _metadata(call: Call, run_id: Any, **extra: Any) -> dict[str, Any]:

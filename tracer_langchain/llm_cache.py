@@ -18,7 +18,9 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from langchain_core._api.beta_decorator import suppress_langchain_beta_warning
@@ -27,9 +29,10 @@ from langchain_core.load import loads
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from tracer_core import Decision, Reason, TaskIdentity, Tracer, TraceStore, identify, registry_for
+from tracer_core import Decision, FlushReport, Reason, TaskIdentity, Tracer, TraceStore, identify, registry_for
 from tracer_core.decision import deferred
 from tracer_core.trace import is_label
+from tracer_core.tracer import DEFAULT_CLOSE_TIMEOUT_S, abandon_refits
 from tracer_langchain.codec import learn_codec
 from tracer_langchain.fingerprint import hash_description, strip_transport
 from tracer_langchain.identity import routed_index
@@ -110,10 +113,12 @@ class TracerLLMCache(BaseCache):
         """Forget the replay messages (traces and policies stay in the store)."""
         self._replay.clear()
 
-    def close(self) -> None:
-        for tracer in self.tracers.values():
-            tracer.wait_for_refit()
-        self.store.flush()
+    def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
+        """Abandon running background refits and flush, like `Tracer.close()` (the store stays open)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        abandoned = abandon_refits(list(self.tracers.values()), timeout)
+        report = self.store.flush(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        return replace(report, abandoned_refits=abandoned)
 
     def _warn(self, exc: BaseException) -> None:
         if not self._warned:

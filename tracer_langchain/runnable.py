@@ -35,7 +35,6 @@ from langchain_core.utils.pydantic import TypeBaseModel
 from pydantic import ConfigDict
 
 from tracer_core import Tracer
-from tracer_core.registry import registry_for
 from tracer_core.settings import check
 from tracer_core.tracer import DEFAULT_CLOSE_TIMEOUT_S
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
@@ -89,16 +88,15 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
         return call.tracer
 
     def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
-        """Wait at most `timeout` s for queued traces to be written; the report says what was not."""
-        return registry_for(self.bridge.db).flush(timeout)
+        """Wait at most `timeout` s for queued traces to be written; the report says what was not
+        (`ok` is False while any trace of this wrapper is not in the store). Never raises."""
+        return self.bridge.flush(timeout)
 
     def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
-        """Wait for running refits and flush traces within about `timeout` s (the stores stay open for
-        other users in the process); the report says what could not be written."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for tracer in self.tracers:
-            tracer.wait_for_refit(None if deadline is None else max(deadline - time.monotonic(), 0.0))
-        return self.flush(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        """Abandon running background refits (they write nothing) and flush traces within about `timeout` s
+        (the stores stay open for other users in the process), like `Tracer.close()`; the report says
+        what could not be written and which refits were given up. Never raises."""
+        return self.bridge.close(timeout)
 
     # -- schema delegation ---------------------------------------------------------------
     @property

@@ -16,6 +16,7 @@ Whatever fails inside tracer falls through to the LLM call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -30,9 +31,11 @@ from litellm.types.utils import CallTypes, ModelResponse
 
 from tracer_core import Decision, FlushReport, Reason, Tracer, TracerError, TracerRegistry, registry_for
 from tracer_core.decision import deferred
+from tracer_core.errors import StoreError
 from tracer_core.fit import DEFAULT_MAX_TRAIN
 from tracer_core.observability.observe import count_calls
-from tracer_core.tracer import DEFAULT_AUDIT_RATE, DEFAULT_CLOSE_TIMEOUT_S
+from tracer_core.registry import Unrecorded
+from tracer_core.tracer import DEFAULT_AUDIT_RATE, DEFAULT_CLOSE_TIMEOUT_S, abandon_refits
 from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S
 from tracer_litellm import hooks
 from tracer_litellm.codec import decision_view, label_from_response, mark_response, response_decision, surrogate_response
@@ -86,6 +89,9 @@ class TracerCallback(CustomLogger):
         )
         self.embedder = embedder
         self._registry: TracerRegistry | None = None
+        with contextlib.suppress(StoreError):  # the store starts opening now, in the background
+            self._registry = registry_for(self.settings.db)
+        self._unrecorded = Unrecorded()
         self._warned: set[str] = set()
         hooks.install()
 
@@ -132,6 +138,9 @@ class TracerCallback(CustomLogger):
             return Seen(info, deferred(reason))
         try:
             return Seen(info, self.tracer_for(info).route(info.text))
+        except StoreError as exc:  # no store (e.g. the path is a directory): recorded as lost at close()
+            self._warn_once("store", exc)
+            return Seen(info, deferred(Reason.STORE_UNAVAILABLE))
         except Exception as exc:
             self._warn_once("gate", exc)
             return Seen(info, deferred(Reason.ERROR))
@@ -236,6 +245,9 @@ class TracerCallback(CustomLogger):
                 completion_tokens=getattr(usage, "completion_tokens", None),
                 cost_usd=0.0 if decision.handled else None if cached else _cost(cost),
             )
+        except StoreError as exc:  # no store took it (it could not be opened, or was closed)
+            self._unrecorded.add(exc)
+            self._warn_once("record", exc)
         except Exception as exc:
             self._warn_once("record", exc)
 
@@ -282,31 +294,31 @@ class TracerCallback(CustomLogger):
 
     def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
         """Wait for LiteLLM's queued logging of this process, then for every queued trace to be written;
-        the report says what was not (at most about `timeout` s for each).
+        the report says what was not (at most about `timeout` s for each): `ok` is False while any trace
+        of this callback is not in the store, lost included. Never raises.
 
         Inside a running event loop LiteLLM's async queue cannot be awaited synchronously: use `aflush()`.
         """
         wait_for_logging(30.0 if timeout is None else timeout)
-        return self._registry.flush(timeout) if self._registry is not None else FlushReport()
+        return self._store_report(timeout)
 
     async def aflush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
         """`flush()` from async code: awaits LiteLLM's logging queue on this loop."""
         await await_logging(30.0 if timeout is None else timeout)
-        if self._registry is None:
-            return FlushReport()
-        return await asyncio.to_thread(self._registry.flush, timeout)
+        return await asyncio.to_thread(self._store_report, timeout)
+
+    def _store_report(self, timeout: float | None) -> FlushReport:
+        report = self._registry.flush(timeout) if self._registry is not None else FlushReport()
+        return report + self._unrecorded.report()
 
     def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT_S) -> FlushReport:
-        """Flush, and wait for running background refits, together within about `timeout` s
-        (the store stays open for the process)."""
+        """Abandon running background refits (they write nothing), then flush, together within about
+        `timeout` s (the store stays open for the process), like `Tracer.close()`; the report says what
+        could not be written and which refits were given up. Never raises."""
         deadline = None if timeout is None else time.monotonic() + timeout
-
-        def left() -> float | None:
-            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
-
-        for tracer in self._registry.tracers() if self._registry is not None else []:
-            tracer.wait_for_refit(left())
-        return self.flush(left())
+        abandoned = abandon_refits(self._registry.tracers() if self._registry is not None else [], timeout)
+        report = self.flush(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        return report + FlushReport(abandoned_refits=abandoned)
 
     def _warn_once(self, where: str, exc: Exception) -> None:
         key = f"{where}:{type(exc).__name__}"
