@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.faults_trust import edited_policy_scenarios, malformed_urls, other_embedder
 from bench.caller_clock import CallerClock
+from bench.faults_trust import edited_policy_scenarios, malformed_urls, other_embedder
 from tests.faultkit import (
     RECORD_THEN_WAIT,
     REFIT_AT_EXIT,

@@ -12,8 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import traceback
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 

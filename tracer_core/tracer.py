@@ -15,8 +15,8 @@ import numpy as np
 
 from tracer_core import background
 from tracer_core.audits import AuditSampler, as_audit
-from tracer_core.binding import Level, answers_for, certified_level
 from tracer_core.background import Job, Late
+from tracer_core.binding import Level, answers_for, certified_level
 from tracer_core.certificate import FREE_TEXT, Certificate
 from tracer_core.decision import Decision, Reason, deferred
 from tracer_core.embedder import embed_checked, get_default_embedder

@@ -23,8 +23,8 @@ from langchain_core.runnables import RunnableConfig
 from tracer_core import Decision, FlushReport, Reason, TaskIdentity, Tracer, background, registry_for
 from tracer_core.background import Job
 from tracer_core.decision import deferred
-from tracer_core.observability.observe import count_calls
 from tracer_core.errors import StoreError
+from tracer_core.observability.observe import count_calls
 from tracer_core.registry import Unrecorded, open_registry
 from tracer_core.tracer import abandon_refits
 from tracer_langchain.codec import OutputCodec, codec_for_type, codec_from_spec, learn_codec
