@@ -18,6 +18,7 @@ from tracer_core.embedder import embed_checked, get_default_embedder
 from tracer_core.errors import InvalidTraceError, NoTracesError, StoreError, TracerError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
 from tracer_core.refit import RefitScheduler
+from tracer_core.refit_limits import background_refit_limits
 from tracer_core.settings import check, check_limit
 from tracer_core.shutdown import FitCancelled
 from tracer_core.store import Evidence, TraceStore
@@ -176,9 +177,10 @@ class Tracer:
             return cert
 
     def _refit(self) -> None:
-        """Background refit under a cross-process lock; a failure keeps the old policy."""
+        """Background refit (its own thread, at a lower priority with one numerical thread) under a
+        cross-process lock; a failure keeps the old policy."""
         try:
-            with self.store.refit_lock(self.task, self.fingerprint) as acquired:
+            with background_refit_limits(), self.store.refit_lock(self.task, self.fingerprint) as acquired:
                 if not acquired:
                     log.info("tracer task %r: another process is refitting; skipped", self.task)
                     return
