@@ -11,6 +11,15 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 # mkdocs-material otherwise prints a banner about MkDocs 2.0 on every build
 export NO_MKDOCS_2_WARNING := 1
 
+# bash with pipefail: a recipe piped through a filter still fails when its command does
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip prints "WARNING: Location 'file:///.../simple/<package>/' is ignored: it is neither a file nor
+# a directory" for every package a local index in the machine's pip configuration (pip config
+# list: extra-index-url, find-links) does not hold: 148 such lines on one install, none a problem.
+# Only those lines are dropped; every other line pip prints (errors, other warnings) still shows.
+PIP_NOISE := sed "/^WARNING: Location 'file:[^']*' is ignored: it is neither a file nor a directory\.$$/d"
+
 .PHONY: install sysdeps lint docs test demo bench lock clean
 
 install: $(STAMP)
@@ -18,9 +27,9 @@ install: $(STAMP)
 # torch 2.13.0 first (a local CPU wheel); everything else pinned by requirements.lock.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c requirements.lock -r requirements.lock
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet torch==2.13.0 2>&1 | $(PIP_NOISE)
+	$(PY) -m pip install --quiet -c requirements.lock -r requirements.lock 2>&1 | $(PIP_NOISE)
+	$(PY) -m pip install --quiet --no-deps -e . 2>&1 | $(PIP_NOISE)
 	touch $(STAMP)
 
 # Debian packages the tests need: headless Chromium opens the HTML report; the PostgreSQL server

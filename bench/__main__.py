@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,routing,curve,coverage,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "pgstore", "proxies", "speed", "routing", "curve", "coverage", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
+SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -161,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             report.add("Speed", speed(cache), "Fit timed alone in the main process; decide() = "
                        "`policy.decide([text], vec[None])` (surrogate + OOD + unseen-label checks); "
                        "Tracer.route() includes embedding and the store's policy check.")
+            report.write()
+        if "hits" in only:  # before the pool starts: the refits share the process with nothing else
+            from bench.hits import NOTE as HITS_NOTE
+            from bench.hits import hits
+
+            report.add("Hits while tracer learns: surrogate answers idle and during a background refit", hits(),
+                       HITS_NOTE)
             report.write()
         if "faults" in only:  # before the pool starts: stalls are measured without fits beside them
             from bench.faults import CALLS, faults

@@ -52,7 +52,6 @@ class Color(enum.Enum):
         ({"whatever": "only string"}, "only string"),
         ({"question": "q", "lang": "en"}, "q"),
         ({"query": "q2", "k": 3}, "q2"),
-        ({"b": 1, "a": [2]}, '{"a":[2],"b":1}'),
         ([SystemMessage("sys"), HumanMessage("first"), AIMessage("x"), HumanMessage("last")], "last"),
         ([("system", "s"), ("human", "tuple text")], "tuple text"),
         ([{"role": "user", "content": "dict text"}, {"role": "assistant", "content": "ok"}], "dict text"),

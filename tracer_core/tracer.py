@@ -28,6 +28,7 @@ from tracer_core.observability import observe
 from tracer_core.policy import Policy
 from tracer_core.policy_seal import seal
 from tracer_core.refit import RefitScheduler, abandon
+from tracer_core.refit_limits import background_refit_limits
 from tracer_core.settings import check, check_limit
 from tracer_core.shutdown import STOP_BOUND_S, FitCancelled, cancelled, check_exit
 from tracer_core.store import Evidence, TraceStore
@@ -250,10 +251,11 @@ class Tracer:
             return cert
 
     def _refit(self) -> None:
-        """Background refit under a cross-process lock; a failure keeps the old policy. A refit abandoned
-        at close() or exit raises FitCancelled (to its scheduler) and says nothing."""
+        """Background refit (its own thread, at a lower priority with one numerical thread) under a
+        cross-process lock; a failure keeps the old policy. A refit abandoned at close() or exit raises
+        FitCancelled (to its scheduler) and says nothing."""
         try:
-            with self.store.refit_lock(self.task, self.fingerprint) as acquired:
+            with background_refit_limits(), self.store.refit_lock(self.task, self.fingerprint) as acquired:
                 if not acquired:
                     log.info("tracer task %r: another process is refitting; skipped", self.task)
                     return

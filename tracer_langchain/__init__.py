@@ -5,7 +5,7 @@
 """
 
 from tracer_langchain.codec import OutputCodec, learn_codec
-from tracer_langchain.errors import CodecError, IntegrationConfigError, TextExtractionError
+from tracer_langchain.errors import AmbiguousTextError, CodecError, IntegrationConfigError, TextExtractionError
 from tracer_langchain.identity import ChainIdentity
 from tracer_langchain.llm_cache import TracerLLMCache
 from tracer_langchain.observer import TracerObserver, observe, stop_observing
@@ -13,6 +13,7 @@ from tracer_langchain.runnable import TracedRunnable, with_tracer
 from tracer_langchain.text import extract_text
 
 __all__ = [
+    "AmbiguousTextError",
     "ChainIdentity",
     "CodecError",
     "IntegrationConfigError",

@@ -28,7 +28,7 @@ from tracer_core.observability.observe import count_calls
 from tracer_core.registry import Unrecorded, open_registry
 from tracer_core.tracer import abandon_refits
 from tracer_langchain.codec import OutputCodec, codec_for_type, codec_from_spec, learn_codec
-from tracer_langchain.errors import IntegrationConfigError
+from tracer_langchain.errors import AmbiguousTextError, IntegrationConfigError
 from tracer_langchain.history import append_turn, session_history
 from tracer_langchain.identity import CallView, ChainIdentity
 from tracer_langchain.text import TextFn, extract_text
@@ -130,6 +130,8 @@ class TracerBridge:
             return Call(None, deferred(Reason.TRACER_OFF), mode)
         try:
             text = extract_text(value, text_fn=self.text_fn, input_key=self.input_key)
+        except AmbiguousTextError:
+            raise  # the caller must name the text (input_key= or text_fn=); raised before the chain runs
         except Exception as exc:
             self.warn_once("text", exc)
             return Call(None, deferred(Reason.ERROR), mode)

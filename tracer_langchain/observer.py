@@ -27,7 +27,7 @@ from langchain_core.tracers import context as tracer_context
 
 from tracer_langchain.bridge import SURROGATE_TAG, TEACHER_TAG, TracerBridge
 from tracer_langchain.codec import CustomCodec
-from tracer_langchain.errors import IntegrationConfigError
+from tracer_langchain.errors import AmbiguousTextError, IntegrationConfigError
 from tracer_langchain.identity import ChainIdentity
 from tracer_langchain.text import TextFn
 from tracer_langchain.usage import UsageCollector
@@ -101,7 +101,11 @@ class TracerObserver(BaseCallbackHandler):
         if watched is None:
             return
         value = inputs if inputs is not None else watched.input
-        call = self.bridge.prepare(value, {})
+        try:
+            call = self.bridge.prepare(value, {})
+        except AmbiguousTextError as exc:  # the run is over: say so once, record nothing
+            self.bridge.warn_once("text", exc)
+            return
         latency_ms = (time.perf_counter() - watched.started) * 1000.0
         # recorded outside routing (no decision) unless the identity blocks routing (history, non-text)
         self.bridge.record_teacher(call, outputs, latency_ms, watched.usage, run_id)

@@ -9,7 +9,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.prompt_values import PromptValue
 
-from tracer_langchain.errors import TextExtractionError
+from tracer_langchain.errors import AmbiguousTextError, TextExtractionError
 
 TextFn = Callable[[Any], str]
 PREFERRED_KEYS = ("text", "input", "question", "query")
@@ -31,9 +31,16 @@ def extract_text(value: Any, *, text_fn: TextFn | None = None, input_key: str | 
 
 
 def default_text(value: Any) -> str:
-    """A str as is; the last human message of messages or a PromptValue; a dict's text field; else sorted JSON."""
+    """The routed text when neither `text_fn` nor `input_key` is given (docs/langchain.md, "The routed text").
+
+    A str as is; a number or boolean as JSON; the last human message of a message, a message list
+    or a PromptValue; a dict's `text`/`input`/`question`/`query` string, its only field's string or
+    the last human message of its only field. Anything else raises `AmbiguousTextError`.
+    """
     if isinstance(value, str):
         return value
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
     if isinstance(value, PromptValue):
         return last_human_text(value.to_messages())
     if isinstance(value, BaseMessage):
@@ -42,7 +49,10 @@ def default_text(value: Any) -> str:
         return last_human_text(value)
     if isinstance(value, Mapping):
         return _mapping_text(value)
-    return canonical_json(value)
+    raise AmbiguousTextError(
+        f"tracer cannot take the text to classify from a chain input of type {type(value).__name__}; "
+        "pass with_tracer(..., text_fn=lambda value: ...) returning it"
+    )
 
 
 def last_human_text(messages: Sequence[Any]) -> str:
@@ -54,23 +64,22 @@ def last_human_text(messages: Sequence[Any]) -> str:
     raise TextExtractionError("message list has no human message to classify")
 
 
-def canonical_json(value: Any) -> str:
-    """Compact JSON with sorted keys; non-JSON values use their str()."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
 def _mapping_text(value: Mapping) -> str:
-    strings = [v for v in value.values() if isinstance(v, str)]
-    if len(value) == 1 and len(strings) == 1:
-        return strings[0]
     for key in PREFERRED_KEYS:
         if isinstance(value.get(key), str):
             return value[key]
     if len(value) == 1:
         only = next(iter(value.values()))
+        if isinstance(only, str):
+            return only
         if is_message_list(only):
             return last_human_text(only)
-    return canonical_json(value)
+    fields = ", ".join(repr(str(k)) for k in sorted(value, key=str)) or "none"
+    raise AmbiguousTextError(
+        f"tracer cannot tell which input field is the text to classify (fields: {fields}; it takes a "
+        f"{'/'.join(PREFERRED_KEYS)} field or the only field); pass with_tracer(..., input_key=\"<field>\") "
+        "naming it (the other fields become part of the task version) or text_fn="
+    )
 
 
 def _as_text(value: Any) -> str:
