@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -21,7 +22,7 @@ NAMES = {"banking77": "Banking77", "clinc150": "CLINC150"}
 
 # Target per (data set, teacher, alpha): minimum test coverage or "refused", and the published
 # reference implementation's result.
-TARGETS = {
+TARGETS: dict[tuple[str, str], dict[float, tuple[float | Literal["refused"], str]]] = {
     ("banking77", "T1"): {0.90: (0.99, "0.97"), 0.95: (0.93, "0.86"), 0.99: (0.70, "refused")},
     ("clinc150", "T1"): {0.90: (0.99, "0.998"), 0.95: (0.98, "0.998, agreement 0.939 < 0.95"),
                          0.99: (0.85, "0.84, agreement 0.987 < 0.99")},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -99,7 +100,9 @@ class Policy:
             arrays["tfidf_idf"] = self.tfidf.idf
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        # mypy also matches **arrays to savez_compressed's `allow_pickle: bool` (numpy >= 2.1 stubs); the keys are
+        # array names ('s_*', 'ood_*', 'unseen_vectors', 'tfidf_idf', 'meta'), never that flag
+        np.savez_compressed(buf, **cast(dict[str, Any], arrays))
         return buf.getvalue()
 
     @classmethod

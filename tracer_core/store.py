@@ -17,7 +17,7 @@ import pathlib
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -344,7 +344,7 @@ class TraceStore:
                 )
             return self._writer
 
-    def _append_from_writer(self, traces: list[Trace]) -> None:
+    def _append_from_writer(self, traces: Sequence[Trace]) -> None:
         """The writer thread's commit: like append_many, but gives up on a locked store quickly."""
         rows = [_row(trace) for trace in traces]
         self._write(lambda conn: conn.executemany(_INSERT_SQL, rows), WRITER_LOCK_BUDGET_S)

@@ -390,11 +390,9 @@ class Tracer:
         if self.suspensions.current() is None:
             raise TracerError(f"task {self.task!r} is not suspended")
         policy = self.watcher.current(force=True).policy
-        fresh = (
-            policy is not None and policy.certificate.since_trace_id >= self.suspensions.floor()
-            and answers_for(policy.certificate, self.alpha, self.delta)
-        )
-        cert = policy.certificate if fresh else self.fit()
+        cert = policy.certificate if policy is not None else None
+        if cert is None or cert.since_trace_id < self.suspensions.floor() or not answers_for(cert, self.alpha, self.delta):
+            cert = self.fit()
         if not cert.deployed:
             raise TracerError(f"task {self.task!r} stays suspended: no valid certificate after the suspension ({cert.reason})")
         self.suspensions.resume(f"resumed by hand with v{cert.version}", cert.version)

@@ -23,7 +23,7 @@ from langchain_core.runnables import RunnableConfig
 from tracer_core import Decision, FlushReport, Reason, TaskIdentity, Tracer, background, registry_for
 from tracer_core.background import Job
 from tracer_core.decision import deferred
-from tracer_core.errors import StoreError
+from tracer_core.errors import StoreError, TracerError
 from tracer_core.observability.observe import count_calls
 from tracer_core.registry import Unrecorded, open_registry
 from tracer_core.tracer import abandon_refits
@@ -71,6 +71,19 @@ class Call:
         """Whether the chain's answer to this call becomes a trace."""
         return self.tracer is not None and self.text is not None and self.mode != "off"
 
+    def routed(self) -> tuple[Tracer, str]:
+        """The Tracer and text of an identified call (`prepare` sets both whenever it leaves the decision open)."""
+        if self.tracer is None or self.text is None:
+            raise TracerError("the call has no Tracer or text: it was never identified")
+        return self.tracer, self.text
+
+    def answered(self) -> tuple[str, CallView]:
+        """A hit's label and the chat-model call it answers (`resolve` makes a hit only of a labelled decision)."""
+        label = self.decision.label if self.hit and self.decision is not None else None
+        if label is None or self.view is None:
+            raise TracerError("the call has no surrogate answer")
+        return label, self.view
+
     def run_metadata(self, task: str) -> dict[str, Any]:
         """Metadata of the wrapper's own run and of a surrogate answer's chat-model run."""
         decision = self.decision
@@ -80,7 +93,7 @@ class Call:
             "tracer_policy_version": decision.policy_version if decision else None,
             "tracer_fingerprint": self.tracer.fingerprint if self.tracer else None,
         }
-        if self.hit:
+        if self.hit and decision is not None:  # a hit always has its decision
             metadata["tracer_score"] = float(decision.score)
         else:
             metadata["tracer_reason"] = self.reason
@@ -169,7 +182,8 @@ class TracerBridge:
         call = self.prepare(value, config)
         if call.decision is None:
             try:
-                decision = call.tracer.route(call.text)
+                tracer, text = call.routed()
+                decision = tracer.route(text)
             except Exception as exc:
                 self.warn_once("route", exc)
                 call.decision = deferred(Reason.ERROR)
@@ -182,13 +196,14 @@ class TracerBridge:
         call = await asyncio.to_thread(self.prepare, value, config)
         if call.decision is None:
             try:
-                decision = await call.tracer.aroute(call.text)
+                tracer, text = call.routed()
+                decision = await tracer.aroute(text)
             except Exception as exc:
                 self.warn_once("route", exc)
                 call.decision = deferred(Reason.ERROR)
                 return call
             if decision.handled:
-                await asyncio.to_thread(self.answer_codec, call.tracer)  # a one-off store read
+                await asyncio.to_thread(self.answer_codec, tracer)  # a one-off store read
             self.resolve(call, decision, chunk=chunk)
         return call
 
@@ -227,22 +242,25 @@ class TracerBridge:
         call.decision = decision
         if not (decision.handled and decision.label is not None and decision.policy_version is not None):
             return
-        unanswered = {"policy_version": decision.policy_version, "label": decision.label, "score": decision.score}
-        codec = self.answer_codec(call.tracer)
+        tracer, _ = call.routed()
+        codec = self.answer_codec(tracer)
         if codec is None:
-            call.decision = deferred(Reason.NO_CODEC, **unanswered)
+            call.decision = deferred(Reason.NO_CODEC, decision.policy_version, decision.label, decision.score)
             return
         try:
             call.output = codec.from_label(decision.label, chunk=chunk)
         except Exception as exc:
             self.warn_once("codec", exc)
-            call.decision = deferred(Reason.ERROR, **unanswered)
+            call.decision = deferred(Reason.ERROR, decision.policy_version, decision.label, decision.score)
             return
         call.hit = True
 
     def answer_message(self, call: Call) -> AIMessage:
         """The chat-model message behind a surrogate answer."""
-        return self.codec.message(call.decision.label, tool=self.identity.parts.tool_name)
+        label, _ = call.answered()
+        if self.codec is None:  # answer_codec set it before resolve made the hit
+            raise TracerError("no output codec for a surrogate answer")
+        return self.codec.message(label, tool=self.identity.parts.tool_name)
 
     # -- codec ---------------------------------------------------------------------------
     def answer_codec(self, tracer: Tracer) -> OutputCodec | None:
@@ -318,8 +336,9 @@ class TracerBridge:
             self.warn_once("label", exc)
             label, extra = None, {}
         try:
-            call.tracer.record_answer(
-                call.text,
+            tracer, text = call.routed()
+            tracer.record_answer(
+                text,
                 label,
                 decision=call.decision,
                 model=usage.model,
@@ -337,9 +356,12 @@ class TracerBridge:
     def record_surrogate(self, call: Call, value: Any, run_id: Any) -> None:
         """Record a surrogate answer (a `surrogate` trace, never training data); continue the session history."""
         try:
-            call.tracer.record(call.text, call.decision.label, decision=call.decision, metadata=self._metadata(call, run_id))
-            if call.history is not None:
-                append_turn(call.history, self.identity.parts.history, value, call.output)
+            tracer, text = call.routed()
+            label, _ = call.answered()
+            tracer.record(text, label, decision=call.decision, metadata=self._metadata(call, run_id))
+            runnable = self.identity.parts.history
+            if call.history is not None and runnable is not None:  # a session history comes from that runnable
+                append_turn(call.history, runnable, value, call.output)
         except StoreError as exc:  # the store was closed
             self.unrecorded.add(exc)
             self.warn_once("record", exc)
@@ -380,7 +402,8 @@ def _pending_groups(calls: list[Call]) -> list[tuple[Tracer, list[int]]]:
     groups: dict[int, tuple[Tracer, list[int]]] = {}
     for i, call in enumerate(calls):
         if call.decision is None:
-            groups.setdefault(id(call.tracer), (call.tracer, []))[1].append(i)
+            tracer, _ = call.routed()
+            groups.setdefault(id(tracer), (tracer, []))[1].append(i)
     return list(groups.values())
 
 

@@ -139,19 +139,13 @@ class ChainIdentity:
         self._chain_hash: str | None = None
         self._serialized: dict[str, Any] | None = None
 
-    @property
-    def understood(self) -> bool:
-        """Whether the chain's chat model was found (else calls are described by the serialised chain)."""
-        return self.parts.model is not None
-
     def of(self, value: Any, text: str, history: Sequence[BaseMessage] = ()) -> tuple[TaskIdentity, CallView]:
         """The identity of calling the chain with `value` (routed text `text`; `history` loaded by the caller)."""
         value = with_history(self.parts.history, value, history) if self.parts.history is not None else value
-        rendered = self._render(value) if self.understood else None
-        if rendered is None:
+        model = self.parts.model
+        if model is None or (rendered := self._render(value)) is None:  # described by the serialised chain
             return self._fallback(value, text)
         messages, from_inputs, consumed = rendered
-        model = self.parts.model
         kwargs = self.parts.model_kwargs
         ls_params = dict(model._get_ls_params(**kwargs))
         invocation = model._get_invocation_params(**kwargs)
@@ -253,7 +247,7 @@ class ChainIdentity:
         """The chat model's serialised form, as chat-model runs report it."""
         if self._serialized is None and self.parts.model is not None:
             try:
-                self._serialized = self.parts.model.to_json()
+                self._serialized = dict(self.parts.model.to_json())  # a TypedDict of the serialised form
             except Exception:
                 self._serialized = {}
         return self._serialized or None

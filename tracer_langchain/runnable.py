@@ -127,16 +127,16 @@ class TracedRunnable(RunnableSerializable[Input, Output]):
     def _hit(self, value: Any, route: Call, run: CallbackManagerForChainRun) -> None:
         """Report a surrogate answer as a chat-model run under `run`, then record it."""
         try:
-            emit_chat_model_run(run, route.view, self.bridge.answer_message(route), route.run_metadata(self.bridge.task))
+            _, view = route.answered()
+            emit_chat_model_run(run, view, self.bridge.answer_message(route), route.run_metadata(self.bridge.task))
         except Exception as exc:
             self.bridge.warn_once("events", exc)
         self.bridge.record_surrogate(route, value, run.run_id)
 
     async def _ahit(self, value: Any, route: Call, run: AsyncCallbackManagerForChainRun) -> None:
         try:
-            await aemit_chat_model_run(
-                run, route.view, self.bridge.answer_message(route), route.run_metadata(self.bridge.task)
-            )
+            _, view = route.answered()
+            await aemit_chat_model_run(run, view, self.bridge.answer_message(route), route.run_metadata(self.bridge.task))
         except Exception as exc:
             self.bridge.warn_once("events", exc)
         self.bridge.record_surrogate(route, value, run.run_id)
@@ -379,7 +379,8 @@ def with_tracer(
     if audit_rate is not None:
         options["audit_rate"] = check("audit_rate", audit_rate)
     identity = ChainIdentity(chain, input_key=input_key, ignore_inputs=tuple(ignore_inputs), pinned=fingerprint)
-    codec = CustomCodec(to_label, from_label) if to_label is not None else None
+    # _check_arguments let through both or neither
+    codec = CustomCodec(to_label, from_label) if to_label is not None and from_label is not None else None
     bridge = TracerBridge(
         task, identity, db=db, text_fn=text_fn, input_key=input_key, codec=codec, tracer_options=options
     )

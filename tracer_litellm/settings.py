@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from tracer_core.fit import DEFAULT_MAX_TRAIN
 from tracer_core.settings import SettingsError, check
@@ -15,6 +16,7 @@ from tracer_core.store_address import display
 from tracer_core.tracer import DEFAULT_AUDIT_RATE
 
 MODES = ("on", "observe", "off")
+N = TypeVar("N", int, float)  # a setting parsed by _number
 
 __all__ = ["MODES", "SettingsError", "TracerSettings"]
 
@@ -71,7 +73,7 @@ class TracerSettings:
         )
 
 
-def _number(env: Mapping[str, str], name: str, kind: type, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, kind: type[N], default: N) -> N:
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
