@@ -452,12 +452,13 @@ class TraceStore:
         )
         return int((_json_or_none(rows[0][0]) or {}).get("trace_max_id", 0)) if rows else 0
 
-    def audit_outcomes(self, task: str, fingerprint: str, *, since_id: int = 0) -> list[tuple[int, bool]]:
-        """(id, LLM agreed with the policy) of audits the policy would have answered, id > since_id, in order."""
+    def audit_outcomes(self, task: str, fingerprint: str, *, policy_version: int,
+                       since_id: int = 0) -> list[tuple[int, bool]]:
+        """(id, LLM agreed with the policy) of audits of `policy_version` it would have answered, id > since_id, in order."""
         rows = self._read(
             "SELECT id, label = predicted FROM traces WHERE task = ? AND fingerprint = ? AND source = 'teacher' "
-            "AND route = 'audit' AND predicted IS NOT NULL AND id > ? ORDER BY id",
-            [task, fingerprint, since_id],
+            "AND route = 'audit' AND predicted IS NOT NULL AND id > ? AND policy_version = ? ORDER BY id",
+            [task, fingerprint, since_id, policy_version],
         )
         return [(r[0], bool(r[1])) for r in rows]
 

@@ -2,7 +2,10 @@
 
 Every process reads the same store, so a policy deployed, deleted or suspended anywhere is
 seen everywhere within `policy_check_s`. The monitor is recomputed from the audits in the
-store, in id order, so every process reaches the same verdict on the same evidence.
+store, in id order, so every process reaches the same verdict on the same evidence. Each policy
+version has its own monitor, fresh at its deployment and after every suspend or resume event:
+it counts only the audits recorded under that version after the newest event, so a policy never
+inherits the evidence gathered against another.
 
 A routing call waits at most READ_BUDGET_S for that read: a store that does not answer (a
 PostgreSQL server that hangs, a table locked by a migration) makes calls defer at once, with
@@ -50,7 +53,7 @@ class PolicyWatcher:
         self._state = InForce(None, None, None)
         self._latest_any: int | None = None
         self._monitor = AgreementMonitor(alpha, delta)
-        self._monitor_floor: int | None = None  # suspension id the monitor was reset at
+        self._monitor_key: tuple[int | None, int] | None = None  # (policy version, event floor) it monitors
         self._audit_seen = 0
         self._rejected: int | None = None  # a deployed version that failed validation (not re-read)
         self._reading: _Read | None = None  # the read in flight, if any
@@ -108,7 +111,7 @@ class PolicyWatcher:
         elif policy is None or policy.version != deployed:
             policy, error = self._load(deployed)
         try:
-            self._update_monitor(suspension)
+            self._update_monitor(policy.version if policy is not None else None, suspension)
         except StoreError as exc:  # the traces table may be unreadable while policies still are
             log.debug("tracer task %r: audits not read (%s); the monitor waits", task, exc)
         return InForce(policy, refusal, suspension, error)
@@ -127,15 +130,15 @@ class PolicyWatcher:
         policy.certificate.version = policy.version
         return policy, None
 
-    def _update_monitor(self, suspension: dict | None) -> None:
-        """Feed audits recorded since the last suspend/resume event to the monitor, in id order."""
+    def _update_monitor(self, version: int | None, suspension: dict | None) -> None:
+        """Feed the audits of the policy version in force, recorded since the last suspend/resume event, in id order."""
         floor = self.store.last_event_trace_id(self.task, self.fingerprint)
-        if floor != self._monitor_floor:
-            self._monitor = AgreementMonitor(self.alpha, self.delta)
-            self._monitor_floor, self._audit_seen = floor, floor
-        if suspension is not None:
+        if (version, floor) != self._monitor_key:
+            self._monitor = AgreementMonitor(self.alpha, self.delta, version)
+            self._monitor_key, self._audit_seen = (version, floor), floor
+        if suspension is not None or version is None:
             return
-        rows = self.store.audit_outcomes(self.task, self.fingerprint, since_id=self._audit_seen)
+        rows = self.store.audit_outcomes(self.task, self.fingerprint, since_id=self._audit_seen, policy_version=version)
         if rows:
             self._audit_seen = rows[-1][0]
             self._monitor.update(agreed for _, agreed in rows)
