@@ -55,6 +55,7 @@ class Replay:
     agreed: list[bool] = field(default_factory=list)  # handled calls only: surrogate == teacher of the moment
     suspended_at: int | None = None
     per_version: dict[int, PolicyLife] = field(default_factory=dict)
+    label_free_signals: int = 0  # label-free signals (deferral or out-of-distribution share) over the stream
 
     def coverage(self, last: int) -> float:
         tail = self.handled[-last:]
@@ -111,6 +112,7 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
             if (start + len(batch)) % WINDOW == 0 or start + len(batch) >= len(texts):
                 replay.rows.append(_close_window(window, tracer, replay))
                 window = _new_window(start + len(batch))
+        replay.label_free_signals = tracer.audits.signals
         tracer.close()
     return replay
 
@@ -228,6 +230,7 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
         "max |certified - live coverage| per policy (worst replay)": round(max(gaps), 3) if gaps else "-",
         "same, policies calibrated on >= 1,000 traces": round(max(large), 3) if large else "-",
         "suspended (replays)": sum(r.suspended_at is not None for r in replays),
+        "replays with a label-free signal": sum(r.label_free_signals > 0 for r in replays),
         "coverage gap per policy: median / 95th percentile": (
             f"{np.median(every_gap):.3f} / {np.quantile(every_gap, 0.95):.3f}" if every_gap else "-"),
         "policies significantly below alpha over their life": (sum(b for b, _ in below), sum(n for _, n in below)),
