@@ -4,12 +4,14 @@ label-free signals hold their false-alarm rate on steady traffic and fire on a r
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests import clustered
 from tracer_core import Tracer
 from tracer_core.audits import BOOST_CALLS, MAX_BOOSTED_RATE, AuditSampler
 from tracer_core.certificate import Certificate
 from tracer_core.decision import Decision, Reason
+from tracer_core.errors import NoTracesError
 from tracer_core.monitor import DEFERRAL, LABEL_FREE_LEVEL, OOD, AgreementMonitor, LabelFreeWatch
 
 ALPHA, DELTA = 0.95, 0.05
@@ -208,3 +210,20 @@ def test_an_out_of_distribution_jump_signals_through_the_audit_sampler(caplog):
     message = next(r.getMessage() for r in caplog.records if "out_of_distribution share" in r.getMessage())
     assert "calls of policy v3" in message and "at most" in message and "anytime test at level" in message
     assert OOD in message and "auditing more" in message
+
+
+def test_a_rejected_policy_is_suspended_before_a_refit_replaces_it(tmp_path):
+    """A refit must not hand the traffic that condemned v1 to a v2 trained on it: the rejection suspends first,
+    and the next certificate needs traces recorded after the suspension."""
+    tracer = Tracer("condemned", tmp_path / "c.db", alpha=0.9, embedder=clustered.embed, auto_refit=False,
+                    policy_check_s=0.0, audit_rate=0.0)
+    texts = clustered.texts(1200)
+    tracer.record_many(texts, [clustered.label_of(t) for t in texts])
+    assert tracer.fit().deployed
+    audit(tracer, 1, [True] * 20 + [False] * 15)
+    with pytest.raises(NoTracesError, match="after its suspension"):
+        tracer.fit()
+    suspension = tracer.status()["suspended"]
+    assert suspension is not None and suspension["reason"].startswith("audits contradict the certificate")
+    assert suspension["details"]["policy_version"] == 1 and tracer.policy_version == 1
+    tracer.close()

@@ -17,16 +17,18 @@ on forever there.
 
 Label-free signals (`LabelFreeWatch`) test, for each policy version, H0 "the share of its routed
 calls that are deferred (or out of distribution) is at most the expected share + the sampling
-error of that expectation + MATERIAL". The expected deferral share is 1 - the certified coverage,
-measured on n_calibration traces at a threshold chosen on them; the deferred inputs of the
-thresholds are nested, so by the one-sided DKW inequality (Massart 1990) the true share at any
-threshold, the chosen one included, exceeds the calibration share by more than
-sqrt(log(1/SIGNAL_LEVEL) / (2 n)) with probability at most SIGNAL_LEVEL. The out-of-distribution
-limit leaves out ~0.5% of n_validation validation inputs; EXPECTED_OOD_SHARE allows twice that
-(the served detector is refit on train + validation) plus the same DKW error on n_validation.
-Each share is then tested by an `ExceedanceTest` at SIGNAL_LEVEL. So P(any label-free signal on
-a policy version whose shares stay within expectation + MATERIAL) <= 2 x (SIGNAL_LEVEL +
-SIGNAL_LEVEL) = LABEL_FREE_LEVEL over the version's whole life.
+error of that expectation + MATERIAL", each by an `ExceedanceTest` at SIGNAL_LEVEL:
+- deferral: expected 1 - the certified coverage, measured on n_calibration traces at a threshold
+  chosen on them. The deferred inputs of the thresholds are nested, so by the one-sided DKW
+  inequality (Massart 1990) the probability that the true share exceeds the calibration share by
+  more than sqrt(log(1/SIGNAL_LEVEL) / (2 n)) at any threshold at all (the chosen one included)
+  is at most SIGNAL_LEVEL.
+- out of distribution: the limit is the OOD_QUANTILE quantile of the distances of n_validation
+  validation inputs, so the true share beyond it exceeds the one-sided Clopper-Pearson bound on
+  that 0.5% tail with probability <= SIGNAL_LEVEL; EXPECTED_OOD_SHARE allows twice the tail
+  (the served detector is refit on train + validation, so this part is an allowance, not a bound).
+So P(any label-free signal on a policy version whose shares stay within expectation + MATERIAL)
+<= 2 x (SIGNAL_LEVEL + SIGNAL_LEVEL) = LABEL_FREE_LEVEL over the version's whole life.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import beta
 
 from tracer_core.certificate import Certificate
 from tracer_core.decision import Decision, Reason
 from tracer_core.eprocess import ExceedanceTest, KellyBettor, as_outcomes
+from tracer_core.fit import OOD_QUANTILE
 
 ALARM_WINDOW = 50  # audits behind the boost's bet
 ALARM_PRIOR = 10
@@ -100,28 +104,20 @@ class AgreementMonitor:
 
 
 LABEL_FREE_LEVEL = 0.01  # P(any label-free signal over a policy version's life while its shares are as expected)
-SIGNAL_LEVEL = LABEL_FREE_LEVEL / 4  # two signals, each with a calibration bound and an e-process
+SIGNAL_LEVEL = LABEL_FREE_LEVEL / 4  # two signals, each with a bound on its expectation and an e-process
 MATERIAL = 0.02  # a share this far above its (bounded) expectation is worth auditing more
-EXPECTED_OOD_SHARE = 0.01  # the OOD limit admits all but ~0.5% of validation inputs; allow twice that
+EXPECTED_OOD_SHARE = 2 * (1 - OOD_QUANTILE)  # the OOD limit leaves out 0.5% of validation inputs; allow twice that
 DEFERRAL, OOD = "deferral", "out_of_distribution"
-
-
-def sampling_error(n: int) -> float:
-    """One-sided DKW bound at SIGNAL_LEVEL on how far a share measured on `n` traces may fall short (inf when n is 0)."""
-    return math.sqrt(math.log(1.0 / SIGNAL_LEVEL) / (2 * n)) if n > 0 else math.inf
 
 
 @dataclass(frozen=True)
 class ShareBound:
-    """H0 of a label-free signal: the share is at most `expected` + its sampling error on `n` traces + MATERIAL."""
+    """H0 of a label-free signal: the share is at most `expected` + `error` (its sampling error on `n` traces) + MATERIAL."""
 
     kind: str  # DEFERRAL or OOD
     expected: float
-    n: int  # traces the expectation was measured on
-
-    @property
-    def error(self) -> float:
-        return sampling_error(self.n)
+    error: float
+    n: int
 
     @property
     def limit(self) -> float:
@@ -132,10 +128,21 @@ class ShareBound:
                 f"{self.n:,} traces + {MATERIAL:.0%} margin)")
 
 
-def share_bounds(cert: Certificate) -> list[ShareBound]:
-    """The deferral and out-of-distribution bounds of a certified policy (see the module docstring)."""
-    return [ShareBound(DEFERRAL, 1.0 - cert.coverage, cert.n_calibration),
-            ShareBound(OOD, EXPECTED_OOD_SHARE, cert.n_validation)]
+def deferral_bound(cert: Certificate) -> ShareBound:
+    """1 - the certified coverage, + the one-sided DKW error at SIGNAL_LEVEL on n_calibration traces."""
+    n = cert.n_calibration
+    error = math.sqrt(math.log(1 / SIGNAL_LEVEL) / (2 * n)) if n > 0 else math.inf
+    return ShareBound(DEFERRAL, 1.0 - cert.coverage, error, n)
+
+
+def ood_bound(cert: Certificate) -> ShareBound:
+    """EXPECTED_OOD_SHARE, + how far the validation tail's true share may exceed its 0.5% (Clopper-Pearson at SIGNAL_LEVEL)."""
+    n = cert.n_validation
+    if n <= 0:
+        return ShareBound(OOD, EXPECTED_OOD_SHARE, math.inf, n)
+    beyond = n - 1 - math.floor(OOD_QUANTILE * (n - 1))  # validation inputs beyond the interpolated quantile
+    error = float(beta.ppf(1 - SIGNAL_LEVEL, beyond + 1, n - beyond)) - (1 - OOD_QUANTILE)
+    return ShareBound(OOD, EXPECTED_OOD_SHARE, error, n)
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ class DriftSignal:
     bound: ShareBound
     observed: int
     n: int
+    at: int  # calls into the test when its evidence reached 1/SIGNAL_LEVEL
     policy_version: int | None
 
     @property
@@ -153,7 +161,7 @@ class DriftSignal:
 
     def describe(self) -> str:
         return (f"{self.kind} share {self.observed / self.n:.1%} over {self.n:,} calls of policy v{self.policy_version}, "
-                f"{self.bound.describe()}: the evidence against that bound reached {1 / SIGNAL_LEVEL:,.0f} (an anytime test at "
+                f"{self.bound.describe()}: the evidence against that bound reached {1 / SIGNAL_LEVEL:,.0f} after {self.at:,} calls (an anytime test at "
                 f"level {SIGNAL_LEVEL:.2%}; false alarms <= {LABEL_FREE_LEVEL:.0%} over a policy version's life)")
 
 
@@ -162,7 +170,7 @@ class LabelFreeWatch:
 
     def __init__(self, cert: Certificate) -> None:
         self.policy_version = cert.version
-        self._bounds = [b for b in share_bounds(cert) if b.limit < 1.0]  # a share cannot exceed 1: nothing to test
+        self._bounds = [b for b in (deferral_bound(cert), ood_bound(cert)) if b.limit < 1.0]  # else nothing to test
         self._tests = self._fresh()
 
     def _fresh(self) -> list[ExceedanceTest]:
@@ -184,4 +192,4 @@ class LabelFreeWatch:
             return None
         bound, test = fired[0]
         self._tests = self._fresh()
-        return DriftSignal(bound, test.events, test.n, self.policy_version)
+        return DriftSignal(bound, test.events, test.n, test.rejected_at or test.n, self.policy_version)

@@ -145,6 +145,7 @@ class Tracer:
         """
         with self._fit_lock:
             self.store.flush()
+            self._enforce_monitor(self.watcher.current(force=True))  # a rejected policy is suspended before it is replaced
             floor = self.suspensions.floor()
             evidence = self.store.teacher_evidence(self.task, self.fingerprint, since_id=floor)
             if not evidence.texts:
@@ -220,9 +221,7 @@ class Tracer:
         if self.store.degraded:
             return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         audited = self.audits.draw(len(texts), self.watcher.monitor)  # drawn before routing
-        in_force = self.watcher.current()
-        if in_force.suspension is None and self.watcher.monitor.rejected:
-            in_force = self._suspend_on_monitor()
+        in_force = self._enforce_monitor(self.watcher.current())
         policy = in_force.policy
         if in_force.suspension is not None:
             return [deferred(Reason.SUSPENDED, policy.version if policy else None) for _ in texts]
@@ -248,6 +247,12 @@ class Tracer:
     def current_audit_rate(self) -> float:
         """`audit_rate`, raised while the monitor is worried or a drift signal is recent."""
         return self.audits.rate(self.watcher.monitor)
+
+    def _enforce_monitor(self, in_force: InForce) -> InForce:
+        """Suspend the task version when the monitor of the policy in force has rejected it."""
+        if in_force.suspension is None and self.watcher.monitor.rejected:
+            return self._suspend_on_monitor()
+        return in_force
 
     def _suspend_on_monitor(self) -> InForce:
         summary = self.watcher.monitor.summary()

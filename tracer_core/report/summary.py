@@ -7,7 +7,7 @@ import time
 from tracer_core import versions
 from tracer_core.certificate import Certificate
 from tracer_core.errors import PolicyError
-from tracer_core.monitor import DEFERRAL, OOD, AgreementMonitor, share_bounds
+from tracer_core.monitor import AgreementMonitor, deferral_bound, ood_bound
 from tracer_core.policy import Policy
 from tracer_core.store import TraceStore
 from tracer_core.versions import resolve_version
@@ -161,10 +161,10 @@ def label_free_facts(store: TraceStore, task: str, fingerprint: str, cert: dict 
     rows = store.hourly_routes(task, fingerprint, now - 24 * HOUR_S)
     if not cert or not cert.get("deployed") or not isinstance(cert.get("coverage"), float | int):
         return rows
-    limits = {bound.kind: bound.limit for bound in share_bounds(Certificate.from_dict(cert))}
+    certificate = Certificate.from_dict(cert)
+    limits = {"out_of_distribution": ood_bound(certificate).limit, "deferred": deferral_bound(certificate).limit}
     for row in rows:
-        row["flagged"] = [kind for kind, signal in (("out_of_distribution", OOD), ("deferred", DEFERRAL))
-                          if row["calls"] and row[kind] / row["calls"] > limits[signal]]
+        row["flagged"] = [kind for kind, limit in limits.items() if row["calls"] and row[kind] / row["calls"] > limit]
     return rows
 
 
