@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,faults,monitor,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
+SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "faults", "monitor",
+            "replay", "suspects", "fitscale")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -226,6 +227,20 @@ def main(argv: list[str] | None = None) -> int:
             report.add(f"Validity: Banking77 T1, alpha {rb.VALIDITY_ALPHA}, {runs} random re-splits (fit seed 0..{runs - 1})",
                        rb.validity(cache, runs),
                        "below alpha = raw test agreement on handled inputs < alpha; refused runs count as not below.")
+            report.write()
+        if "monitor" in only:
+            from bench import monitor as mb
+
+            report.add("Monitor: the agreement e-process, candidates on common streams", mb.candidates_table(),
+                       mb.CANDIDATES_NOTE)
+            report.write()
+            report.add("Monitor: a good policy after a bad one, one monitor per policy version", mb.good_after_bad_table(),
+                       mb.GOOD_AFTER_BAD_NOTE)
+            report.write()
+            report.add("Monitor: label-free signals on steady traffic (false alarms per policy version)",
+                       mb.label_free_false_alarms(), mb.LABEL_FREE_NOTE)
+            report.write()
+            report.add("Monitor: label-free signals after a jump", mb.label_free_power(), mb.LABEL_FREE_NOTE)
             report.write()
         if "replay" in only:
             from bench.replay_tables import replay_tables

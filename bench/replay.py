@@ -53,8 +53,17 @@ class Replay:
     rows: list[dict] = field(default_factory=list)
     handled: list[bool] = field(default_factory=list)
     agreed: list[bool] = field(default_factory=list)  # handled calls only: surrogate == teacher of the moment
-    suspended_at: int | None = None
+    suspensions: list[int] = field(default_factory=list)  # queries routed when each suspension was first seen
     per_version: dict[int, PolicyLife] = field(default_factory=dict)
+    label_free_signals: int = 0  # label-free signals (deferral or out-of-distribution share) over the stream
+
+    @property
+    def suspended_at(self) -> int | None:
+        return self.suspensions[0] if self.suspensions else None
+
+    def suspended_after(self, query: int) -> int | None:
+        """The first suspension seen after `query` (an earlier one, e.g. a withdrawal, does not count)."""
+        return next((at for at in self.suspensions if at > query), None)
 
     def coverage(self, last: int) -> float:
         tail = self.handled[-last:]
@@ -88,7 +97,7 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
         tracer = Tracer("replay", Path(tmp) / "replay.db", alpha=ALPHA, delta=DELTA, embedder=embed, auto_refit=False,
                         policy_check_s=0.0, seed=seed,
                         audit_rate=DEFAULT_AUDIT_RATE if audit_rate is None else audit_rate)
-        pending = 0
+        pending, suspended = 0, False
         window: dict = _new_window(0)
         for start in range(0, len(texts), BATCH):
             batch = texts[start : start + BATCH]
@@ -100,8 +109,10 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
                 answer = decision.label if decision.handled and decision.label is not None else truth
                 tracer.record(text, answer, decision=decision)
                 pending += not decision.handled
-            if tracer.status()["suspended"] and replay.suspended_at is None:
-                replay.suspended_at = start + len(batch)
+            now_suspended = tracer.status()["suspended"] is not None
+            if now_suspended and not suspended:
+                replay.suspensions.append(start + len(batch))
+            suspended = now_suspended
             if pending >= REFIT_EVERY:
                 pending = 0
                 try:
@@ -111,6 +122,7 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
             if (start + len(batch)) % WINDOW == 0 or start + len(batch) >= len(texts):
                 replay.rows.append(_close_window(window, tracer, replay))
                 window = _new_window(start + len(batch))
+        replay.label_free_signals = tracer.audits.signals
         tracer.close()
     return replay
 
@@ -228,13 +240,13 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
         "max |certified - live coverage| per policy (worst replay)": round(max(gaps), 3) if gaps else "-",
         "same, policies calibrated on >= 1,000 traces": round(max(large), 3) if large else "-",
         "suspended (replays)": sum(r.suspended_at is not None for r in replays),
+        "replays with a label-free signal": sum(r.label_free_signals > 0 for r in replays),
         "coverage gap per policy: median / 95th percentile": (
             f"{np.median(every_gap):.3f} / {np.quantile(every_gap, 0.95):.3f}" if every_gap else "-"),
         "policies significantly below alpha over their life": (sum(b for b, _ in below), sum(n for _, n in below)),
     }
     if change_at is not None:
-        delays = [r.suspended_at - change_at if r.suspended_at and r.suspended_at > change_at else math.inf
-                  for r in replays]
+        delays = [at - change_at if (at := r.suspended_after(change_at)) is not None else math.inf for r in replays]
         wrong = [sum(w["wrong after change"] for w in r.rows) for r in replays]
         old = [sum(w["old answers after change"] for w in r.rows) for r in replays]
         row["queries from change to suspension (median)"] = float(np.median(delays))

@@ -68,18 +68,20 @@ def targets(results: dict[str, list[rp.Replay]]) -> list[dict]:
                 f"{below} of {judged}",
                 f"share <= delta {rp.DELTA}", below <= rp.DELTA * max(judged, 1)),
         _target("stable: live coverage over the last 3,000 queries (median)", stable_row["live coverage, last 3,000 (median)"], ">= 0.80", stable_row["live coverage, last 3,000 (median)"] >= 0.80),
-        _target(f"stable: false suspensions in {len(stable)} replays", stable_row["suspended (replays)"], f"<= {max(len(stable) // 20, 1)} in {len(stable)}", stable_row["suspended (replays)"] <= max(len(stable) // 20, 1)),
-        _target("teacher change: queries from the change to suspension (median)", change_row["queries from change to suspension (median)"], "<= 2,000", change_row["queries from change to suspension (median)"] <= 2000),
-        _target("teacher change: surrogate answers giving the old label to a changed intent (median)", change_row["old answers to changed intents after change (median)"], "<= 150", change_row["old answers to changed intents after change (median)"] <= 150),
+        _target(f"stable: false suspensions in {len(stable)} replays", stable_row["suspended (replays)"], "0", stable_row["suspended (replays)"] == 0),
+        _target(f"stable: replays where a label-free signal fired, of {len(stable)}", stable_row["replays with a label-free signal"],
+                f"<= {max(len(stable) // 20, 1)}", stable_row["replays with a label-free signal"] <= max(len(stable) // 20, 1)),
+        _target("teacher change: queries from the change to the first suspension after it (median)", change_row["queries from change to suspension (median)"], "<= 1,250", change_row["queries from change to suspension (median)"] <= 1250),
+        _target("teacher change: surrogate answers giving the old label to a changed intent (median)", change_row["old answers to changed intents after change (median)"], "<= 100", change_row["old answers to changed intents after change (median)"] <= 100),
         _target("teacher change: every wrong surrogate answer after the change, incl. the ~4% any alpha-0.95 policy makes (median)", change_row["wrong surrogate answers after change (median)"], "report", True),
         _target("teacher change: live coverage over the last 3,000 queries (median)", change_row["live coverage, last 3,000 (median)"], ">= 0.5", change_row["live coverage, last 3,000 (median)"] >= 0.5),
     ]
     clinc = results[CLINC][0]
     clinc_row = rp.summary_row(CLINC, [clinc], None)
     wrong = sum(w["wrong after change"] for w in clinc.rows)
-    rows.append(_target("CLINC150: suspended / wrong surrogate answers in the second half / last-3,000 coverage",
-                        f"{'yes' if clinc.suspended_at else 'no'} / {wrong} / {clinc_row['live coverage, last 3,000 (median)']}",
-                        "report", True))
+    rows.append(_target("CLINC150: suspended / wrong surrogate answers in the second half / last-3,000 coverage / label-free signals",
+                        f"{'yes' if clinc.suspended_at else 'no'} / {wrong} / {clinc_row['live coverage, last 3,000 (median)']} / "
+                        f"{clinc.label_free_signals}", "report", True))
     return rows
 
 

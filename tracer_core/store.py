@@ -528,8 +528,9 @@ class TraceStore:
         )
         return int((_json_or_none(rows[0][0]) or {}).get("trace_max_id", 0)) if rows else 0
 
-    def audit_outcomes(self, task: str, fingerprint: str, *, since_id: int = 0) -> list[tuple[int, bool]]:
-        """(id, LLM agreed with the policy) of audits the policy would have answered, id > since_id, in order.
+    def audit_outcomes(self, task: str, fingerprint: str, *, policy_version: int,
+                       since_id: int = 0) -> list[tuple[int, bool]]:
+        """(id, LLM agreed with the policy) of audits of `policy_version` it would have answered, id > since_id, in order.
 
         Every audit counts, whatever its answer: one from the caller's cache as recorded, one whose
         answer did not parse as a disagreement.
@@ -537,8 +538,8 @@ class TraceStore:
         rows = self._read(
             f"SELECT id, source <> '{UNPARSED}' AND label = predicted FROM traces WHERE task = ? AND fingerprint = ? "
             f"AND source IN ('teacher', '{CACHED}', '{UNPARSED}') AND route = 'audit' AND predicted IS NOT NULL "
-            "AND id > ? ORDER BY id",
-            [task, fingerprint, since_id],
+            "AND id > ? AND policy_version = ? ORDER BY id",
+            [task, fingerprint, since_id, policy_version],
         )
         return [(r[0], bool(r[1])) for r in rows]
 

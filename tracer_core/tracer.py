@@ -215,6 +215,8 @@ class Tracer:
         """
         with self._fit_lock:
             self.store.flush()
+            if self.watcher.current(force=True).suspension is None and self.watcher.monitor.rejected:
+                self._suspend_now()  # a rejected policy is suspended before a refit replaces it
             floor = self.suspensions.floor()
             evidence = self.store.teacher_evidence(self.task, self.fingerprint, since_id=floor)
             if not evidence.texts:
@@ -354,17 +356,17 @@ class Tracer:
             job = self._suspending
             if job is not None and (job.finished is None or job.age < SUSPEND_RETRY_S):
                 return
-            summary = self.watcher.monitor.summary()
+            self._suspending = self.store.background_write(self._suspend_now)
 
-            def suspend() -> None:
-                self.suspensions.suspend(
-                    f"audits contradict the certificate: agreement {summary['agreement']} on {summary['audits']} "
-                    f"audited calls the policy would have answered (alpha {self.alpha})",
-                    automatic=True, **summary,
-                )
-                self.watcher.current(force=True)
-
-            self._suspending = self.store.background_write(suspend)
+    def _suspend_now(self) -> None:
+        """Write the suspension the monitor's rejection calls for (on the store's writing thread, or in a fit)."""
+        summary = self.watcher.monitor.summary()
+        self.suspensions.suspend(
+            f"audits contradict the certificate: agreement {summary['agreement']} on {summary['audits']} "
+            f"audited calls the policy would have answered (alpha {summary.get('alpha', self.alpha)})",
+            automatic=True, **summary,
+        )
+        self.watcher.current(force=True)
 
     def _withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
         """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""

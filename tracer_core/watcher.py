@@ -2,7 +2,10 @@
 
 Every process reads the same store, so a policy deployed, deleted or suspended anywhere is
 seen everywhere within `policy_check_s`. The monitor is recomputed from the audits in the
-store, in id order, so every process reaches the same verdict on the same evidence.
+store, in id order, so every process reaches the same verdict on the same evidence. Each policy
+version has its own monitor, fresh at its deployment and after every suspend or resume event:
+it counts only the audits recorded under that version after the newest event, so a policy never
+inherits the evidence gathered against another.
 
 The read runs on the store's own thread. A routing call waits at most CALLER_BUDGET_S for it
 (`tracer_core.background`), anything else READ_BUDGET_S: a store that does not answer (a PostgreSQL server that hangs, a
@@ -53,7 +56,7 @@ class PolicyWatcher:
         self._state = InForce(None, None, None)
         self._latest_any: int | None = None
         self._monitor = AgreementMonitor(alpha, delta)
-        self._monitor_floor: int | None = None  # suspension id the monitor was reset at
+        self._monitor_key: tuple[int | None, int] | None = None  # (policy version, event floor) it monitors
         self._audit_seen = 0
         self._rejected: int | None = None  # a deployed version that failed validation (not re-read)
         self._reading: Job[InForce] | None = None  # the read in flight, if any
@@ -113,7 +116,7 @@ class PolicyWatcher:
         elif policy is None or policy.version != deployed:
             policy, error = self._load(deployed)
         try:
-            self._update_monitor(suspension)
+            self._update_monitor(policy, suspension)
         except StoreError as exc:  # the traces table may be unreadable while policies still are
             log.debug("tracer task %r: audits not read (%s); the monitor waits", task, exc)
         return InForce(policy, refusal, suspension, error)
@@ -132,15 +135,22 @@ class PolicyWatcher:
         policy.certificate.version = policy.version
         return policy, None
 
-    def _update_monitor(self, suspension: dict | None) -> None:
-        """Feed audits recorded since the last suspend/resume event to the monitor, in id order."""
+    def _update_monitor(self, policy: Policy | None, suspension: dict | None) -> None:
+        """Feed the audits of the policy version in force, recorded since the last suspend/resume event, in id order.
+
+        The monitor tests the policy's own certificate (its alpha and delta), whatever this caller asks:
+        the promise is the certificate's, and a caller's stricter level is refused at routing instead.
+        """
+        version = policy.version if policy is not None else None
         floor = self.store.last_event_trace_id(self.task, self.fingerprint)
-        if floor != self._monitor_floor:
-            self._monitor = AgreementMonitor(self.alpha, self.delta)
-            self._monitor_floor, self._audit_seen = floor, floor
-        if suspension is not None:
+        if (version, floor) != self._monitor_key:
+            cert = policy.certificate if policy is not None else None
+            alpha, delta = (cert.alpha, cert.delta) if cert is not None and cert.alpha > 0 else (self.alpha, self.delta)
+            self._monitor = AgreementMonitor(alpha, delta, version)
+            self._monitor_key, self._audit_seen = (version, floor), floor
+        if suspension is not None or version is None:
             return
-        rows = self.store.audit_outcomes(self.task, self.fingerprint, since_id=self._audit_seen)
+        rows = self.store.audit_outcomes(self.task, self.fingerprint, since_id=self._audit_seen, policy_version=version)
         if rows:
             self._audit_seen = rows[-1][0]
             self._monitor.update(agreed for _, agreed in rows)

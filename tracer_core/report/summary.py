@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import time
 
-from scipy.stats import binom
-
 from tracer_core import versions
 from tracer_core.certificate import Certificate
 from tracer_core.embedder_identity import needed_text
 from tracer_core.errors import PolicyError
 from tracer_core.guarantee import attempt_brief, guarantee_facts, outcome_statement
-from tracer_core.monitor import DRIFT_LEVEL, EXPECTED_OOD_SHARE, AgreementMonitor
+from tracer_core.monitor import AgreementMonitor, deferral_bound, ood_bound
 from tracer_core.policy import Policy
 from tracer_core.policy_seal import is_verified
 from tracer_core.store import TraceStore
@@ -136,7 +134,7 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "live_all_time": live_counts(store, task, 0.0, fingerprint),
         "live_last_hour": live_counts(store, task, now - HOUR_S, fingerprint),
         "suspension": store.suspension(task, fingerprint),
-        "monitor": monitor_facts(store, task, fingerprint, cert),
+        "monitor": monitor_facts(store, task, fingerprint, cert, row["version"] if row else None),
         "label_free": label_free_facts(store, task, fingerprint, cert, now),
         "sources": {
             "alpha, delta, guarantee": "certificate: what was certified, the attempt and the delta it spent",
@@ -168,28 +166,26 @@ def binding_facts(cert: dict | None, policy: Policy | None) -> dict:
     return {"embedder": needed, "embedder_hint": hint, "artifact_verified": is_verified(cert)}
 
 
-def monitor_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | None) -> dict | None:
-    """The live-agreement monitor recomputed from the audits since the last suspend/resume event."""
+def monitor_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | None, version: int | None) -> dict | None:
+    """The live-agreement monitor of policy `version`, recomputed from its audits since the last suspend/resume event."""
     alpha, delta = (cert or {}).get("alpha"), (cert or {}).get("delta")
-    if not isinstance(alpha, float | int) or not isinstance(delta, float | int):
+    if version is None or not isinstance(alpha, float | int) or not isinstance(delta, float | int):
         return None  # no policy, or a certificate that claims nothing
-    monitor = AgreementMonitor(float(alpha), float(delta))
+    monitor = AgreementMonitor(float(alpha), float(delta), version)
     floor = store.last_event_trace_id(task, fingerprint)
-    monitor.update(agreed for _, agreed in store.audit_outcomes(task, fingerprint, since_id=floor))
+    monitor.update(agreed for _, agreed in store.audit_outcomes(task, fingerprint, since_id=floor, policy_version=version))
     return monitor.summary()
 
 
 def label_free_facts(store: TraceStore, task: str, fingerprint: str, cert: dict | None, now: float) -> list[dict]:
-    """The last day, per hour: out-of-distribution and deferral shares against the calibration period."""
+    """The last day, per hour: out-of-distribution and deferral shares, flagged above the bound the signals test."""
     rows = store.hourly_routes(task, fingerprint, now - 24 * HOUR_S)
     if not cert or not cert.get("deployed") or not isinstance(cert.get("coverage"), float | int):
         return rows
-    expected = {"out_of_distribution": EXPECTED_OOD_SHARE, "deferred": 1.0 - cert["coverage"]}
+    certificate = Certificate.from_dict(cert)
+    limits = {"out_of_distribution": ood_bound(certificate).limit, "deferred": deferral_bound(certificate).limit}
     for row in rows:
-        row["flagged"] = [
-            kind for kind, share in expected.items()
-            if float(binom.sf(row[kind] - 1, row["calls"], min(max(share, 1e-3), 1 - 1e-9))) < DRIFT_LEVEL
-        ]
+        row["flagged"] = [kind for kind, limit in limits.items() if row["calls"] and row[kind] / row["calls"] > limit]
     return rows
 
 
