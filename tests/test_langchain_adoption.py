@@ -142,7 +142,7 @@ def test_llm_cache_records_an_unparsable_audit_answer_as_a_disagreement(db_path,
             assert chain.invoke({"text": text}).content == ""
             tracer.flush()
             [audit] = [t for t in tracer.store.iter_traces(TASK) if t.route == "audit"]
-            outcomes = tracer.store.audit_outcomes(TASK, tracer.fingerprint)
+            outcomes = tracer.store.audit_outcomes(TASK, tracer.fingerprint, policy_version=audit.policy_version)
             trainable = tracer.store.teacher_evidence(TASK, tracer.fingerprint).ids
     finally:
         set_llm_cache(None)

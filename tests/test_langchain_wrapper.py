@@ -235,7 +235,7 @@ def test_an_unparsable_audit_answer_is_a_disagreement_and_never_trains(trained, 
             wrapper.close()
     with TraceStore(db) as store:
         new = [t for t in store.iter_traces(TASK, fingerprint=fingerprint) if t.input in answers and t.route == "audit"]
-        outcomes = dict(store.audit_outcomes(TASK, fingerprint))
+        outcomes = dict(store.audit_outcomes(TASK, fingerprint, policy_version=new[0].policy_version))
         trainable = set(store.teacher_evidence(TASK, fingerprint).ids)
     unparsed, parsed = sorted(new, key=lambda t: t.id)
     assert (unparsed.input, unparsed.source, unparsed.predicted) == (text, "unparsed", predicted)

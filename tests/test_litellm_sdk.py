@@ -461,7 +461,9 @@ def test_an_audited_call_reaches_the_llm_and_stores_the_would_be_label(use_callb
 def monitored(db: Path, task, before: int) -> tuple[list[tuple[int, bool]], list[int]]:
     """(the monitor's audit outcomes, the ids a fit may use) among traces after `before`."""
     with TraceStore(db) as store:
-        outcomes = store.audit_outcomes(task.task, task.fingerprint, since_id=before)
+        version = store.latest_policy_version(task.task, fingerprint=task.fingerprint)
+        assert version is not None
+        outcomes = store.audit_outcomes(task.task, task.fingerprint, since_id=before, policy_version=version)
         evidence = store.teacher_evidence(task.task, task.fingerprint, since_id=before)
     return outcomes, evidence.ids
 

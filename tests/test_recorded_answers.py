@@ -55,7 +55,7 @@ def test_every_audit_reaches_the_monitor_and_none_of_the_odd_ones_trains(store_d
         tracer.record_answer("lab1 silent, not covered", None, decision=audit(None))  # the policy would have deferred
         tracer.flush()
         first = store.max_id(TASK, source=None) - 4
-        outcomes = store.audit_outcomes(TASK, "")
+        outcomes = store.audit_outcomes(TASK, "", policy_version=1)
         assert [agreed for _, agreed in outcomes] == [True, True, False, False]
         assert [i for i, _ in outcomes] == [first, first + 1, first + 2, first + 3]
         assert tracer.status()["monitor"]["audits"] == 4
