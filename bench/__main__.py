@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,routing,curve,coverage,oos,nli,validity,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,routing,curve,coverage,oos,nli,validity,lifetime,faults,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "pgstore", "proxies", "speed", "routing", "curve", "coverage", "oos", "nli", "validity", "faults", "replay", "suspects", "fitscale")
+SECTIONS = ("store", "pgstore", "proxies", "speed", "routing", "curve", "coverage", "oos", "nli", "validity", "lifetime",
+            "faults", "replay", "suspects", "fitscale")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -214,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
             report.add(f"Validity: Banking77 T1, alpha {rb.VALIDITY_ALPHA}, {runs} random re-splits (fit seed 0..{runs - 1})",
                        rb.validity(cache, runs),
                        "below alpha = raw test agreement on handled inputs < alpha; refused runs count as not below.")
+            report.write()
+        if "lifetime" in only:
+            from bench import lifetime
+
+            report.add("Lifetime guarantee: near-miss tasks refitted 30 times", lifetime.near_miss(cache.workers),
+                       lifetime.NEAR_MISS_NOTE)
+            report.write()
+            report.add("Lifetime guarantee: the calibration window", lifetime.calibration_window(cache),
+                       lifetime.WINDOW_NOTE)
             report.write()
         if "replay" in only:
             from bench.replay_tables import replay_tables

@@ -21,7 +21,7 @@ from tests import clustered
 from tests.faultkit import subprocess_env
 from tracer_core import Tracer, TraceStore
 from tracer_core import split as split_module
-from tracer_core.attempt import CalibrationEvidence, attempt_certification
+from tracer_core.attempt import CalibrationEvidence, Validation, attempt_certification
 from tracer_core.certificate import NO_EXPECTED_GAIN, Certificate
 from tracer_core.cli import main as cli
 from tracer_core.fit import _filters, _final_policy, _prepare, fit_policy
@@ -207,12 +207,12 @@ def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():
     def calibration() -> CalibrationEvidence:
         pytest.fail("a skipped attempt read the calibration evidence")
 
-    outcome = attempt_certification(scores, rng.random(2000) < 0.99, 1000, alpha=0.95, delta=0.05, baseline=0.995,
-                                    ledger=ledger, calibration=calibration)
+    outcome = attempt_certification(Validation(scores, rng.random(2000) < 0.99), 1000, alpha=0.95, delta=0.05,
+                                    baseline=0.995, ledger=ledger, calibration=calibration)
     assert (outcome.attempt, outcome.delta_spent, outcome.result) == (0, 0.0, None) and ledger.spent == []
     assert outcome.predicted_coverage > 0.9  # certifiable, but not 0.02 above the policy in force
-    near_miss = attempt_certification(scores, rng.random(2000) < 0.9, 1000, alpha=0.95, delta=0.05, baseline=0.0,
-                                      ledger=ledger, calibration=calibration)
+    near_miss = attempt_certification(Validation(scores, rng.random(2000) < 0.9), 1000, alpha=0.95, delta=0.05,
+                                      baseline=0.0, ledger=ledger, calibration=calibration)
     assert near_miss.attempt == 0 and near_miss.predicted_coverage == 0.0 and ledger.spent == []
 
 
@@ -237,10 +237,10 @@ def test_a_certificate_records_what_its_attempt_spent(banking_subset, fake_embed
     texts = [t for t, _ in banking_subset]
     labels = [label for _, label in banking_subset]
     ledger = MemoryLedger()
-    ledger.reserve(0.9, 0.05)
-    ledger.reserve(0.9, 0.05)  # two earlier attempts of this version
+    ledger.reserve(0.8, 0.05)
+    ledger.reserve(0.8, 0.05)  # two earlier attempts of this version
     ids = list(range(101, 101 + len(texts)))
-    _, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder, ids=ids, ledger=ledger)
+    _, cert = fit_policy(texts, labels, alpha=0.8, delta=0.05, embed=fake_embedder, ids=ids, ledger=ledger)
     assert cert.deployed, cert.reason
     assert (cert.attempt, cert.delta_spent) == (3, attempt_delta(0.05, 3))
     assert cert.delta_spent_total == pytest.approx(spent_through(0.05, 3)) and cert.delta_spent_total < cert.delta

@@ -2,9 +2,9 @@
 
 The steps, in order (the fit and the lifetime benchmark both call `attempt_certification`):
 
-1. Predict from validation alone what the gate would certify: the threshold grid's predicted
-   p-values (validation agreement at each coverage step, the expected calibration size) at the
-   level of the version's next attempt.
+1. Predict from validation alone what the gate would certify at the level of the version's next
+   attempt: the coverage down to which each step of the threshold grid passes with probability
+   at least POWER, given the validation agreement at that step and the expected calibration size.
 2. Attempt only when the prediction beats the policy in force by MIN_GAIN in coverage (anything
    above 0 when none is in force). Otherwise the fit ends here: no calibration label is read, no
    attempt index is taken, no delta is spent.
@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import betaln, gammaln
 from scipy.stats import binom
 
 from tracer_core.gate import GateResult, fixed_sequence_test
 from tracer_core.spending import Ledger, attempt_delta
 
 MIN_GAIN = 0.02  # coverage a new attempt must be predicted to add over the policy in force (bench `lifetime`)
+POWER = 0.95  # an attempt is made where validation predicts its gate certifies with this probability (bench `lifetime`)
 GRID_STEP = 0.0025
 MIN_PREDICTION_INPUTS = 200  # validation inputs behind a predicted p-value that may start the grid
 
@@ -37,6 +39,30 @@ class CalibrationEvidence:
     scores: np.ndarray
     agrees: np.ndarray
     eligible: np.ndarray  # passed the out-of-distribution and unseen-label checks
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Validation traces that stand for the calibration ones: the surrogate's confidence and agreement on those the
+    threshold-free filters keep, and the share they keep (to scale a coverage to all calibration traces)."""
+
+    scores: np.ndarray
+    agrees: np.ndarray
+    share_eligible: float = 1.0
+
+    @classmethod
+    def like_calibration(
+        cls, scores: np.ndarray, agrees: np.ndarray, in_pool: np.ndarray, in_distribution: np.ndarray
+    ) -> Validation:
+        """The validation rows drawn like the calibration traces (from the pool) when there are at least
+        MIN_PREDICTION_INPUTS of them, else every validation row; of those, the in-distribution ones."""
+        like = in_pool if in_pool.sum() >= MIN_PREDICTION_INPUTS else np.ones(len(in_pool), dtype=bool)
+        ok = like & in_distribution
+        return cls(scores[ok], agrees[ok], float(ok.sum() / like.sum()) if like.any() else 0.0)
+
+    def coverage(self, n_calibration: int, alpha: float, delta: float, power: float = POWER) -> float:
+        """Coverage of all calibration traces a gate at `delta` is predicted to certify (with probability `power`)."""
+        return self.share_eligible * predicted_coverage(self.scores, self.agrees, n_calibration, alpha, delta, power)
 
 
 @dataclass(frozen=True)
@@ -64,8 +90,7 @@ class Outcome:
 
 
 def attempt_certification(
-    val_scores: np.ndarray,
-    val_agrees: np.ndarray,
+    validation: Validation,
     n_calibration: int,
     *,
     alpha: float,
@@ -73,18 +98,15 @@ def attempt_certification(
     baseline: float,
     ledger: Ledger,
     calibration: Callable[[], CalibrationEvidence],
-    share_eligible: float = 1.0,
 ) -> Outcome:
-    """Run the steps of the module docstring. `val_scores`/`val_agrees`: the surrogate on validation traces
-    like the calibration ones; `baseline`: coverage of the policy in force (0 when none answers);
-    `calibration()` is called only when the attempt is made; `share_eligible`: validation inputs the
-    threshold-free filters keep (scales the predicted coverage to all calibration traces)."""
+    """Run the steps of the module docstring. `baseline`: coverage of the policy in force (0 when none
+    answers); `calibration()` is called only when the attempt is made."""
     planned = attempt_delta(delta, ledger.next_attempt())
-    predicted = share_eligible * predicted_coverage(val_scores, val_agrees, n_calibration, alpha, planned)
+    predicted = validation.coverage(n_calibration, alpha, planned)
     if not worth_attempting(predicted, baseline):
         return Outcome(0, 0.0, 0.0, planned, predicted)
     taken = ledger.reserve(alpha, delta)
-    grid = threshold_grid(val_scores, val_agrees, n_calibration, alpha, taken.delta_spent)
+    grid = threshold_grid(validation.scores, validation.agrees, n_calibration, alpha, taken.delta_spent)
     evidence = calibration()
     result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, taken.delta_spent)
     return Outcome(taken.attempt, taken.delta_spent, taken.delta_spent_total, planned, predicted, grid, result, evidence)
@@ -95,27 +117,42 @@ def worth_attempting(predicted: float, baseline: float) -> bool:
     return predicted > 0.0 and predicted >= baseline + MIN_GAIN
 
 
-def _predicted_p_values(
-    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float
+def _pass_probabilities(
+    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(coverage steps, the gate's p-value predicted at each): validation agreement of the most confident
-    share, tested on the expected number of handled calibration inputs. Steps with few validation inputs
-    predict noisily: their p-value is 1 (never a start)."""
+    """(coverage steps, the probability that the gate's test at level `delta` passes at each).
+
+    At a step (the most confident share of validation), the calibration errors among the expected number
+    of handled calibration inputs follow a beta-binomial: the error rate unknown, with that share's
+    validation errors and agreements as its evidence. The step passes with at most the most errors the
+    exact binomial test allows at `delta`. Steps with few validation inputs predict noisily: 0.
+    """
     order = np.argsort(-val_scores, kind="stable")
-    running = np.cumsum(val_agrees[order]) / np.arange(1, len(order) + 1)
     shares = np.append(np.arange(GRID_STEP, 1.0, GRID_STEP), 1.0)
     taken = np.maximum(np.ceil(shares * len(order)).astype(int), 1)
-    expected_n = np.maximum(np.round(shares * n_calibration).astype(int), 1)
-    expected_errors = np.floor((1.0 - running[taken - 1]) * expected_n)
-    predicted_p = binom.cdf(expected_errors, expected_n, 1.0 - alpha)
-    predicted_p[taken < min(MIN_PREDICTION_INPUTS, len(order) // 4)] = 1.0
-    return shares, predicted_p
+    agree = np.cumsum(val_agrees[order])[taken - 1]
+    n = np.maximum(np.round(shares * n_calibration).astype(int), 1)
+    most = binom.ppf(delta, n, 1.0 - alpha)  # the fewest errors whose p-value reaches delta ...
+    most = np.where(binom.cdf(most, n, 1.0 - alpha) <= delta, most, most - 1)  # ... or one fewer: the most that pass
+    passes = _betabinom_cdf(most, n, taken - agree + 1.0, agree + 1.0)
+    passes[taken < min(MIN_PREDICTION_INPUTS, len(order) // 4)] = 0.0
+    return shares, passes
 
 
-def _grid_start(predicted_p: np.ndarray, delta: float) -> int:
-    """The first step predicted to pass comfortably (p <= delta / 10), else the smallest predicted p-value."""
-    passing = np.nonzero(predicted_p <= delta / 10)[0]
-    return int(passing[0]) if len(passing) else int(np.argmin(predicted_p))
+def _betabinom_cdf(k: np.ndarray, n: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """P(BetaBinomial(n, a, b) <= k) element-wise (0 where k < 0): the pmf summed over 0..k in one array
+    operation (scipy's `betabinom.cdf` sums one element at a time, 100 times slower here)."""
+    j = np.arange(max(int(k.max()), 0) + 1)[None, :]
+    n, a, b = n[:, None], a[:, None], b[:, None]
+    log_pmf = (gammaln(n + 1) - gammaln(j + 1) - gammaln(np.maximum(n - j, 0) + 1)
+               + betaln(j + a, np.maximum(n - j, 0) + b) - betaln(a, b))
+    pmf = np.where(j <= np.minimum(k[:, None], n), np.exp(log_pmf), 0.0)
+    return np.minimum(pmf.sum(axis=1), 1.0)
+
+
+def _grid_start(passes: np.ndarray) -> int:
+    """The step predicted likeliest to pass (the first of equals)."""
+    return int(np.argmax(passes))
 
 
 def threshold_grid(
@@ -123,29 +160,30 @@ def threshold_grid(
 ) -> np.ndarray:
     """Descending thresholds at validation-coverage steps, ending at 0 (handle all).
 
-    The sequence starts at the first step where validation predicts the calibration test will
-    pass comfortably (see `_grid_start`); steps too small to ever pass are skipped instead of
-    stopping the sequence at once. Only validation data decide this.
+    The sequence starts at the first step validation predicts the calibration test passes with
+    probability POWER (see `_pass_probabilities`); steps too small to ever pass are skipped instead
+    of stopping the sequence at once. Only validation data decide this.
     """
     if not len(val_scores):
         return np.array([0.0])
-    shares, predicted_p = _predicted_p_values(val_scores, val_agrees, n_calibration, alpha)
-    start = _grid_start(predicted_p, delta)
+    shares, passes = _pass_probabilities(val_scores, val_agrees, n_calibration, alpha, delta)
+    start = _grid_start(passes)
     grid = np.quantile(val_scores, np.clip(1.0 - shares[start:], 0.0, 1.0))
     return np.unique(np.append(grid, 0.0))[::-1]
 
 
 def predicted_coverage(
-    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
+    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float,
+    power: float = POWER,
 ) -> float:
-    """Coverage the gate is predicted to certify at level `delta`: the fixed-sequence test run on the
-    predicted p-values, from the grid's start down to the first predicted failure (0: none passes)."""
+    """Coverage the gate at level `delta` is predicted to certify: from the grid's start down to the last step
+    of the run whose pass probabilities are all at least `power` (0: the start's is not)."""
     if not len(val_scores) or n_calibration <= 0:
         return 0.0
-    shares, predicted_p = _predicted_p_values(val_scores, val_agrees, n_calibration, alpha)
-    start = _grid_start(predicted_p, delta)
-    passing = predicted_p[start:] <= delta
-    if not passing[0]:
+    shares, passes = _pass_probabilities(val_scores, val_agrees, n_calibration, alpha, delta)
+    start = _grid_start(passes)
+    likely = passes[start:] >= power
+    if not likely[0]:
         return 0.0
-    last = len(passing) - 1 if passing.all() else int(np.argmin(passing)) - 1
+    last = len(likely) - 1 if likely.all() else int(np.argmin(likely)) - 1
     return float(shares[start + last])

@@ -26,14 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracer_core import certificate as codes
-from tracer_core.attempt import (
-    MIN_GAIN,
-    MIN_PREDICTION_INPUTS,
-    CalibrationEvidence,
-    Outcome,
-    attempt_certification,
-    predicted_coverage,
-)
+from tracer_core.attempt import MIN_GAIN, CalibrationEvidence, Outcome, Validation, attempt_certification
 from tracer_core.certificate import Certificate
 from tracer_core.errors import InvalidTraceError
 from tracer_core.features import Tfidf, join_features, predict_proba
@@ -143,19 +136,6 @@ class Evidence(CalibrationEvidence):
     pred: np.ndarray
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """The validation rows that stand for calibration traces: their scores and agreement, and the share
-    the threshold-free filters keep."""
-
-    scores: np.ndarray
-    agrees: np.ndarray
-    share_eligible: float
-
-    def coverage(self, n_calibration: int, alpha: float, delta: float) -> float:
-        return self.share_eligible * predicted_coverage(self.scores, self.agrees, n_calibration, alpha, delta)
-
-
 # -- the steps ------------------------------------------------------------------------------
 
 
@@ -215,7 +195,7 @@ def fit_policy(
         return refuse(codes.SINGLE_LABEL, "fewer than two labels have enough traces to train on")
     filters = _filters(data)
     trial = _trial(data, filters, alpha, seed)
-    like = _like_calibration(data, filters, trial)
+    like = Validation.like_calibration(trial.scores, trial.agrees, data.pool[data.split.val], filters.val_in_distribution)
     n_cal = len(data.split.cal)
     final: list[Policy] = []
 
@@ -223,8 +203,8 @@ def fit_policy(
         final.append(_final_policy(data, filters, seed))
         return _evidence(final[0], data)
 
-    outcome = attempt_certification(like.scores, like.agrees, n_cal, alpha=alpha, delta=delta, baseline=baseline,
-                                    ledger=ledger, calibration=calibration, share_eligible=like.share_eligible)
+    outcome = attempt_certification(like, n_cal, alpha=alpha, delta=delta, baseline=baseline, ledger=ledger,
+                                    calibration=calibration)
     common = dict(
         n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=n_cal,
         n_train_available=split.n_available, n_labels=len(data.counts), model=SURROGATE,
@@ -268,17 +248,23 @@ def _refusal_before_fit(
     m, counts = len(training_labels), Counter(training_labels)
     if m >= 20 and len(counts) > FREE_TEXT_RATIO * m:
         return codes.FREE_TEXT, f"{len(counts)} distinct outputs in {m} traces: free generation, not classification"
-    n_cal, needed = len(split.cal), calibration_needed(alpha, delta)
-    if n_cal < needed:
-        if split.n_pool == n:
-            return codes.TOO_FEW_TRACES, f"{n} traces; at alpha {alpha} at least ~{traces_needed(alpha, delta)} are needed"
-        return codes.TOO_FEW_TRACES, (
-            f"{split.n_pool} of {n} traces may serve as calibration evidence and {n_cal} of them calibrate; at alpha "
-            f"{alpha} at least ~{needed} calibrating traces (~{traces_needed(alpha, delta)} that may serve) are needed"
-        )
+    shortfall = calibration_shortfall(split, n, alpha, delta)
+    if shortfall:
+        return codes.TOO_FEW_TRACES, shortfall
     if len(counts) < 2:
         return codes.SINGLE_LABEL, f"all {m} training traces carry one label; nothing to learn yet"
     return None
+
+
+def calibration_shortfall(split: Split, n: int, alpha: float, delta: float) -> str | None:
+    """Why the calibration window of `split` (of `n` traces) is too small for a test at `delta`, or None."""
+    n_cal, needed = len(split.cal), calibration_needed(alpha, delta)
+    if n_cal >= needed:
+        return None
+    if split.n_pool == n:
+        return f"{n} traces; at alpha {alpha} at least ~{traces_needed(alpha, delta)} are needed"
+    return (f"{split.n_pool} of {n} traces may serve as calibration evidence and {n_cal} of them calibrate; at alpha "
+            f"{alpha} at least ~{needed} calibrating traces (~{traces_needed(alpha, delta)} that may serve) are needed")
 
 
 def _prepare(texts: list[str], labels: list[str], embed, split: Split, pool: np.ndarray) -> Traces:
@@ -358,26 +344,16 @@ def _evidence(policy: Policy, data: Traces) -> Evidence:
     )
 
 
-def _like_calibration(data: Traces, filters: Filters, trial: Trial) -> Prediction:
-    """Validation rows drawn like the calibration traces (from the pool), when there are enough of them to
-    predict from; else every validation row. Their in-distribution scores and agreement predict the gate."""
-    like = data.pool[data.split.val]
-    if like.sum() < MIN_PREDICTION_INPUTS:
-        like = np.ones(len(data.split.val), dtype=bool)
-    ok = like & filters.val_in_distribution
-    return Prediction(trial.scores[ok], trial.agrees[ok], float(ok.sum() / like.sum()) if like.any() else 0.0)
-
-
-def _frontier(like: Prediction, n_calibration: int, delta: float) -> list[dict]:
+def _frontier(like: Validation, n_calibration: int, delta: float) -> list[dict]:
     """Coverage at 20 alphas, estimated from validation only (no calibration label is read): what a gate at
-    level `delta` is predicted to certify. Estimates, not certificates: each point says so."""
-    covs = np.array([like.coverage(n_calibration, a, delta) for a in FRONTIER_ALPHAS])
+    level `delta` is predicted to certify about as often as not. Estimates, not certificates: each point says so."""
+    covs = np.array([like.coverage(n_calibration, a, delta, power=0.5) for a in FRONTIER_ALPHAS])
     covs = np.maximum.accumulate(covs[::-1])[::-1]  # what passes at a stricter alpha passes at a looser one
     return [{"alpha": a, "coverage": round(float(c), 4), "estimate": True, "certified": False, "lower_bound": None}
             for a, c in zip(FRONTIER_ALPHAS, covs)]
 
 
-def _skip_reason(outcome: Outcome, baseline: float, alpha: float, like: Prediction, n_cal: int) -> str:
+def _skip_reason(outcome: Outcome, baseline: float, alpha: float, like: Validation, n_cal: int) -> str:
     """Why no attempt was made, from validation only."""
     level = f"at delta {outcome.delta_predicted:.2g}, the level of the next attempt"
     spent = "the gate did not run and no delta was spent"

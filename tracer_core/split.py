@@ -9,7 +9,10 @@ validates a model of the version, and a training-side trace never calibrates.
 The gate reads only the newest CAL_WINDOW calibration-side traces (by id), so that a certificate
 describes recent traffic; older calibration-side traces move to the training side for good (the
 window only moves forward: traces are only ever added after it). Within the training side,
-train and validation are drawn at random (seeded), at most `max_train` of them together.
+train and validation are drawn at random, seeded, by the same kind of hash (salted with the seed):
+at most `max_train` of them together (those of smallest hash), validation the share of smallest
+hash. A trace keeps its part as the store grows (but at the margins), so successive refits look at
+much the same validation traces instead of fresh draws: repeated looks do not chase lucky ones.
 """
 
 from __future__ import annotations
@@ -26,14 +29,19 @@ CAL_WINDOW = 4_000  # newest calibration-side traces the gate reads (bench `life
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def calibration_side(ids: np.ndarray, salt: str) -> np.ndarray:
-    """True where trace `id` is calibration-side for `salt`, were it in the calibration pool (fixed forever)."""
+def uniform_of(ids: np.ndarray, salt: str) -> np.ndarray:
+    """A number in [0, 1) per trace id, uniform and independent across ids, fixed by (salt, id) alone (splitmix64)."""
     key = np.uint64(int.from_bytes(hashlib.sha256(salt.encode("utf-8")).digest()[:8], "little"))
-    x = np.asarray(ids, dtype=np.int64).astype(np.uint64) * _GOLDEN + key  # splitmix64: wraps modulo 2^64
+    x = np.asarray(ids, dtype=np.int64).astype(np.uint64) * _GOLDEN + key  # wraps modulo 2^64
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53 < CAL_FRACTION
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def calibration_side(ids: np.ndarray, salt: str) -> np.ndarray:
+    """True where trace `id` is calibration-side for `salt`, were it in the calibration pool (fixed forever)."""
+    return uniform_of(ids, salt) < CAL_FRACTION
 
 
 @dataclass(frozen=True)
@@ -60,12 +68,13 @@ class Split:
         cal = np.sort(side[np.argsort(ids[side], kind="stable")][-CAL_WINDOW:])
         training = np.ones(len(ids), dtype=bool)
         training[cal] = False
-        rest = np.random.default_rng(seed).permutation(np.nonzero(training)[0])
+        rest = np.nonzero(training)[0]
         n_available = len(rest)
-        if max_train is not None:
-            rest = rest[:max_train]
+        if max_train is not None and len(rest) > max_train:
+            rest = rest[np.argsort(uniform_of(ids[rest], f"{salt}\x00train\x00{seed}"), kind="stable")[:max_train]]
         n_val = round(len(rest) * VAL_FRACTION / (1.0 - CAL_FRACTION))
-        return cls(np.sort(rest[n_val:]), np.sort(rest[:n_val]), cal, int(pool.sum()), n_available)
+        order = np.argsort(uniform_of(ids[rest], f"{salt}\x00validation\x00{seed}"), kind="stable")
+        return cls(np.sort(rest[order[n_val:]]), np.sort(rest[order[:n_val]]), cal, int(pool.sum()), n_available)
 
     @property
     def used(self) -> np.ndarray:
