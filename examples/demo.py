@@ -43,6 +43,7 @@ from tqdm import tqdm  # noqa: E402
 from demo_parts import table  # noqa: E402
 from demo_parts.pricing import teacher_call_cost  # noqa: E402
 from demo_parts.teacher import make_teacher, system_prompt  # noqa: E402
+from tracer_core.certificate import Certificate  # noqa: E402
 from tracer_core.identity import describe_identity  # noqa: E402
 from tracer_core.report.build import build_report  # noqa: E402
 from tracer_demo import banking77_path, banking77_rows  # noqa: E402
@@ -249,8 +250,7 @@ def report_fits(tracer, seen: set[int], emit) -> None:
         seen.add(row["version"])
         cert = row["certificate"]
         if row["status"] == "deployed":
-            verdict = (f"deployed: handles {cert['coverage']:.0%} of held-out traces at >= {cert['alpha']:.0%} agreement "
-                       f"(certified lower bound {cert['agreement_lower_bound']:.3f})")
+            verdict = f"deployed: {Certificate.from_dict(cert).summary()}"
         else:
             verdict = f"refused ({cert.get('reason')}); the previous policy stays"
         emit(f"  -> fit v{row['version']} on {cert['n_traces']:,} traces in {cert.get('fit_seconds', 0):.0f} s: {verdict}")

@@ -29,7 +29,7 @@ from tracer_core.spending import Ledger, attempt_delta
 MIN_GAIN = 0.02  # coverage a new attempt must be predicted to add over the policy in force (bench `lifetime`)
 POWER = 0.95  # an attempt is made where validation predicts its gate certifies with this probability (bench `lifetime`)
 GRID_STEP = 0.0025
-MIN_PREDICTION_INPUTS = 200  # validation inputs behind a predicted p-value that may start the grid
+MIN_PREDICTION_INPUTS = 200  # validation inputs behind a step's pass probability (or a quarter of them)
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,9 @@ def threshold_grid(
 ) -> np.ndarray:
     """Descending thresholds at validation-coverage steps, ending at 0 (handle all).
 
-    The sequence starts at the first step validation predicts the calibration test passes with
-    probability POWER (see `_pass_probabilities`); steps too small to ever pass are skipped instead
-    of stopping the sequence at once. Only validation data decide this.
+    The sequence starts at the step validation predicts likeliest to pass the calibration test (see
+    `_pass_probabilities`): steps too small or too uncertain to pass are skipped instead of stopping
+    the sequence at once. Only validation data decide this.
     """
     if not len(val_scores):
         return np.array([0.0])
