@@ -48,6 +48,7 @@ FLIP_RATE = 0.055
 SIM_STREAMS = 400
 API_STREAMS = 40
 AGREEMENTS = (0.945, 0.94, 0.97)
+GOOD_DEPLOYS = 0.8  # the good task (0.97) deploys within the 30 refits in at least this share of streams
 MAIN = {0.945: "0.247", 0.94: "0.160"}  # issue 21, measured on main at 19ccbfc (6,400 traces)
 WINDOWS = (500, 1000, 2000, 3000, 4000, 6000)
 WINDOW_DRAWS = 40
@@ -71,8 +72,10 @@ def exact_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return low, high
 
 
-def simulated_life(agreement: float, seed: int) -> Life:
-    """One task version on synthetic scores, through the fit's split, shortfall check, prediction and attempt."""
+def simulated_life(agreement: float, seed: int, optimistic: bool = False) -> Life:
+    """One task version on synthetic scores, through the fit's split, shortfall check, prediction and attempt.
+    `optimistic`: validation agrees everywhere, so it always predicts a pass and every refit attempts (a stress
+    test of the spending alone)."""
     rng = np.random.default_rng(seed)
     n_max = REFIT_EVERY * REFITS
     agrees = rng.random(n_max) < agreement
@@ -87,7 +90,8 @@ def simulated_life(agreement: float, seed: int) -> Life:
         if calibration_shortfall(split, n, ALPHA, attempt_delta(DELTA, ledger.next_attempt())):
             continue
         cal = split.cal
-        validation = Validation.like_calibration(scores[split.val], agrees[split.val], pool[split.val],
+        val_agrees = np.ones(len(split.val), dtype=bool) if optimistic else agrees[split.val]
+        validation = Validation.like_calibration(scores[split.val], val_agrees, pool[split.val],
                                                  np.ones(len(split.val), dtype=bool))
         outcome = attempt_certification(
             validation, len(cal), alpha=ALPHA, delta=DELTA, baseline=life.coverage, ledger=ledger,
@@ -147,44 +151,52 @@ def _flipped(label: str, rng: np.random.Generator) -> str:
 
 def _row(path: str, agreement: float, lives: list[Life]) -> dict:
     deployed = sum(life.first_deploy is not None for life in lives)
+    rate = deployed / len(lives)
     low, high = exact_interval(deployed, len(lives))
     firsts = [life.first_deploy for life in lives if life.first_deploy is not None]
     false = agreement < ALPHA
     return {
         "path": path,
         "true agreement (every threshold)": agreement,
+        "a deploy is": "false" if false else "true",
         "streams": len(lives),
         "streams that deployed": deployed,
-        "P(any false policy deployed) [95% CI]" if false else "P(deployed within 30 refits) [95% CI]":
-            f"{deployed / len(lives):.3f} [{low:.3f}, {high:.3f}]",
+        "P(deployed within 30 refits) [95% CI]": f"{rate:.3f} [{low:.3f}, {high:.3f}]",
         "main at 19ccbfc": MAIN.get(agreement, "-"),
         "attempts per stream (mean)": round(float(np.mean([life.attempts for life in lives])), 2),
         "delta spent per stream (max)": f"{max(life.spent for life in lives):.4f}",
         "traces at first deploy (median)": int(np.median(firsts)) if firsts else "-",
-        "certified coverage at the end (median)": round(float(np.median([life.coverage for life in lives])), 3),
-        "target": f"<= {DELTA}" if false else "deploys",
-        "ok": deployed / len(lives) <= DELTA if false else deployed >= 0.9 * len(lives),
+        "target": f"<= {DELTA}" if false else f">= {GOOD_DEPLOYS}",
+        "ok": rate <= DELTA if false else rate >= GOOD_DEPLOYS,
     }
 
 
 def near_miss(workers: int = 2, sim_streams: int = SIM_STREAMS, api_streams: int = API_STREAMS) -> list[dict]:
-    """One row per near-miss / good case on the attempt code path, one for the public API; streams in `workers` processes."""
+    """One row per case on the attempt code path (and the stress test of the spending), one for the public API;
+    streams in `workers` processes."""
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         sims = {a: pool.map(simulated_life, [a] * sim_streams, range(sim_streams), chunksize=20) for a in AGREEMENTS}
+        stress = pool.map(simulated_life, [AGREEMENTS[0]] * sim_streams, range(sim_streams), [True] * sim_streams,
+                          chunksize=20)
         api = pool.map(api_life, range(api_streams))
         rows = [_row("attempt code path, synthetic scores", a, list(lives)) for a, lives in sims.items()]
+        rows.append(_row("the same, validation always predicting a pass (every refit attempts)", AGREEMENTS[0],
+                         list(stress)))
         rows.append(_row("public API (Tracer, clustered embedder, flipped teacher)", 1 - FLIP_RATE, list(api)))
     return rows
 
 
 NEAR_MISS_NOTE = (
     f"alpha {ALPHA}, delta {DELTA}, a refit every {REFIT_EVERY} teacher traces, {REFITS} refits ({REFIT_EVERY * REFITS:,} "
-    "traces); a false policy = deployed while the true agreement is below alpha (every deploy at 0.945 / 0.94). "
-    "P(deployed) counts streams with any deploy, with an exact 95% interval; main at 19ccbfc = the same near-miss "
-    "task refitted 30 times by the code before issue 21 (every refit re-split at random, tested at the full delta), "
-    "as measured in issue 21. The public-API streams' teacher agrees with the learnable true label at 0.945 "
-    "(flips to one of the 7 other labels). delta spent = what the stream's attempts spent in all (at most delta). "
-    "ok: the rate <= delta (its interval shown), or for the good task >= 90% of streams deploy."
+    "traces). At a true agreement of 0.945 or 0.94 at every threshold every deploy is false: the target is "
+    "P(any false policy deployed) <= delta; at 0.97 every deploy is true and the task must still deploy (a hard "
+    "good task: a margin of 0.02 at every threshold). Exact 95% intervals. main at 19ccbfc = the same near-miss "
+    "task refitted 30 times by the code before issue 21 (every refit re-split at random, tested at the full "
+    "delta), as measured in issue 21 (6,400 traces). The stress row feeds the attempts a validation that "
+    "agrees everywhere, so every refit from ~400 traces on attempts (on mostly the same calibration traces): "
+    "the spending alone keeps the rate below delta. The public-API streams' teacher agrees with the learnable "
+    "true label at 0.945 (flips to one of the 7 other labels). delta spent = what a stream's attempts spent in "
+    "all (at most delta)."
 )
 
 
