@@ -48,7 +48,7 @@ FLIP_RATE = 0.055
 SIM_STREAMS = 400
 API_STREAMS = 40
 AGREEMENTS = (0.945, 0.94, 0.97)
-GOOD_DEPLOYS = 0.8  # the good task (0.97) deploys within the 30 refits in at least this share of streams
+GOOD_DEPLOYS = 0.5  # the good task (0.97) deploys within the 30 refits in most streams
 MAIN = {0.945: "0.247", 0.94: "0.160"}  # issue 21, measured on main at 19ccbfc (6,400 traces)
 WINDOWS = (500, 1000, 2000, 3000, 4000, 6000)
 WINDOW_DRAWS = 40
@@ -94,7 +94,7 @@ def simulated_life(agreement: float, seed: int, optimistic: bool = False) -> Lif
         validation = Validation.like_calibration(scores[split.val], val_agrees, pool[split.val],
                                                  np.ones(len(split.val), dtype=bool))
         outcome = attempt_certification(
-            validation, len(cal), alpha=ALPHA, delta=DELTA, baseline=life.coverage, ledger=ledger,
+            validation, ids[cal], alpha=ALPHA, delta=DELTA, baseline=life.coverage, ledger=ledger,
             calibration=partial(CalibrationEvidence, scores[cal], agrees[cal], np.ones(len(cal), dtype=bool)),
         )
         life.attempts += outcome.attempt > 0
@@ -189,8 +189,10 @@ def near_miss(workers: int = 2, sim_streams: int = SIM_STREAMS, api_streams: int
 NEAR_MISS_NOTE = (
     f"alpha {ALPHA}, delta {DELTA}, a refit every {REFIT_EVERY} teacher traces, {REFITS} refits ({REFIT_EVERY * REFITS:,} "
     "traces). At a true agreement of 0.945 or 0.94 at every threshold every deploy is false: the target is "
-    "P(any false policy deployed) <= delta; at 0.97 every deploy is true and the task must still deploy (a hard "
-    "good task: a margin of 0.02 at every threshold). Exact 95% intervals. main at 19ccbfc = the same near-miss "
+    "P(any false policy deployed) <= delta; at 0.97 every deploy is true and the task must still deploy, in most "
+    "streams (a hard good task: a margin of 0.02 at every threshold, which the gate at alpha 0.95 resolves only "
+    "with a few thousand traces; the code before issue 21 deployed it sooner, at the full delta each refit). "
+    "Exact 95% intervals. main at 19ccbfc = the same near-miss "
     "task refitted 30 times by the code before issue 21 (every refit re-split at random, tested at the full "
     "delta), as measured in issue 21 (6,400 traces). The stress row feeds the attempts a validation that "
     "agrees everywhere, so every refit from ~400 traces on attempts (on mostly the same calibration traces): "
@@ -222,8 +224,8 @@ def calibration_window(cache) -> list[dict]:
                 val = rng.integers(len(scores), size=2000)
                 cal = rng.integers(len(scores), size=window)
                 outcome = attempt_certification(
-                    Validation.like_calibration(scores[val], agrees[val], np.ones(2000, bool), eligible[val]), window,
-                    alpha=ALPHA, delta=DELTA, baseline=0.0, ledger=MemoryLedger([0.0] * (attempt - 1)),
+                    Validation.like_calibration(scores[val], agrees[val], np.ones(2000, bool), eligible[val]),
+                    np.arange(window), alpha=ALPHA, delta=DELTA, baseline=0.0, ledger=MemoryLedger(spent=[0.0] * (attempt - 1)),
                     calibration=partial(CalibrationEvidence, scores[cal], agrees[cal], eligible[cal]),
                 )
                 threshold = outcome.threshold

@@ -1,21 +1,27 @@
-"""One certification attempt: predict from validation, spend only when it is worth it, then run the gate.
+"""One certification attempt: check the schedule, predict from validation, spend only when it is worth it, run the gate.
 
 The steps, in order (the fit and the lifetime benchmark both call `attempt_certification`):
 
-1. Predict from validation alone what the gate would certify at the level of the version's next
-   attempt: the coverage down to which each step of the threshold grid passes with probability
-   at least POWER, given the validation agreement at that step and the expected calibration size.
-2. Attempt only when the prediction beats the policy in force by MIN_GAIN in coverage (anything
-   above 0 when none is in force). Otherwise the fit ends here: no calibration label is read, no
-   attempt index is taken, no delta is spent.
-3. Reserve the attempt index j in the ledger (before any calibration label is read); the gate
+1. The schedule: after an attempt whose gate certified nothing, the next one waits for fresh
+   evidence, FRESH_SHARE as many calibration traces newer than the ones that attempt read (a gate
+   re-run on mostly the same labels would mostly repeat its verdict, and spend delta doing so).
+2. Predict from validation alone what the gate would certify at the level of the version's next
+   attempt: the coverage down to which each step of the threshold grid passes at least as often
+   as not (POWER), given the validation agreement at that step and the expected calibration size.
+3. Attempt only when the prediction beats the policy in force by MIN_GAIN in coverage (anything
+   above 0 when none is in force).
+
+   When step 1 or 3 says no, the fit ends here: no calibration label is read, no attempt index
+   is taken, no delta is spent.
+4. Reserve the attempt index j in the ledger (before any calibration label is read); the gate
    tests at delta_j (`tracer_core.spending`).
-4. Fix the threshold grid on validation at delta_j, read the calibration evidence (only now)
-   and run the fixed-sequence test.
+5. Fix the threshold grid on validation at delta_j, read the calibration evidence (only now), run
+   the fixed-sequence test and record its outcome in the ledger (for step 1 of later attempts).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,10 +30,11 @@ from scipy.special import betaln, gammaln
 from scipy.stats import binom
 
 from tracer_core.gate import GateResult, fixed_sequence_test
-from tracer_core.spending import Ledger, attempt_delta
+from tracer_core.spending import Attempt, Ledger, attempt_delta
 
 MIN_GAIN = 0.02  # coverage a new attempt must be predicted to add over the policy in force (bench `lifetime`)
-POWER = 0.95  # an attempt is made where validation predicts its gate certifies with this probability (bench `lifetime`)
+POWER = 0.5  # the predicted coverage is what the gate certifies at least as often as not (bench `lifetime`)
+FRESH_SHARE = 0.5  # after a refused attempt, fresh calibration traces needed, per calibration trace it read
 GRID_STEP = 0.0025
 MIN_PREDICTION_INPUTS = 200  # validation inputs behind a step's pass probability (or a quarter of them)
 
@@ -60,9 +67,9 @@ class Validation:
         ok = like & in_distribution
         return cls(scores[ok], agrees[ok], float(ok.sum() / like.sum()) if like.any() else 0.0)
 
-    def coverage(self, n_calibration: int, alpha: float, delta: float, power: float = POWER) -> float:
-        """Coverage of all calibration traces a gate at `delta` is predicted to certify (with probability `power`)."""
-        return self.share_eligible * predicted_coverage(self.scores, self.agrees, n_calibration, alpha, delta, power)
+    def coverage(self, n_calibration: int, alpha: float, delta: float) -> float:
+        """Coverage of all calibration traces a gate at `delta` is predicted to certify."""
+        return self.share_eligible * predicted_coverage(self.scores, self.agrees, n_calibration, alpha, delta)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class Outcome:
     delta_spent_total: float
     delta_predicted: float  # the level the validation prediction used
     predicted_coverage: float  # of the calibration traces, predicted from validation
+    fresh_needed: int = 0  # skipped by the schedule: fresh calibration traces still needed
     grid: np.ndarray | None = None
     result: GateResult | None = None
     evidence: CalibrationEvidence | None = None
@@ -91,7 +99,7 @@ class Outcome:
 
 def attempt_certification(
     validation: Validation,
-    n_calibration: int,
+    calibration_ids: np.ndarray,
     *,
     alpha: float,
     delta: float,
@@ -99,17 +107,32 @@ def attempt_certification(
     ledger: Ledger,
     calibration: Callable[[], CalibrationEvidence],
 ) -> Outcome:
-    """Run the steps of the module docstring. `baseline`: coverage of the policy in force (0 when none
-    answers); `calibration()` is called only when the attempt is made."""
+    """Run the steps of the module docstring. `calibration_ids`: the trace ids of the calibration window;
+    `baseline`: coverage of the policy in force (0 when none answers); `calibration()` is called only when
+    the attempt is made."""
     planned = attempt_delta(delta, ledger.next_attempt())
+    n_calibration = len(calibration_ids)
     predicted = validation.coverage(n_calibration, alpha, planned)
-    if not worth_attempting(predicted, baseline):
-        return Outcome(0, 0.0, 0.0, planned, predicted)
-    taken = ledger.reserve(alpha, delta)
+    waiting = fresh_needed(calibration_ids, ledger.latest())
+    if waiting or not worth_attempting(predicted, baseline):
+        return Outcome(0, 0.0, 0.0, planned, predicted, waiting)
+    taken = ledger.reserve(alpha, delta, calibration_ids)
     grid = threshold_grid(validation.scores, validation.agrees, n_calibration, alpha, taken.delta_spent)
     evidence = calibration()
     result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, taken.delta_spent)
-    return Outcome(taken.attempt, taken.delta_spent, taken.delta_spent_total, planned, predicted, grid, result, evidence)
+    ledger.settle(taken.attempt, result.certified_index is not None)
+    return Outcome(taken.attempt, taken.delta_spent, taken.delta_spent_total, planned, predicted, 0, grid, result,
+                   evidence)
+
+
+def fresh_needed(calibration_ids: np.ndarray, latest: Attempt | None) -> int:
+    """Fresh calibration traces the schedule still waits for (0: an attempt may run): after an attempt that
+    certified nothing (or never recorded its outcome), FRESH_SHARE of its calibration traces must be newer
+    than the newest it read."""
+    if latest is None or latest.certified:
+        return 0
+    fresh = int(np.count_nonzero(np.asarray(calibration_ids) > latest.last_calibration_id))
+    return max(math.ceil(FRESH_SHARE * latest.n_calibration) - fresh, 0)
 
 
 def worth_attempting(predicted: float, baseline: float) -> bool:
@@ -173,16 +196,15 @@ def threshold_grid(
 
 
 def predicted_coverage(
-    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float,
-    power: float = POWER,
+    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
 ) -> float:
     """Coverage the gate at level `delta` is predicted to certify: from the grid's start down to the last step
-    of the run whose pass probabilities are all at least `power` (0: the start's is not)."""
+    of the run whose pass probabilities are all at least POWER (0: the start's is not)."""
     if not len(val_scores) or n_calibration <= 0:
         return 0.0
     shares, passes = _pass_probabilities(val_scores, val_agrees, n_calibration, alpha, delta)
     start = _grid_start(passes)
-    likely = passes[start:] >= power
+    likely = passes[start:] >= POWER
     if not likely[0]:
         return 0.0
     last = len(likely) - 1 if likely.all() else int(np.argmin(likely)) - 1

@@ -11,7 +11,7 @@ NO_SEPARATION = "no_separation"
 NOT_CERTIFIED = "not_certified"
 FREE_TEXT = "free_text_task"
 SINGLE_LABEL = "single_label"
-NO_EXPECTED_GAIN = "no_expected_gain"  # validation predicted no material gain: the gate did not run, nothing spent
+NOT_ATTEMPTED = "not_attempted"  # the schedule or validation said no: the gate did not run, nothing was spent
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Certificate:
         """One line: what the fit trained on and what the gate tested on."""
         if not self.n_calibration:
             return f"{self.n_traces:,} traces; no model was trained"
-        if self.reason_code == NO_EXPECTED_GAIN:
+        if self.reason_code == NOT_ATTEMPTED:
             return f"trained on {self.training_used()}; the gate did not run ({self.n_calibration:,} calibration traces unread)"
         return f"trained on {self.training_used()}; calibrated on {self.calibration_used()}"
 

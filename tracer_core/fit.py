@@ -196,15 +196,15 @@ def fit_policy(
     filters = _filters(data)
     trial = _trial(data, filters, alpha, seed)
     like = Validation.like_calibration(trial.scores, trial.agrees, data.pool[data.split.val], filters.val_in_distribution)
-    n_cal = len(data.split.cal)
+    n_cal = len(cal_ids)
     final: list[Policy] = []
 
     def calibration() -> Evidence:
         final.append(_final_policy(data, filters, seed))
         return _evidence(final[0], data)
 
-    outcome = attempt_certification(like, n_cal, alpha=alpha, delta=delta, baseline=baseline, ledger=ledger,
-                                    calibration=calibration)
+    outcome = attempt_certification(like, np.array(cal_ids), alpha=alpha, delta=delta, baseline=baseline,
+                                    ledger=ledger, calibration=calibration)
     common = dict(
         n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=n_cal,
         n_train_available=split.n_available, n_labels=len(data.counts), model=SURROGATE,
@@ -215,7 +215,7 @@ def fit_policy(
         predicted_coverage=round(outcome.predicted_coverage, 4),
     )
     if outcome.attempt == 0:
-        return refuse(codes.NO_EXPECTED_GAIN, _skip_reason(outcome, baseline, alpha, like, n_cal), **common)
+        return refuse(codes.NOT_ATTEMPTED, _skip_reason(outcome, baseline, alpha, like, n_cal), **common)
     evidence = outcome.evidence
     assert isinstance(evidence, Evidence) and outcome.grid is not None and outcome.result is not None
     if not outcome.certified:
@@ -346,17 +346,20 @@ def _evidence(policy: Policy, data: Traces) -> Evidence:
 
 def _frontier(like: Validation, n_calibration: int, delta: float) -> list[dict]:
     """Coverage at 20 alphas, estimated from validation only (no calibration label is read): what a gate at
-    level `delta` is predicted to certify about as often as not. Estimates, not certificates: each point says so."""
-    covs = np.array([like.coverage(n_calibration, a, delta, power=0.5) for a in FRONTIER_ALPHAS])
+    level `delta` is predicted to certify. Estimates, not certificates: each point says so."""
+    covs = np.array([like.coverage(n_calibration, a, delta) for a in FRONTIER_ALPHAS])
     covs = np.maximum.accumulate(covs[::-1])[::-1]  # what passes at a stricter alpha passes at a looser one
     return [{"alpha": a, "coverage": round(float(c), 4), "estimate": True, "certified": False, "lower_bound": None}
             for a, c in zip(FRONTIER_ALPHAS, covs)]
 
 
 def _skip_reason(outcome: Outcome, baseline: float, alpha: float, like: Validation, n_cal: int) -> str:
-    """Why no attempt was made, from validation only."""
-    level = f"at delta {outcome.delta_predicted:.2g}, the level of the next attempt"
+    """Why no attempt was made, from the schedule or validation only."""
     spent = "the gate did not run and no delta was spent"
+    if outcome.fresh_needed:
+        return (f"the version's last attempt certified nothing on these calibration traces; the next waits for "
+                f"{outcome.fresh_needed:,} more recorded after them; {spent}")
+    level = f"at delta {outcome.delta_predicted:.2g}, the level of the next attempt"
     if baseline > 0:
         return (f"validation predicts coverage {outcome.predicted_coverage:.3f} at alpha {alpha} ({level}), not "
                 f"{MIN_GAIN} above the {baseline:.3f} of the policy in force, which stays; {spent}")

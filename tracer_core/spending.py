@@ -14,8 +14,10 @@ by a row written before the gate runs, so two processes never test at the same i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
 
 if TYPE_CHECKING:
     from tracer_core.store import TraceStore
@@ -39,6 +41,16 @@ class Reservation:
     delta_spent_total: float  # every attempt of the version up to and including this one
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What the schedule needs to know of a version's latest attempt."""
+
+    attempt: int
+    n_calibration: int  # calibration traces its gate read
+    last_calibration_id: int  # the newest of them
+    certified: bool | None  # None: its outcome was never recorded (the fit stopped): counted as refused
+
+
 class Ledger(Protocol):
     """Where the attempts of one task version are counted."""
 
@@ -46,8 +58,16 @@ class Ledger(Protocol):
         """The index the next reservation will probably get (a read; reserves nothing)."""
         ...
 
-    def reserve(self, alpha: float, delta: float) -> Reservation:
-        """Take the next index for good, before any calibration label is read."""
+    def latest(self) -> Attempt | None:
+        """The version's latest attempt, if any."""
+        ...
+
+    def reserve(self, alpha: float, delta: float, calibration_ids: np.ndarray) -> Reservation:
+        """Take the next index for good, before any calibration label is read (of the traces `calibration_ids`)."""
+        ...
+
+    def settle(self, attempt: int, certified: bool) -> None:
+        """Record whether attempt `attempt`'s gate certified a threshold."""
         ...
 
 
@@ -55,15 +75,23 @@ class Ledger(Protocol):
 class MemoryLedger:
     """The attempts of one task version within this process (a fresh one: the version's first attempt)."""
 
+    attempts: list[Attempt] = field(default_factory=list)
     spent: list[float] = field(default_factory=list)
 
     def next_attempt(self) -> int:
         return len(self.spent) + 1
 
-    def reserve(self, alpha: float, delta: float) -> Reservation:
+    def latest(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def reserve(self, alpha: float, delta: float, calibration_ids: np.ndarray) -> Reservation:
         attempt = len(self.spent) + 1
         self.spent.append(attempt_delta(delta, attempt))
+        self.attempts.append(Attempt(attempt, len(calibration_ids), _last(calibration_ids), None))
         return Reservation(attempt, self.spent[-1], math.fsum(self.spent))
+
+    def settle(self, attempt: int, certified: bool) -> None:
+        self.attempts[attempt - 1] = replace(self.attempts[attempt - 1], certified=certified)
 
 
 @dataclass(frozen=True)
@@ -77,8 +105,20 @@ class StoreLedger:
     def next_attempt(self) -> int:
         return self.store.next_attempt(self.task, self.fingerprint)
 
-    def reserve(self, alpha: float, delta: float) -> Reservation:
+    def latest(self) -> Attempt | None:
+        row = self.store.latest_attempt(self.task, self.fingerprint)
+        return Attempt(**row) if row else None
+
+    def reserve(self, alpha: float, delta: float, calibration_ids: np.ndarray) -> Reservation:
         attempt, spent, total = self.store.reserve_attempt(
-            self.task, self.fingerprint, alpha=alpha, delta=delta, spend=lambda j: attempt_delta(delta, j)
+            self.task, self.fingerprint, alpha=alpha, delta=delta, spend=lambda j: attempt_delta(delta, j),
+            n_calibration=len(calibration_ids), last_calibration_id=_last(calibration_ids),
         )
         return Reservation(attempt, spent, total)
+
+    def settle(self, attempt: int, certified: bool) -> None:
+        self.store.settle_attempt(self.task, self.fingerprint, attempt, certified)
+
+
+def _last(ids: np.ndarray) -> int:
+    return int(np.max(ids)) if len(ids) else 0

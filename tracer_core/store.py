@@ -522,10 +522,28 @@ class TraceStore:
         """The index the next certification attempt of a task version will get (reserves nothing)."""
         top = self._read("SELECT coalesce(max(attempt), 0) FROM certification_attempts WHERE task = ? AND fingerprint = ?",
                          [task, fingerprint])[0][0]
-        return top + 1 if top else len(_earlier_release_attempts(self.policies(task, fingerprint=fingerprint), 0.0, 0.0)) + 1
+        return top + 1 if top else len(self._earlier_attempts_of(task, fingerprint)) + 1
+
+    def latest_attempt(self, task: str, fingerprint: str) -> dict | None:
+        """The latest certification attempt of a task version: attempt, n_calibration, last_calibration_id and
+        certified (None while its outcome is not recorded); None if it never attempted."""
+        rows = self._read(
+            "SELECT attempt, n_calibration, last_calibration_id, certified FROM certification_attempts "
+            "WHERE task = ? AND fingerprint = ? ORDER BY attempt DESC LIMIT 1", [task, fingerprint],
+        )
+        if rows:
+            attempt, n_calibration, last_id, certified = rows[0]
+            return {"attempt": attempt, "n_calibration": n_calibration, "last_calibration_id": last_id,
+                    "certified": None if certified is None else bool(certified)}
+        earlier = self._earlier_attempts_of(task, fingerprint)
+        if not earlier:
+            return None
+        last = earlier[-1]
+        return {"attempt": len(earlier), **{k: last[k] for k in ("n_calibration", "last_calibration_id", "certified")}}
 
     def reserve_attempt(
-        self, task: str, fingerprint: str, *, alpha: float, delta: float, spend: Callable[[int], float]
+        self, task: str, fingerprint: str, *, alpha: float, delta: float, spend: Callable[[int], float],
+        n_calibration: int, last_calibration_id: int,
     ) -> tuple[int, float, float]:
         """Take the next attempt index of a task version for good: (index, `spend(index)`, delta spent by
         every attempt up to it). One serial write, so concurrent fits (threads, processes, hosts) get
@@ -540,14 +558,29 @@ class TraceStore:
                 policies = conn.execute(f"SELECT {_POLICY_COLUMNS} FROM policies WHERE task = ? AND fingerprint = ? "
                                         "ORDER BY version", (task, fingerprint)).fetchall()
                 earlier = _earlier_release_attempts([_policy(r, with_artifact=False) for r in policies], alpha, delta)
-                rows = [(i, spent) for i, (_, _, spent) in enumerate(earlier, start=1)]
-                conn.executemany(_ATTEMPT_SQL, [(task, fingerprint, i, a, d, d, now) for i, (a, d, _) in enumerate(earlier, start=1)])
+                rows = [(i, e["delta"]) for i, e in enumerate(earlier, start=1)]
+                conn.executemany(_ATTEMPT_SQL, [
+                    (task, fingerprint, i, e["alpha"], e["delta"], e["delta"], now, e["n_calibration"],
+                     e["last_calibration_id"], int(e["certified"]))
+                    for i, e in enumerate(earlier, start=1)
+                ])
             attempt = (rows[-1][0] if rows else 0) + 1
             spent = float(spend(attempt))
-            conn.execute(_ATTEMPT_SQL, (task, fingerprint, attempt, alpha, delta, spent, now))
+            conn.execute(_ATTEMPT_SQL, (task, fingerprint, attempt, alpha, delta, spent, now, n_calibration,
+                                        last_calibration_id, None))
             return attempt, spent, math.fsum([r[1] for r in rows] + [spent])
 
         return self._write(insert, serial=True)
+
+    def settle_attempt(self, task: str, fingerprint: str, attempt: int, certified: bool) -> None:
+        """Record whether a reserved attempt's gate certified a threshold."""
+        self._write(lambda conn: conn.execute(
+            "UPDATE certification_attempts SET certified = ? WHERE task = ? AND fingerprint = ? AND attempt = ?",
+            (int(certified), task, fingerprint, attempt),
+        ))
+
+    def _earlier_attempts_of(self, task: str, fingerprint: str) -> list[dict]:
+        return _earlier_release_attempts(self.policies(task, fingerprint=fingerprint), 0.0, 0.0)
 
     # --- whole rows, for copying a task between stores --------------------------------------
 
@@ -642,10 +675,10 @@ _ATTEMPT_SQL = (f"INSERT INTO certification_attempts ({', '.join(migrations.ATTE
                 f"VALUES ({', '.join('?' * len(migrations.ATTEMPT_COLUMNS))})")
 
 
-def _earlier_release_attempts(policies: list[dict], alpha: float, delta: float) -> list[tuple[float, float, float]]:
-    """(alpha, delta, delta spent) of each policy row an earlier release wrote after its gate ran (a certificate
-    without `attempt` and with calibration traces, or an unreadable one), oldest first; each spent its full delta.
-    `alpha` and `delta` stand in where the certificate does not say."""
+def _earlier_release_attempts(policies: list[dict], alpha: float, delta: float) -> list[dict]:
+    """The certification attempts (alpha, delta, n_calibration, last_calibration_id, certified) behind the policy rows
+    an earlier release wrote after its gate ran (a certificate without `attempt` and with calibration traces, or an
+    unreadable one), oldest first; each spent its full delta. `alpha` and `delta` stand in where it does not say."""
 
     def number(value: Any, default: float) -> float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
@@ -656,11 +689,13 @@ def _earlier_release_attempts(policies: list[dict], alpha: float, delta: float) 
         cert = row["certificate"]
         if "attempt" in cert:
             continue
-        unreadable = cert.get("reason_code") == CORRUPT_CERTIFICATE
-        calibrated = isinstance(cert.get("n_calibration"), int) and cert["n_calibration"] > 0
-        if unreadable or calibrated:
-            spent = number(cert.get("delta"), delta)
-            found.append((number(cert.get("alpha"), alpha), spent, spent))
+        n_cal = cert.get("n_calibration")
+        calibrated = isinstance(n_cal, int) and not isinstance(n_cal, bool) and n_cal > 0
+        if calibrated or cert.get("reason_code") == CORRUPT_CERTIFICATE:
+            ids = [i for i in cert.get("calibration_ids") or [] if isinstance(i, int)]
+            found.append({"alpha": number(cert.get("alpha"), alpha), "delta": number(cert.get("delta"), delta),
+                          "n_calibration": n_cal if calibrated else 0, "last_calibration_id": max(ids, default=0),
+                          "certified": cert.get("deployed") is True})
     return found
 
 
