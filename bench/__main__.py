@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,faults,monitor,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "faults", "monitor",
+SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "lifetime", "faults", "monitor",
             "replay", "suspects", "fitscale")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
@@ -241,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
                        mb.label_free_false_alarms(), mb.LABEL_FREE_NOTE)
             report.write()
             report.add("Monitor: label-free signals after a jump", mb.label_free_power(), mb.LABEL_FREE_NOTE)
+            report.write()
+        if "lifetime" in only:
+            from bench import lifetime
+
+            report.add("Lifetime guarantee: near-miss tasks refitted 30 times", lifetime.near_miss(cache.workers),
+                       lifetime.NEAR_MISS_NOTE)
+            report.write()
+            report.add("Lifetime guarantee: the calibration window", lifetime.calibration_window(cache),
+                       lifetime.WINDOW_NOTE)
             report.write()
         if "replay" in only:
             from bench.replay_tables import replay_tables

@@ -1,6 +1,7 @@
 """Fits shared by several benchmarks, computed once, in a pool of worker processes.
 
-A fit is keyed by (data key, alpha, seed). Workers run one BLAS thread each so that two
+A fit is keyed by (data key, alpha, seed); the seed also salts which traces calibrate (each fit
+is the first attempt of its own task version). Workers run one BLAS thread each so that two
 fits on two cores do not fight; `fit_seconds` of a pooled fit is therefore measured with
 another fit running beside it (the speed benchmark times its fit alone, in this process).
 """
@@ -49,7 +50,7 @@ def fit_now(key: FitKey, pooled: bool = False) -> FitResult:
     embed(split.train_texts)  # warm the in-memory path; all shared data is already on disk
     started = time.perf_counter()
     policy, cert = fit_policy(split.train_texts, split.train_labels, alpha=key.alpha, delta=DELTA,
-                              embed=embed, seed=key.seed)
+                              embed=embed, seed=key.seed, salt=f"seed {key.seed}")
     return FitResult(key, policy, cert, time.perf_counter() - started, pooled)
 
 

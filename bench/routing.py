@@ -146,6 +146,8 @@ def fit_keys(sections: list[str], runs: int) -> list[FitKey]:
         keys += [FitKey(("sick", s), a) for s in (False, True) for a in ALPHAS]
     if "validity" in sections:
         keys += [FitKey(teacher_key("banking77", "T1", n), VALIDITY_ALPHA, s) for n in VALIDITY_TRACES for s in range(runs)]
+    if "lifetime" in sections:  # the calibration-window table reads this policy's decisions
+        keys.append(FitKey(teacher_key("banking77", "T1"), 0.95))
     if "coverage" in sections:
         from bench.coverage import fit_keys as coverage_keys  # bench.coverage imports this module
 

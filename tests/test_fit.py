@@ -1,4 +1,4 @@
-"""fit_policy on real Banking77 traces and the real MiniLM model: the calibration pool."""
+"""fit_policy on real Banking77 traces (fake embedder): the calibration pool and the split."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 
 from tracer_core import certificate as codes
 from tracer_core.errors import InvalidTraceError
-from tracer_core.fit import Split, fit_policy
+from tracer_core.fit import fit_policy
 from tracer_core.policy import Policy
+from tracer_core.split import Split, calibration_side
 
 
 @pytest.fixture(scope="module")
@@ -20,40 +21,41 @@ def traces(banking_subset):
 
 @pytest.fixture(scope="module")
 def pool_fit(traces, fake_embedder):
-    """A fit where only every third trace may serve as calibration evidence."""
+    """A fit where a third of the traces may not serve as calibration evidence."""
     texts, labels, ids = traces
-    pool = np.arange(len(texts)) % 3 == 0
-    policy, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder, ids=ids, calibration_pool=pool)
+    pool = np.arange(len(texts)) % 3 != 0
+    policy, cert = fit_policy(texts, labels, alpha=0.85, delta=0.05, embed=fake_embedder, ids=ids, calibration_pool=pool)
     return pool, policy, cert
 
 
-def test_calibration_traces_come_only_from_the_pool(traces, pool_fit):
+def test_calibration_traces_are_the_calibration_side_of_the_pool(traces, pool_fit):
     _, _, ids = traces
     pool, _, cert = pool_fit
-    pool_ids = {i for i, p in zip(ids, pool) if p}
+    pool_ids = np.array([i for i, p in zip(ids, pool) if p])
     assert cert.deployed, cert.reason
-    assert cert.n_pool == len(pool_ids) == 267
-    assert cert.n_calibration == len(cert.calibration_ids) == round(0.3 * len(ids)) == 240
-    assert set(cert.calibration_ids) <= pool_ids
+    assert cert.n_pool == len(pool_ids) == 533
+    side = pool_ids[calibration_side(pool_ids, "\x00")]  # the default salt: task and fingerprint, both ""
+    assert sorted(cert.calibration_ids) == sorted(side.tolist()) and cert.n_calibration == len(side)
+    assert 0.25 * len(pool_ids) < cert.n_calibration < 0.35 * len(pool_ids)
+    assert cert.calibration_id_range == [int(side.min()), int(side.max())]
     assert cert.n_train + cert.n_validation + cert.n_calibration == cert.n_traces
 
 
-def test_a_pool_smaller_than_the_calibration_share_is_used_whole():
-    pool = np.zeros(1000, dtype=bool)
-    pool[::10] = True
-    split = Split.draw(1000, seed=0, pool=pool)
-    assert sorted(split.cal) == sorted(np.nonzero(pool)[0]) and split.n_pool == 100
+def test_the_split_keeps_every_part_apart_and_trains_on_the_rest_of_the_pool():
+    ids = np.arange(1, 1001)
+    pool = ids % 10 == 0
+    split = Split.persistent(ids, pool, salt="t", seed=0)
+    assert set(split.cal) <= set(np.nonzero(pool)[0]) and split.n_pool == 100
     assert not set(split.cal) & (set(split.train) | set(split.val))
-    assert len(split.train) + len(split.val) + len(split.cal) == 1000
+    assert len(split.train) + len(split.val) + len(split.cal) == 1000 == split.n_available + len(split.cal)
+    assert len(split.val) == round(split.n_available * 0.15 / 0.70)
 
 
 def test_without_a_pool_every_trace_may_calibrate(traces, fake_embedder):
     texts, labels, ids = traces
-    everyone = Split.draw(len(texts), seed=0, pool=np.ones(len(texts), dtype=bool))
-    assert len(everyone.cal) == 240 and everyone.n_pool == len(texts)
-    _, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder, ids=ids)
+    _, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder, ids=ids, salt="s")
     assert cert.n_pool == len(texts)
-    assert sorted(cert.calibration_ids) == sorted(ids[i] for i in everyone.cal)
+    assert sorted(cert.calibration_ids) == [i for i in ids if calibration_side(np.array([i]), "s")[0]]
 
 
 def test_too_small_a_pool_is_refused_with_its_reason(traces, fake_embedder):

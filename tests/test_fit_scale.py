@@ -1,4 +1,4 @@
-"""The training cap `max_train`: a uniform sample trains, every other pool trace calibrates, the certificate says so."""
+"""The training cap `max_train`: a uniform sample of the training side trains, calibration is never sampled, the certificate says so."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from click.testing import CliRunner
 
 from tracer_core.cli import main as cli
 from tracer_core.errors import EmbedderError
-from tracer_core.fit import DEFAULT_MAX_TRAIN, Split, fit_policy
+from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
 from tracer_core.report.html import summary_html
 from tracer_core.report.summary import summary_facts
 from tracer_core.settings import SettingsError
 from tracer_core.shutdown import EMBED_STEP, embed_in_steps
+from tracer_core.split import CAL_FRACTION, Split, calibration_side
 from tracer_core.store import TraceStore
 from tracer_core.trace import make_trace
 from tracer_core.tracer import Tracer
@@ -29,53 +30,58 @@ def many(banking_subset):
     return texts, labels, list(range(1, len(texts) + 1))
 
 
-def test_the_cap_samples_training_and_the_rest_of_the_pool_calibrates():
-    pool = np.arange(5000) % 4 != 0
-    split = Split.draw(5000, seed=3, pool=pool, max_train=CAP)
+def test_the_cap_samples_training_and_leaves_calibration_alone():
+    ids = np.arange(1, 5001)
+    pool = ids % 4 != 0
+    split = Split.persistent(ids, pool, salt="t", seed=3, max_train=CAP)
+    free = Split.persistent(ids, pool, salt="t", seed=3)
     train, val, cal = set(split.train), set(split.val), set(split.cal)
     assert len(train) + len(val) == CAP and len(val) == round(CAP * 0.15 / 0.70)
     assert not (train & val) and not (cal & (train | val))
-    assert cal == set(np.nonzero(pool)[0]) - train - val  # no pool trace is left out of the gate
-    assert split.n_available == 5000 - round(0.3 * 5000)
+    assert np.array_equal(split.cal, free.cal)  # traces the cap leaves out do not calibrate: they are unused
+    assert split.n_available == 5000 - len(cal) == len(free.train) + len(free.val)
 
 
 def test_without_the_cap_biting_the_split_is_unchanged():
-    pool = np.ones(1000, dtype=bool)
-    capped, free = Split.draw(1000, seed=0, pool=pool, max_train=700), Split.draw(1000, seed=0, pool=pool)
+    ids, pool = np.arange(1, 1001), np.ones(1000, dtype=bool)
+    capped, free = Split.persistent(ids, pool, salt="t", seed=0, max_train=900), Split.persistent(ids, pool, salt="t", seed=0)
     for a, b in ((capped.train, free.train), (capped.val, free.val), (capped.cal, free.cal)):
         assert np.array_equal(a, b)
 
 
 def test_calibration_rows_are_a_uniform_sample_of_the_pool():
-    """Whether a pool row calibrates may not depend on where it is: over 400 seeds every row calibrates
-    about as often (a label-dependent sample would make some rows calibrate far more often)."""
-    n, seeds = 600, 400
-    pool = np.ones(n, dtype=bool)
+    """Whether a pool row calibrates may not depend on where it is: over 400 salts every row calibrates
+    about CAL_FRACTION of the time (a label- or position-dependent sample would not)."""
+    n, salts = 600, 400
+    ids, pool = np.arange(1, n + 1), np.ones(n, dtype=bool)
     counts = np.zeros(n)
-    for seed in range(seeds):
-        counts[Split.draw(n, seed=seed, pool=pool, max_train=100).cal] += 1
-    share = (n - 100) / n
-    spread = 4 * np.sqrt(share * (1 - share) / seeds)
-    assert np.all(np.abs(counts / seeds - share) < spread), (counts.min(), counts.max())
+    for salt in range(salts):
+        counts[Split.persistent(ids, pool, salt=str(salt), seed=0, max_train=100).cal] += 1
+    spread = 4 * np.sqrt(CAL_FRACTION * (1 - CAL_FRACTION) / salts)
+    assert np.all(np.abs(counts / salts - CAL_FRACTION) < spread), (counts.min(), counts.max())
 
 
 def test_a_capped_fit_reports_what_it_used(many, fake_embedder):
     texts, labels, ids = many
     policy, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder, ids=ids, max_train=CAP)
+    n_cal = int(calibration_side(np.array(ids), "\x00").sum())
     assert cert.deployed, cert.reason
     assert cert.n_train + cert.n_validation == CAP and cert.max_train == CAP
-    assert cert.n_train_available == len(texts) - round(0.3 * len(texts))
-    assert cert.n_calibration == len(texts) - CAP == len(set(cert.calibration_ids))
+    assert cert.n_train_available == len(texts) - n_cal
+    assert cert.n_calibration == n_cal == len(set(cert.calibration_ids))
     assert sum(row["n_train"] for row in cert.per_label.values()) == CAP
-    assert "trained on 600 of 1,680 available traces (max_train 600); calibrated on 1,800" in cert.evidence()
+    assert (f"trained on 600 of {len(texts) - n_cal:,} available traces (max_train 600); calibrated on {n_cal:,}"
+            in cert.evidence())
 
 
 def test_an_uncapped_fit_says_it_trained_on_everything_available(many, fake_embedder):
     texts, labels, ids = many
     _, cert = fit_policy(texts[:800], labels[:800], alpha=0.9, delta=0.05, embed=fake_embedder, ids=ids[:800],
                          max_train=None)
-    assert cert.max_train is None and cert.n_train + cert.n_validation == cert.n_train_available == 560
-    assert cert.evidence() == "trained on 560 of 560 available traces; calibrated on 240 (of 800 that may calibrate)"
+    n_cal = cert.n_calibration
+    assert cert.max_train is None and cert.n_train + cert.n_validation == cert.n_train_available == 800 - n_cal
+    assert cert.evidence() == (f"trained on {800 - n_cal} of {800 - n_cal} available traces; "
+                               f"calibrated on {n_cal} (of 800 that may calibrate)")
 
 
 @pytest.mark.parametrize("bad", [0, 99, 2.5, "1000", True])
@@ -93,15 +99,16 @@ def test_the_cap_reaches_the_stored_certificate_and_status(many, db_path, fake_e
         assert tracer.status()["fit_evidence"] == cert.evidence()
     with TraceStore(db_path) as store:
         stored = store.latest_policy("scale")["certificate"]
-    assert (stored["n_train"] + stored["n_validation"], stored["n_calibration"], stored["max_train"]) == (CAP, 1800, CAP)
-    assert stored["n_train_available"] == cert.n_train_available == 1680
+    n_cal = cert.n_calibration
+    assert (stored["n_train"] + stored["n_validation"], stored["n_calibration"], stored["max_train"]) == (CAP, n_cal, CAP)
+    assert stored["n_train_available"] == cert.n_train_available == 2400 - n_cal
     shown = CliRunner().invoke(cli, ["status", "--db", str(db_path), "--task", "scale"])
     assert shown.exit_code == 0, shown.output
-    assert "600 of 1,680 available traces (max_train 600)" in shown.output
-    assert "1,800 (of 2,400 that may calibrate)" in shown.output
+    assert f"600 of {2400 - n_cal:,} available traces (max_train 600)" in shown.output
+    assert f"{n_cal:,} (of 2,400 that may calibrate)" in shown.output
     with TraceStore(db_path) as store:
         html = summary_html(summary_facts(store, "scale"))
-    assert ">600 of 1,680 available traces (max_train 600)</td>" in html
+    assert f">600 of {2400 - n_cal:,} available traces (max_train 600)</td>" in html
 
 
 def test_the_proxy_reads_the_cap_from_its_environment():

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from tracer_core.fit import coverage_at, threshold_grid
+from tracer_core.attempt import threshold_grid
+from tracer_core.fit import coverage_at
 from tracer_core.gate import (
     agreement_lower_bound,
     binomial_p_value,

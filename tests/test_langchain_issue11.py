@@ -68,7 +68,7 @@ def llm(server: LocalTeacher, **options) -> ChatOpenAI:
 
 def wrap(chain, db, fake_embedder, **options):
     options = {"audit_rate": 0.0, **options}
-    return with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=fake_embedder, auto_refit=False, **options)
+    return with_tracer(chain, task=TASK, alpha=0.8, db=db, embedder=fake_embedder, auto_refit=False, **options)
 
 
 def certify(tracer, rows, to_label=lambda y: y) -> list[tuple[str, str]]:

@@ -102,7 +102,7 @@ def _train(tracer, rows, to_label) -> None:
 def test_output_kind_roundtrip(kind, teacher, tmp_path, rows, intent_enum, fake_embedder):
     chain, to_label, matches = _kinds(teacher, intent_enum)[kind]
     db = tmp_path / "tracer.db"
-    wrapper = with_tracer(chain, task=TASK, alpha=0.9, db=db, embedder=fake_embedder, auto_refit=False, audit_rate=0.0)
+    wrapper = with_tracer(chain, task=TASK, alpha=0.8, db=db, embedder=fake_embedder, auto_refit=False, audit_rate=0.0)
     try:
         # A real answer: passed through unchanged, recorded with this kind's label.
         text, label = rows[0]
@@ -137,7 +137,7 @@ def test_custom_codec_for_a_model_with_free_text_reasoning(teacher, db_path, row
         wrapper = with_tracer(
             chain,
             task=TASK,
-            alpha=0.9,
+            alpha=0.8,
             db=db_path,
             embedder=fake_embedder,
             auto_refit=False,
@@ -163,19 +163,19 @@ def test_codec_is_rebuilt_from_stored_traces_in_a_new_wrapper(teacher, db_path, 
     """A second wrapper (as in a new process) answers before seeing any real output of its own."""
     chain = _prompt() | _llm(teacher).with_structured_output(Intent)
     to_label = lambda y: json.dumps({"label": y}, separators=(",", ":"))  # noqa: E731
-    first = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=fake_embedder, auto_refit=False, audit_rate=0.0,
+    first = with_tracer(chain, task=TASK, alpha=0.8, db=db_path, embedder=fake_embedder, auto_refit=False, audit_rate=0.0,
                         policy_check_s=0.0)
     try:
         first.invoke({"text": rows[0][0]})
     finally:
         first.close()
-    other = Tracer(task=TASK, db=db_path, alpha=0.9, fingerprint=first.tracer.fingerprint, embedder=fake_embedder,
+    other = Tracer(task=TASK, db=db_path, alpha=0.8, fingerprint=first.tracer.fingerprint, embedder=fake_embedder,
                    auto_refit=False)
     try:
         _train(other, rows, to_label)
     finally:
         other.close()
-    second = with_tracer(chain, task=TASK, alpha=0.9, db=db_path, embedder=fake_embedder, auto_refit=False, audit_rate=0.0,
+    second = with_tracer(chain, task=TASK, alpha=0.8, db=db_path, embedder=fake_embedder, auto_refit=False, audit_rate=0.0,
                          policy_check_s=0.0)  # a new wrapper: its codec comes from the stored traces
     try:
         assert second.tracer_for({"text": rows[0][0]}).policy_version is not None

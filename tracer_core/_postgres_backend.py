@@ -192,7 +192,7 @@ class PostgresBackend:
 
     def after_explicit_ids(self, conn: PostgresConnection) -> None:
         """After rows were inserted with their ids (a copy), new rows must get higher ones."""
-        for table in ("traces", "policies", "suspensions"):
+        for table in ("traces", "policies", "suspensions", "certification_attempts"):
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                          f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
 

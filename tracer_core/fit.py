@@ -1,19 +1,17 @@
 """Fit a surrogate on teacher traces and certify it with the parity gate.
 
-The traces are split at random into calibration (30%, drawn only from the calibration pool),
-validation (15%) and train (the rest). Everything that is chosen (the out-of-distribution
-threshold and the threshold grid, from the surrogate's validation scores) is chosen on train
-and validation only. The calibration traces are used once, by the fixed-sequence test in
-`gate.py`, so the certificate holds with probability at least 1 - delta.
+Which traces calibrate is fixed for the task version's life (`tracer_core.split`): the newest
+calibration-side traces of the calibration pool, never used to train or validate. Everything that
+is chosen (which labels are trained, the out-of-distribution threshold, the threshold grid, and
+whether to attempt certification at all) is chosen on train and validation only. The calibration
+labels are read once, by the fixed-sequence test in `gate.py`, at the level the attempt spends
+(`tracer_core.spending`), so every policy the version ever deploys is covered by one delta.
 
-Training cost grows with the traces, calibration cost barely does: `max_train` caps train +
-validation at a uniform random sample (the first `max_train` of the permutation), and every
-pool trace left out of it joins the calibration evidence. Which traces calibrate still depends
-only on the permutation and the pool, never on labels, so the gate's guarantee is unchanged.
-
-`fit_policy` runs the steps in order: `_prepare` (inputs, labels, split), `_filters` (out-of-
-distribution and unseen-label checks), `_trial` (the surrogate's scores on validation),
-`_final_policy` (the surrogate retrained on train + validation), `_calibrate` (the gate).
+`fit_policy` runs the steps in order: the split and the refusals that need no model, `_prepare`
+(inputs, labels), `_filters` (out-of-distribution and unseen-label checks), `_trial` (the
+surrogate's scores on validation), then `attempt_certification`, which predicts from validation,
+and only when an attempt is worth it calls `_final_policy` (the surrogate retrained on train +
+validation) and `_evidence` (its decisions on calibration) for the gate.
 """
 
 from __future__ import annotations
@@ -26,31 +24,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom
 
 from tracer_core import certificate as codes
+from tracer_core.attempt import MIN_GAIN, CalibrationEvidence, Outcome, Validation, attempt_certification
 from tracer_core.certificate import Certificate
 from tracer_core.errors import InvalidTraceError
 from tracer_core.features import Tfidf, join_features, predict_proba
-from tracer_core.gate import (
-    GateResult,
-    agreement_lower_bound,
-    fixed_sequence_test,
-    min_handled_for,
-)
+from tracer_core.gate import min_handled_for
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
 from tracer_core.settings import check_limit
 from tracer_core.shutdown import check_exit, embed_in_steps
+from tracer_core.spending import Ledger, MemoryLedger, attempt_delta
+from tracer_core.split import CAL_FRACTION, Split
 from tracer_core.surrogate import Surrogate, fit_ensemble
 
-CAL_FRACTION = 0.30
-VAL_FRACTION = 0.15
-MIN_LABEL_TRACES = 3  # labels with fewer traces are not trained on ("unseen")
+MIN_LABEL_TRACES = 3  # labels with fewer training-side traces are not trained on ("unseen")
 OOD_QUANTILE = 0.995  # validation inputs farther than this quantile count as out-of-distribution
 UNSEEN_QUANTILE = 0.50
-GRID_STEP = 0.0025
-MIN_PREDICTION_INPUTS = 200  # validation inputs behind a predicted p-value that may start the grid
 FREE_TEXT_RATIO = 0.5
 NO_SEPARATION_AGREEMENT = 0.5  # below this overall agreement, more traces of the same kind will not help
 FRONTIER_ALPHAS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
@@ -89,81 +80,7 @@ def coverage_at(scores: np.ndarray, agrees: np.ndarray, alpha: float) -> float:
     return float((ok.max() + 1) / len(order)) if len(ok) else 0.0
 
 
-def threshold_grid(
-    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
-) -> np.ndarray:
-    """Descending thresholds at validation-coverage steps, ending at 0 (handle all).
-
-    The sequence starts at the first step where validation predicts the calibration test will
-    pass comfortably: with the validation agreement at that step (measured on at least 200
-    validation inputs or a quarter of them) and the expected number of handled calibration
-    inputs, the predicted p-value is <= delta / 10 (else at the smallest predicted
-    p-value). Steps too small to ever pass are skipped instead of stopping the sequence at once.
-    Only validation data decide this.
-    """
-    if not len(val_scores):
-        return np.array([0.0])
-    order = np.argsort(-val_scores, kind="stable")
-    running = np.cumsum(val_agrees[order]) / np.arange(1, len(order) + 1)
-    shares = np.append(np.arange(GRID_STEP, 1.0, GRID_STEP), 1.0)
-    taken = np.maximum(np.ceil(shares * len(order)).astype(int), 1)
-    expected_n = np.maximum(np.round(shares * n_calibration).astype(int), 1)
-    expected_errors = np.floor((1.0 - running[taken - 1]) * expected_n)
-    predicted_p = binom.cdf(expected_errors, expected_n, 1.0 - alpha)
-    # steps with few validation inputs predict noisily: never start on one
-    predicted_p[taken < min(MIN_PREDICTION_INPUTS, len(order) // 4)] = 1.0
-    passing = np.nonzero(predicted_p <= delta / 10)[0]
-    start = int(passing[0]) if len(passing) else int(np.argmin(predicted_p))
-    grid = np.quantile(val_scores, np.clip(1.0 - shares[start:], 0.0, 1.0))
-    return np.unique(np.append(grid, 0.0))[::-1]
-
-
 # -- typed intermediate results --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Split:
-    """Row indices of each part; calibration rows come only from the calibration pool.
-
-    `n_available` counts the traces that could train or validate (all but the calibration
-    share); beyond `max_train` only a uniform sample of them does, and the pool traces among
-    the rest calibrate. Rows in no part are not used by the fit at all.
-    """
-
-    train: np.ndarray
-    val: np.ndarray
-    cal: np.ndarray
-    n_pool: int
-    n_available: int
-
-    @classmethod
-    def draw(cls, n: int, seed: int, pool: np.ndarray, max_train: int | None = None) -> Split:
-        perm = np.random.default_rng(seed).permutation(n)
-        in_pool = perm[pool[perm]]
-        cal = in_pool[: calibration_size(n, int(pool.sum()))]
-        rest = perm[~np.isin(perm, cal)]
-        n_available, n_val = len(rest), round(VAL_FRACTION * n)
-        if max_train is not None and len(rest) > max_train:
-            rest, left = rest[:max_train], rest[max_train:]
-            cal = np.concatenate([cal, left[pool[left]]])
-            n_val = round(max_train * VAL_FRACTION / (1.0 - CAL_FRACTION))
-        return cls(np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.sort(cal), int(pool.sum()), n_available)
-
-    @property
-    def used(self) -> np.ndarray:
-        """Every row the fit reads, ascending."""
-        return np.sort(np.concatenate([self.train, self.val, self.cal]))
-
-    def renumbered(self) -> Split:
-        """The same split over `used` only (row i of the result is row used[i] here)."""
-        used = self.used
-        train, val, cal = (np.searchsorted(used, part) for part in (self.train, self.val, self.cal))
-        return Split(train, val, cal, self.n_pool, self.n_available)
-
-
-def calibration_size(n: int, n_pool: int) -> int:
-    """Calibration traces of a fit: CAL_FRACTION of all traces, at most every pool trace."""
-    return min(round(CAL_FRACTION * n), n_pool)
 
 
 @dataclass(frozen=True)
@@ -175,9 +92,10 @@ class Traces:
     vectors: np.ndarray
     y: np.ndarray  # index into label_names, -1 for labels too rare to train on
     label_names: list[str]
-    counts: Counter
+    counts: Counter  # labels of the train and validation traces
     rare: frozenset[str]
     split: Split
+    pool: np.ndarray  # bool per row: may calibrate (a uniform sample of traffic)
 
     def trainable(self, rows: np.ndarray) -> np.ndarray:
         return rows[self.y[rows] >= 0]
@@ -212,13 +130,10 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Evidence:
-    """The final policy's decisions on the calibration rows."""
+class Evidence(CalibrationEvidence):
+    """The final policy's decisions on the calibration rows, with its predicted labels."""
 
     pred: np.ndarray
-    scores: np.ndarray
-    agrees: np.ndarray
-    eligible: np.ndarray  # passed the out-of-distribution and unseen-label checks
 
 
 # -- the steps ------------------------------------------------------------------------------
@@ -237,21 +152,32 @@ def fit_policy(
     fingerprint: str = "",
     calibration_pool: Sequence[bool] | np.ndarray | None = None,
     max_train: int | None = DEFAULT_MAX_TRAIN,
+    salt: str | None = None,
+    ledger: Ledger | None = None,
+    baseline: float = 0.0,
 ) -> tuple[Policy | None, Certificate]:
-    """Train the surrogate, score validation, certify it on calibration; no store writes.
+    """Train the surrogate, score validation, and certify it on calibration when that is worth an attempt.
 
-    `calibration_pool` marks the traces that may serve as calibration evidence (a uniform
-    random sample of traffic); the others train and validate only. None: every trace.
-    `max_train` caps train + validation (see the module docstring); None: no cap.
+    `ids` are the traces' ids (default 1..n): with `salt` (default task and fingerprint) they fix
+    which traces calibrate (`tracer_core.split`). `calibration_pool` marks the traces that may
+    serve as calibration evidence (a uniform random sample of traffic); None: every trace.
+    `max_train` caps train + validation; None: no cap. `ledger` counts the version's attempts
+    (default: a fresh one, so this is its first); `baseline` is the coverage of the policy in
+    force (0: none), which an attempt must be predicted to beat. Writes nothing but the ledger.
     """
     started = time.time()
     n = len(texts)
-    pool = _pool_mask(calibration_pool, n)
+    pool = _per_trace("calibration_pool", calibration_pool, n, bool, np.ones(n, dtype=bool))
+    row_ids = _per_trace("ids", ids, n, np.int64, np.arange(1, n + 1))
     max_train = check_limit("max_train", max_train)
+    ledger = ledger if ledger is not None else MemoryLedger()
+    split = Split.persistent(row_ids, pool, salt=f"{task}\x00{fingerprint}" if salt is None else salt, seed=seed,
+                             max_train=max_train)
+    cal_ids = [int(row_ids[i]) for i in split.cal]
     base = dict(
         task=task, fingerprint=fingerprint, alpha=alpha, delta=delta, n_traces=n, n_pool=int(pool.sum()),
         data_hash=data_hash(texts, labels), created_at=started, trace_max_id=max(ids) if ids else 0,
-        max_train=max_train,
+        max_train=max_train, calibration_id_range=[min(cal_ids), max(cal_ids)] if cal_ids else [],
     )
 
     def refuse(code: str, reason: str, **extra) -> tuple[None, Certificate]:
@@ -259,78 +185,100 @@ def fit_policy(
         cert.fit_seconds = round(time.time() - started, 3)
         return None, cert
 
-    early = _refusal_before_fit(labels, pool, alpha, delta)
+    early = _refusal_before_fit([labels[i] for i in split.training], n, split, alpha,
+                                attempt_delta(delta, ledger.next_attempt()))
     if early:
         return refuse(*early)
-    split = Split.draw(n, seed, pool, max_train)
     used = split.used
-    data = _prepare([texts[i] for i in used], [labels[i] for i in used], embed, split.renumbered())
+    data = _prepare([texts[i] for i in used], [labels[i] for i in used], embed, split.renumbered(), pool[used])
     if len(set(data.y[data.trainable(data.split.train)])) < 2:
         return refuse(codes.SINGLE_LABEL, "fewer than two labels have enough traces to train on")
     filters = _filters(data)
     trial = _trial(data, filters, alpha, seed)
-    policy = _final_policy(data, filters, seed)
-    evidence = _evidence(policy, data)
-    val_ok = filters.val_in_distribution
-    val_scores, val_agrees = trial.scores[val_ok], trial.agrees[val_ok]
-    grid = threshold_grid(val_scores, val_agrees, len(data.split.cal), alpha, delta)
-    result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, delta)
+    like = Validation.like_calibration(trial.scores, trial.agrees, data.pool[data.split.val], filters.val_in_distribution)
+    n_cal = len(cal_ids)
+    final: list[Policy] = []
+
+    def calibration() -> Evidence:
+        final.append(_final_policy(data, filters, seed))
+        return _evidence(final[0], data)
+
+    outcome = attempt_certification(like, np.array(cal_ids), alpha=alpha, delta=delta, baseline=baseline,
+                                    ledger=ledger, calibration=calibration)
     common = dict(
-        n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=len(data.split.cal),
+        n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=n_cal,
         n_train_available=split.n_available, n_labels=len(data.counts), model=SURROGATE,
         candidates={SURROGATE: {"val_agreement": round(trial.agreement, 4), "val_coverage": round(trial.coverage, 4)}},
-        frontier=[_frontier_point(a, delta, val_scores, val_agrees, evidence) for a in FRONTIER_ALPHAS],
-        ood_threshold=filters.ood_threshold,
-        calibration_ids=[int(ids[i]) for i in split.cal] if ids else [],
+        frontier=_frontier(like, n_cal, outcome.delta_spent or outcome.delta_predicted),
+        ood_threshold=filters.ood_threshold, calibration_ids=cal_ids, attempt=outcome.attempt,
+        delta_spent=outcome.delta_spent, delta_spent_total=outcome.delta_spent_total,
+        predicted_coverage=round(outcome.predicted_coverage, 4),
     )
-    if result.certified_index is None:
-        code, reason = _refusal_reason(grid, evidence, alpha, delta, n)
-        per_label = _per_label(data, evidence, np.zeros(len(data.split.cal), bool))
+    if outcome.attempt == 0:
+        return refuse(codes.NOT_ATTEMPTED, _skip_reason(outcome, baseline, alpha, like, n_cal), **common)
+    evidence = outcome.evidence
+    assert isinstance(evidence, Evidence) and outcome.grid is not None and outcome.result is not None
+    if not outcome.certified:
+        code, reason = _refusal_reason(outcome.grid, evidence, alpha, outcome.delta_spent, n)
+        per_label = _per_label(data, evidence, np.zeros(n_cal, bool))
         return refuse(code, reason, per_label=per_label, **common)
-    policy.threshold = float(grid[result.certified_index])
-    cert = _certified(result, policy.threshold, data, evidence, delta, {**base, **common})
+    policy = final[0]
+    policy.threshold = outcome.threshold
+    cert = _certified(policy.threshold, data, evidence, {**base, **common, "p_value": outcome.result.p_value})
     cert.fit_seconds = round(time.time() - started, 3)
     policy.certificate = cert
     return policy, cert
 
 
-def _pool_mask(calibration_pool, n: int) -> np.ndarray:
-    if calibration_pool is None:
-        return np.ones(n, dtype=bool)
-    pool = np.asarray(calibration_pool, dtype=bool)
-    if pool.shape != (n,):
-        raise InvalidTraceError(f"calibration_pool has {pool.size} entries for {n} traces; it needs one per trace")
-    return pool
+def _per_trace(name: str, values, n: int, dtype, default: np.ndarray) -> np.ndarray:
+    """`values` as an array with one entry per trace (`default` when None); a clear error otherwise."""
+    if values is None:
+        return default
+    arr = np.asarray(values, dtype=dtype)
+    if arr.shape != (n,):
+        raise InvalidTraceError(f"{name} has {arr.size} entries for {n} traces; it needs one per trace")
+    return arr
 
 
-def _refusal_before_fit(labels: list[str], pool: np.ndarray, alpha: float, delta: float) -> tuple[str, str] | None:
-    """Refusals that need no model: free text, too little calibration evidence, a single label."""
-    n, counts = len(labels), Counter(labels)
-    if n >= 20 and len(counts) > FREE_TEXT_RATIO * n:
-        return codes.FREE_TEXT, f"{len(counts)} distinct outputs in {n} traces: free generation, not classification"
-    if calibration_size(n, int(pool.sum())) < calibration_needed(alpha, delta):
-        if pool.all():
-            return codes.TOO_FEW_TRACES, f"{n} traces; at alpha {alpha} at least ~{traces_needed(alpha, delta)} are needed"
-        return codes.TOO_FEW_TRACES, (
-            f"{int(pool.sum())} of {n} traces may serve as calibration evidence; at alpha {alpha} at least "
-            f"~{calibration_needed(alpha, delta)} such traces (and ~{traces_needed(alpha, delta)} in all) are needed"
-        )
+def _refusal_before_fit(
+    training_labels: list[str], n: int, split: Split, alpha: float, delta: float
+) -> tuple[str, str] | None:
+    """Refusals that need no model, decided on training-side labels and counts only: free text, too little
+    calibration evidence for the next attempt's level `delta`, a single label."""
+    m, counts = len(training_labels), Counter(training_labels)
+    if m >= 20 and len(counts) > FREE_TEXT_RATIO * m:
+        return codes.FREE_TEXT, f"{len(counts)} distinct outputs in {m} traces: free generation, not classification"
+    shortfall = calibration_shortfall(split, n, alpha, delta)
+    if shortfall:
+        return codes.TOO_FEW_TRACES, shortfall
     if len(counts) < 2:
-        return codes.SINGLE_LABEL, f"all {n} traces carry one label; nothing to learn yet"
+        return codes.SINGLE_LABEL, f"all {m} training traces carry one label; nothing to learn yet"
     return None
 
 
-def _prepare(texts: list[str], labels: list[str], embed, split: Split) -> Traces:
-    counts = Counter(labels)
-    rare = frozenset(label for label, c in counts.items() if c < MIN_LABEL_TRACES)
+def calibration_shortfall(split: Split, n: int, alpha: float, delta: float) -> str | None:
+    """Why the calibration window of `split` (of `n` traces) is too small for a test at `delta`, or None."""
+    n_cal, needed = len(split.cal), calibration_needed(alpha, delta)
+    if n_cal >= needed:
+        return None
+    if split.n_pool == n:
+        return f"{n} traces; at alpha {alpha} at least ~{traces_needed(alpha, delta)} are needed"
+    return (f"{split.n_pool} of {n} traces may serve as calibration evidence and {n_cal} of them calibrate; at alpha "
+            f"{alpha} at least ~{needed} calibrating traces (~{traces_needed(alpha, delta)} that may serve) are needed")
+
+
+def _prepare(texts: list[str], labels: list[str], embed, split: Split, pool: np.ndarray) -> Traces:
+    """Inputs, embeddings and label indices. Which labels are trained (and which are too rare) is decided on
+    train and validation labels only, so the calibration labels never shape the model."""
     label_arr = np.array(labels, dtype=object)
-    fit_rows = np.concatenate([split.train, split.val])
-    label_names = sorted({label_arr[i] for i in fit_rows} - rare)
+    counts = Counter(label_arr[split.training])
+    rare = frozenset(label for label, c in counts.items() if c < MIN_LABEL_TRACES)
+    label_names = sorted(set(counts) - rare)
     index = {label: i for i, label in enumerate(label_names)}
     return Traces(
         texts=np.array(texts, dtype=object), labels=label_arr, vectors=embed_in_steps(embed, list(texts)),
         y=np.array([index.get(label, -1) for label in labels]), label_names=label_names, counts=counts,
-        rare=rare, split=split,
+        rare=rare, split=split, pool=pool,
     )
 
 
@@ -381,7 +329,8 @@ def _final_policy(data: Traces, filters: Filters, seed: int) -> Policy:
 
 
 def _evidence(policy: Policy, data: Traces) -> Evidence:
-    """The policy's decisions on every calibration row, in blocks of EVIDENCE_CHUNK (bounded memory)."""
+    """The policy's decisions on every calibration row, in blocks of EVIDENCE_CHUNK (bounded memory).
+    Called only once an attempt is reserved: the first read of calibration labels."""
     cal = data.split.cal
     decisions = []
     for start in range(0, len(cal), EVIDENCE_CHUNK):
@@ -395,14 +344,41 @@ def _evidence(policy: Policy, data: Traces) -> Evidence:
     )
 
 
-def _certified(result: GateResult, threshold: float, data: Traces, evidence: Evidence, delta: float, fields: dict) -> Certificate:
+def _frontier(like: Validation, n_calibration: int, delta: float) -> list[dict]:
+    """Coverage at 20 alphas, estimated from validation only (no calibration label is read): what a gate at
+    level `delta` is predicted to certify. Estimates, not certificates: each point says so."""
+    covs = np.array([like.coverage(n_calibration, a, delta) for a in FRONTIER_ALPHAS])
+    covs = np.maximum.accumulate(covs[::-1])[::-1]  # what passes at a stricter alpha passes at a looser one
+    return [{"alpha": a, "coverage": round(float(c), 4), "estimate": True, "certified": False, "lower_bound": None}
+            for a, c in zip(FRONTIER_ALPHAS, covs)]
+
+
+def _skip_reason(outcome: Outcome, baseline: float, alpha: float, like: Validation, n_cal: int) -> str:
+    """Why no attempt was made, from the schedule or validation only."""
+    spent = "the gate did not run and no delta was spent"
+    if outcome.fresh_needed:
+        return (f"the version's last attempt certified nothing on these calibration traces; the next waits for "
+                f"{outcome.fresh_needed:,} more recorded after them; {spent}")
+    level = f"at delta {outcome.delta_predicted:.2g}, the level of the next attempt"
+    if baseline > 0:
+        return (f"validation predicts coverage {outcome.predicted_coverage:.3f} at alpha {alpha} ({level}), not "
+                f"{MIN_GAIN} above the {baseline:.3f} of the policy in force, which stays; {spent}")
+    overall = float(like.agrees.mean()) if len(like.agrees) else 0.0
+    why = ("the embedding does not separate these labels" if overall < NO_SEPARATION_AGREEMENT
+           else "more traces are needed")
+    return (f"validation predicts no coverage certifiable at alpha {alpha} with {n_cal:,} calibration traces ({level}; "
+            f"surrogate agreement {overall:.2f} on validation): {why}; {spent}")
+
+
+def _certified(threshold: float, data: Traces, evidence: Evidence, fields: dict) -> Certificate:
+    """The certificate of a passed gate. What is certified is alpha at the threshold (no lower bound at a
+    threshold the data chose is claimed: `agreement_lower_bound` stays None)."""
     handled = evidence.eligible & (evidence.scores >= threshold)
     n_handled, agree = int(handled.sum()), int(evidence.agrees[handled].sum())
     cert = Certificate(
-        deployed=True, reason_code=codes.DEPLOYED, threshold=threshold, p_value=result.p_value,
+        deployed=True, reason_code=codes.DEPLOYED, threshold=threshold,
         coverage=round(n_handled / len(data.split.cal), 4),
         agreement=round(agree / n_handled, 4) if n_handled else None,
-        agreement_lower_bound=round(agreement_lower_bound(agree, n_handled, delta), 4),
         per_label=_per_label(data, evidence, handled), reason="", **fields,
     )
     cert.reason = f"certified: {cert.summary()}"
@@ -424,20 +400,8 @@ def _unseen_threshold(vectors, y, train, val_known) -> float:
     return float(np.quantile(nearest_same, UNSEEN_QUANTILE))
 
 
-def _frontier_point(alpha: float, delta: float, val_scores, val_agrees, evidence: Evidence) -> dict:
-    n_cal = len(evidence.scores)
-    grid = threshold_grid(val_scores, val_agrees, n_cal, alpha, delta)
-    result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, delta)
-    certified = result.certified_index is not None
-    return {
-        "alpha": alpha,
-        "coverage": round(result.handled / n_cal, 4) if certified else 0.0,
-        "certified": certified,
-        "lower_bound": round(agreement_lower_bound(result.agree, result.handled, delta), 4) if certified else None,
-    }
-
-
 def _refusal_reason(grid: np.ndarray, evidence: Evidence, alpha: float, delta: float, n: int) -> tuple[str, str]:
+    """Why an attempted gate certified nothing (read after the attempt spent its delta)."""
     agrees = evidence.agrees
     overall = float(agrees.mean()) if len(agrees) else 0.0
     top = evidence.eligible & (evidence.scores >= grid[0]) if len(grid) else evidence.eligible
@@ -450,7 +414,7 @@ def _refusal_reason(grid: np.ndarray, evidence: Evidence, alpha: float, delta: f
         )
     return codes.NOT_CERTIFIED, (
         f"surrogate agreement {overall:.2f} on calibration; its most confident {top_n} inputs agree at "
-        f"{top_agree:.3f}, not enough evidence for alpha {alpha} at delta {delta} with {n} traces; "
+        f"{top_agree:.3f}, not enough evidence for alpha {alpha} at delta {delta:.2g} with {n} traces; "
         "more traces are needed"
     )
 
@@ -461,7 +425,7 @@ def _per_label(data: Traces, evidence: Evidence, handled: np.ndarray) -> dict:
     predicted = np.array([data.label_names[p] for p in evidence.pred], dtype=object)
     trained = Counter(data.labels[data.fit_rows])
     out = {}
-    for label in sorted(data.counts):
+    for label in sorted(set(data.counts) | set(teacher)):
         mine = teacher == label
         handed = handled & (predicted == label)
         wrong = Counter(predicted[mine & (predicted != label)])
@@ -471,7 +435,7 @@ def _per_label(data: Traces, evidence: Evidence, handled: np.ndarray) -> dict:
             "handled": int((handled & mine).sum()),
             "agreement": round(float(evidence.agrees[handed].mean()), 4) if handed.any() else None,
             "agreement_all": round(float((predicted[mine] == label).mean()), 4) if mine.any() else None,
-            "status": "too_rare" if label in data.rare else "certified",
+            "status": "certified" if label in data.label_names else "too_rare",
             "confused_with": [[k, int(v)] for k, v in wrong.most_common(3)],
         }
     return out

@@ -12,13 +12,14 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tracer_core import migrations
@@ -58,6 +59,7 @@ COPY_TABLES: dict[str, tuple[str, ...]] = {
     "task_versions": ("task", "fingerprint", "origin", "description", "created_at"),
     "policies": ("id", "task", "fingerprint", "version", "created_at", "status", "n_traces", "certificate", "artifact"),
     "suspensions": ("id", "task", "fingerprint", "created_at", "action", "reason", "details"),
+    "certification_attempts": ("id", *migrations.ATTEMPT_COLUMNS),
 }
 SCHEMA_VERSION = len(migrations.MIGRATIONS)
 
@@ -450,11 +452,12 @@ class TraceStore:
         """
         unselected = ", ".join(f"'{r}'" for r in sorted(UNSELECTED))
         rows = self._read(
-            f"SELECT input, label, id, route IS NULL OR route IN ({unselected}) FROM traces "
+            f"SELECT input, label, id, route IS NULL OR route IN ({unselected}), created_at FROM traces "
             "WHERE task = ? AND fingerprint = ? AND source = 'teacher' AND id > ? ORDER BY id",
             [task, fingerprint, since_id],
         )
-        return Evidence([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [bool(r[3]) for r in rows])
+        return Evidence([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [bool(r[3]) for r in rows],
+                        [r[4] for r in rows])
 
     # --- task versions ------------------------------------------------------------------------
 
@@ -600,6 +603,71 @@ class TraceStore:
         rows = self._read(sql + " ORDER BY created_at DESC, version DESC", params)
         return [_policy(row, with_artifact=False) for row in rows]
 
+    # --- certification attempts ---------------------------------------------------------------
+
+    def next_attempt(self, task: str, fingerprint: str) -> int:
+        """The index the next certification attempt of a task version will get (reserves nothing)."""
+        top = self._read("SELECT coalesce(max(attempt), 0) FROM certification_attempts WHERE task = ? AND fingerprint = ?",
+                         [task, fingerprint])[0][0]
+        return top + 1 if top else len(self._earlier_attempts_of(task, fingerprint)) + 1
+
+    def latest_attempt(self, task: str, fingerprint: str) -> dict | None:
+        """The latest certification attempt of a task version: attempt, n_calibration, last_calibration_id and
+        certified (None while its outcome is not recorded); None if it never attempted."""
+        rows = self._read(
+            "SELECT attempt, n_calibration, last_calibration_id, certified FROM certification_attempts "
+            "WHERE task = ? AND fingerprint = ? ORDER BY attempt DESC LIMIT 1", [task, fingerprint],
+        )
+        if rows:
+            attempt, n_calibration, last_id, certified = rows[0]
+            return {"attempt": attempt, "n_calibration": n_calibration, "last_calibration_id": last_id,
+                    "certified": None if certified is None else bool(certified)}
+        earlier = self._earlier_attempts_of(task, fingerprint)
+        if not earlier:
+            return None
+        last = earlier[-1]
+        return {"attempt": len(earlier), **{k: last[k] for k in ("n_calibration", "last_calibration_id", "certified")}}
+
+    def reserve_attempt(
+        self, task: str, fingerprint: str, *, alpha: float, delta: float, spend: Callable[[int], float],
+        n_calibration: int, last_calibration_id: int,
+    ) -> tuple[int, float, float]:
+        """Take the next attempt index of a task version for good: (index, `spend(index)`, delta spent by
+        every attempt up to it). One serial write, so concurrent fits (threads, processes, hosts) get
+        distinct indices. The first reservation of a version counts the fits an earlier release made
+        with its gate (each at its full delta), conservatively."""
+
+        def insert(conn: Any) -> tuple[int, float, float]:
+            rows = conn.execute("SELECT attempt, delta_spent FROM certification_attempts WHERE task = ? AND fingerprint = ? "
+                                "ORDER BY attempt", (task, fingerprint)).fetchall()
+            now = time.time()
+            if not rows:
+                policies = conn.execute(f"SELECT {_POLICY_COLUMNS} FROM policies WHERE task = ? AND fingerprint = ? "
+                                        "ORDER BY version", (task, fingerprint)).fetchall()
+                earlier = _earlier_release_attempts([_policy(r, with_artifact=False) for r in policies], alpha, delta)
+                rows = [(i, e["delta"]) for i, e in enumerate(earlier, start=1)]
+                conn.executemany(_ATTEMPT_SQL, [
+                    (task, fingerprint, i, e["alpha"], e["delta"], e["delta"], now, e["n_calibration"],
+                     e["last_calibration_id"], int(e["certified"]))
+                    for i, e in enumerate(earlier, start=1)
+                ])
+            attempt = (rows[-1][0] if rows else 0) + 1
+            spent = float(spend(attempt))
+            conn.execute(_ATTEMPT_SQL, (task, fingerprint, attempt, alpha, delta, spent, now, n_calibration,
+                                        last_calibration_id, None))
+            return attempt, spent, math.fsum([r[1] for r in rows] + [spent])
+
+        return self._write(insert, serial=True)
+
+    def settle_attempt(self, task: str, fingerprint: str, attempt: int, certified: bool) -> None:
+        """Record whether a reserved attempt's gate certified a threshold."""
+        self._write(lambda conn: conn.execute(
+            "UPDATE certification_attempts SET certified = ? WHERE task = ? AND fingerprint = ? AND attempt = ?",
+            (int(certified), task, fingerprint, attempt),
+        ))
+
+    def _earlier_attempts_of(self, task: str, fingerprint: str) -> list[dict]:
+        return _earlier_release_attempts(self.policies(task, fingerprint=fingerprint), 0.0, 0.0)
 
     # --- whole rows, for copying a task between stores --------------------------------------
 
@@ -690,6 +758,34 @@ def _policy(row: tuple, *, with_artifact: bool) -> dict:
     return policy
 
 
+_ATTEMPT_SQL = (f"INSERT INTO certification_attempts ({', '.join(migrations.ATTEMPT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(migrations.ATTEMPT_COLUMNS))})")
+
+
+def _earlier_release_attempts(policies: list[dict], alpha: float, delta: float) -> list[dict]:
+    """The certification attempts (alpha, delta, n_calibration, last_calibration_id, certified) behind the policy rows
+    an earlier release wrote after its gate ran (a certificate without `attempt` and with calibration traces, or an
+    unreadable one), oldest first; each spent its full delta. `alpha` and `delta` stand in where it does not say."""
+
+    def number(value: Any, default: float) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
+        return float(value) if ok else default
+
+    found = []
+    for row in sorted(policies, key=lambda r: r["version"]):
+        cert = row["certificate"]
+        if "attempt" in cert:
+            continue
+        n_cal = cert.get("n_calibration")
+        calibrated = isinstance(n_cal, int) and not isinstance(n_cal, bool) and n_cal > 0
+        if calibrated or cert.get("reason_code") == CORRUPT_CERTIFICATE:
+            ids = [i for i in cert.get("calibration_ids") or [] if isinstance(i, int)]
+            found.append({"alpha": number(cert.get("alpha"), alpha), "delta": number(cert.get("delta"), delta),
+                          "n_calibration": n_cal if calibrated else 0, "last_calibration_id": max(ids, default=0),
+                          "certified": cert.get("deployed") is True})
+    return found
+
+
 def _json_or_none(body: str | None) -> Any:
     try:
         return json.loads(body) if body else None
@@ -705,6 +801,7 @@ class Evidence:
     labels: list[str]
     ids: list[int]
     unselected: list[bool]
+    created_at: list[float] = field(default_factory=list)
 
 
 _OPEN_STORES: weakref.WeakSet[TraceStore] = weakref.WeakSet()

@@ -31,6 +31,7 @@ from tracer_core.refit import RefitScheduler, abandon
 from tracer_core.refit_limits import background_refit_limits
 from tracer_core.settings import check, check_limit
 from tracer_core.shutdown import STOP_BOUND_S, FitCancelled, cancelled, check_exit
+from tracer_core.spending import StoreLedger
 from tracer_core.store import Evidence, TraceStore
 from tracer_core.suspects import MIN_SCORE, teacher_suspects
 from tracer_core.suspension import Suspensions, contradiction
@@ -209,8 +210,11 @@ class Tracer:
     def fit(self) -> Certificate:
         """Fit on the teacher traces of this task version and certify; deploy only if certified.
 
-        Calibration uses only unselected traces (see `TraceStore.teacher_evidence`); after a
-        suspension only traces recorded after it count. An explicit fit and a background
+        Calibration uses only unselected traces (see `TraceStore.teacher_evidence`), the task
+        version's calibration side and window (`tracer_core.split`); after a suspension only
+        traces recorded after it count. The gate runs only when validation predicts a material
+        gain over the policy in force, at the level of the version's next attempt, counted in
+        the store across processes (`tracer_core.spending`). An explicit fit and a background
         refit never run at once.
         """
         with self._fit_lock:
@@ -224,17 +228,19 @@ class Tracer:
                 raise NoTracesError(
                     f"task {self.task!r} version {self.fingerprint or '(unversioned)'} has no teacher traces{after}"
                 )
+            in_force = self.watcher.current(force=True)
             policy, cert = fit_policy(
                 evidence.texts, evidence.labels, alpha=self.alpha, delta=self.delta, embed=self.embed,
                 ids=evidence.ids, seed=self.seed, task=self.task, fingerprint=self.fingerprint,
                 calibration_pool=evidence.unselected, max_train=self.max_train,
+                ledger=StoreLedger(self.store, self.task, self.fingerprint), baseline=self._coverage_in_force(in_force),
             )
             cert.since_trace_id = floor
             artifact = b""
             if policy is not None:  # the certificate names the embedder and vouches for the artifact
                 cert.embedder = self.embedder_identity
                 artifact = seal(policy)
-            in_force = self.watcher.current(force=True)
+            cert.calibration_period = _period(evidence, cert.calibration_id_range)
             version = self.store.save_policy(
                 self.task, fingerprint=self.fingerprint, certificate=cert.to_dict(),
                 artifact=artifact, status="deployed" if cert.deployed else "refused",
@@ -251,6 +257,15 @@ class Tracer:
             self.watcher.adopt(policy, None if cert.deployed else cert)
             self.refits.fitted()
             return cert
+
+    def _coverage_in_force(self, in_force: InForce) -> float:
+        """Coverage a new attempt must beat: the policy answering now, if its certificate is at least as strict
+        as this tracer's alpha and delta (0 when none answers: nothing deployed, or suspended)."""
+        policy = in_force.policy
+        if policy is None or in_force.suspension is not None:
+            return 0.0
+        cert = policy.certificate
+        return cert.coverage if cert.alpha >= self.alpha and cert.delta <= self.delta else 0.0
 
     def _refit(self) -> None:
         """Background refit (its own thread, at a lower priority with one numerical thread) under a
@@ -481,3 +496,11 @@ def abandon_refits(tracers: Iterable[Tracer], timeout: float | None = None) -> i
     """Stop the running background refits of `tracers`, waiting for them at most STOP_BOUND_S (or
     `timeout`, if shorter); returns how many were abandoned (what every close() does first)."""
     return abandon([tracer.refits for tracer in tracers], STOP_BOUND_S if timeout is None else min(STOP_BOUND_S, timeout))
+
+
+def _period(evidence: Evidence, id_range: list) -> list:
+    """[first, last] created_at of the traces at the ends of a calibration window (ids in `evidence`)."""
+    if not id_range or not evidence.created_at:
+        return []
+    at = dict(zip(evidence.ids, evidence.created_at))
+    return [at[id_range[0]], at[id_range[1]]]
