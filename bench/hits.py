@@ -111,6 +111,7 @@ def hits() -> list[dict]:
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
 
     from tracer_core.embedder import Embedder
     from tracer_demo.local_teacher import LocalTeacher
@@ -130,7 +131,7 @@ def hits() -> list[dict]:
         # traces were routed (so embedded) before they were recorded, as in a service
         embedder([split.train_texts[i] for i in used])
         prompt = ChatPromptTemplate([("system", "Classify the banking query into one intent."), ("human", "{text}")])
-        llm = ChatOpenAI(model="teacher", base_url=teacher.base_url, api_key="sk-bench", max_retries=0)
+        llm = ChatOpenAI(model="teacher", base_url=teacher.base_url, api_key=SecretStr("sk-bench"), max_retries=0)
         chain = with_tracer(prompt | llm | StrOutputParser(), task="hits", db=str(Path(tmp) / "hits.db"),
                             alpha=ALPHA, audit_rate=0.0, embedder=embedder, refit_every=REFIT_TRACES,
                             policy_check_s=POLICY_CHECK_S)
