@@ -69,7 +69,7 @@ def test_a_plain_process_serves_counters_that_match_its_calls(tmp_path):
     cert = tracer.certificate
     assert total(got, "tracer_policy_version") == 1 and total(got, "tracer_policy_coverage") == cert.coverage
     assert total(got, "tracer_policy_alpha") == 0.9
-    assert total(got, "tracer_policy_agreement_lower_bound") == cert.agreement_lower_bound
+    assert total(got, "tracer_policy_delta_spent") == cert.delta_spent > 0
     assert total(got, "tracer_refits_total", outcome="deployed") == 1
     assert total(got, "tracer_refit_duration_seconds_count") == 1
     assert total(got, "tracer_audits") == tracer.status()["monitor"]["audits"] > 0

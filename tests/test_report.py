@@ -225,7 +225,7 @@ def test_html_report_opens_in_chromium_without_console_errors(built) -> None:
     for title in ("1. Summary", "2. Frontier", "3. Evolution", "4. Per label", "5. Why it defers",
                   "6. Boundary examples", "7. Input regions"):
         assert title in page.dom
-    for phrase in ("Lifetime guarantee: for this task version", "attempt not recorded", "Estimates, not certificates",
+    for phrase in ("Lifetime guarantee: for this task version", "attempt 1: delta_1", "Estimates, not certificates",
                    "No label is certified on its own", "answered (alpha covers all answers together, not this label alone)"):
         assert phrase in page.dom, phrase
     text = html.read_text()

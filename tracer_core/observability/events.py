@@ -89,7 +89,7 @@ def deployed(task: str, fingerprint: str, cert: Certificate) -> TracerEvent:
         f"a fit certified it, {cert.evidence()}",
         f"none: the surrogate now answers the calls it is certified for; {_command('status', task, fingerprint)} shows it",
         {"alpha": cert.alpha, "delta": cert.delta, "coverage": cert.coverage,
-         "agreement_lower_bound": cert.agreement_lower_bound, "n_traces": cert.n_traces,
+         "attempt": cert.attempt, "delta_spent": cert.delta_spent, "n_traces": cert.n_traces,
          "n_calibration": cert.n_calibration, "fit_seconds": cert.fit_seconds},
     )
 

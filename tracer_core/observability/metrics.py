@@ -52,8 +52,9 @@ POLICY_ALPHA = MetricSpec("tracer_policy_alpha", "gauge", "The agreement target 
 POLICY_COVERAGE = MetricSpec("tracer_policy_coverage", "gauge",
                              "Certified coverage of the policy in force: the share of calls it answers (0: none)",
                              TASK_LABELS)
-POLICY_BOUND = MetricSpec("tracer_policy_agreement_lower_bound", "gauge",
-                          "Certified lower bound on the agreement of the policy in force (NaN: none)", TASK_LABELS)
+POLICY_DELTA_SPENT = MetricSpec("tracer_policy_delta_spent", "gauge",
+                                "The share of the lifetime delta the policy in force's certification attempt spent (0: none)",
+                                TASK_LABELS)
 AUDITS = MetricSpec("tracer_audits", "gauge",
                     "Audited calls the policy would have answered, since the last suspend or resume", TASK_LABELS)
 AUDIT_AGREEMENT = MetricSpec("tracer_audit_agreement", "gauge",
@@ -79,7 +80,7 @@ SPILL_BYTES = MetricSpec("tracer_store_spill_bytes", "gauge", "Size of the spill
 QUEUE_DEPTH = MetricSpec("tracer_writer_queue_depth", "gauge", "Traces handed to the writer, not yet written or spilled",
                          STORE_LABELS, aggregate="livesum")
 
-SPECS = (CALLS, TRACES, LLM_COST, CALLS_SAVED, COST_SAVED, POLICY_VERSION, POLICY_ALPHA, POLICY_COVERAGE, POLICY_BOUND,
+SPECS = (CALLS, TRACES, LLM_COST, CALLS_SAVED, COST_SAVED, POLICY_VERSION, POLICY_ALPHA, POLICY_COVERAGE, POLICY_DELTA_SPENT,
          AUDITS, AUDIT_AGREEMENT, MONITOR_WEALTH, MONITOR_REJECT_AT, SUSPENDED, REFITS, REFIT_SECONDS, STORE_DEGRADED,
          SPILL_BYTES, QUEUE_DEPTH)
 

@@ -151,8 +151,7 @@ def _show_policy(task: str, fingerprint: str, cert: Certificate | None) -> None:
         _policy_version[(task, fingerprint)] = cert.version if cert is not None else None
     m.POLICY_VERSION.labels(*labels).set((cert.version or 0) if cert is not None else 0)
     m.POLICY_COVERAGE.labels(*labels).set(cert.coverage if cert is not None else 0.0)
-    bound = cert.agreement_lower_bound if cert is not None else None
-    m.POLICY_BOUND.labels(*labels).set(math.nan if bound is None else bound)
+    m.POLICY_DELTA_SPENT.labels(*labels).set(cert.delta_spent if cert is not None else 0.0)
     if cert is not None:
         m.POLICY_ALPHA.labels(*labels).set(cert.alpha)
 
