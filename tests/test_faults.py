@@ -316,13 +316,13 @@ def test_3_an_invalid_policy_is_never_used_and_status_says_why(
     fitted: Path, embedder, banking_subset, change, problem: str
 ) -> None:
     texts = [t for t, _ in banking_subset[:200]] + ["What is the capital of France?"]
-    with Tracer(TASK, fitted, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(TASK, fitted, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
         assert any(d.handled for d in tracer.route_many(texts))
     tamper(fitted, change)
     with pytest.raises(PolicyError, match=problem):
         with TraceStore(fitted) as store:
             Policy.from_row(store.latest_policy(TASK))
-    with Tracer(TASK, fitted, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(TASK, fitted, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
         decisions = tracer.route_many(texts)
         assert not any(d.handled for d in decisions)
         assert {d.reason for d in decisions} == {"invalid_policy"}
@@ -336,7 +336,7 @@ def test_3_an_invalid_policy_is_never_used_and_status_says_why(
 @pytest.mark.slow
 def test_3_a_vanished_policy_row_is_dropped_within_policy_check_s(fitted: Path, embedder, banking_subset) -> None:
     texts = [t for t, _ in banking_subset[:200]]
-    with Tracer(TASK, fitted, embedder=embedder, auto_refit=False, policy_check_s=0.2) as tracer:
+    with Tracer(TASK, fitted, alpha=0.9, embedder=embedder, auto_refit=False, policy_check_s=0.2) as tracer:
         assert any(d.handled for d in tracer.route_many(texts))
         with TraceStore(fitted) as other:  # a newer refused fit, then the deployed row disappears
             other.save_policy(TASK, fingerprint="", certificate={"reason": "refused"}, artifact=b"",
@@ -350,7 +350,7 @@ def test_3_a_vanished_policy_row_is_dropped_within_policy_check_s(fitted: Path, 
 @pytest.mark.slow
 def test_9_after_every_policy_row_is_deleted_other_processes_stop_answering(fitted: Path, embedder, banking_subset) -> None:
     texts = [t for t, _ in banking_subset[:200]]
-    with Tracer(TASK, fitted, embedder=embedder, auto_refit=False, policy_check_s=0.2) as tracer:
+    with Tracer(TASK, fitted, alpha=0.9, embedder=embedder, auto_refit=False, policy_check_s=0.2) as tracer:
         assert any(d.handled for d in tracer.route_many(texts))
         run_sql(fitted, "DELETE FROM policies")
         time.sleep(0.3)
@@ -361,7 +361,7 @@ def test_9_after_every_policy_row_is_deleted_other_processes_stop_answering(fitt
 @pytest.mark.slow
 def test_5_a_null_certificate_crashes_nothing(fitted: Path, embedder, tmp_path: Path) -> None:
     run_sql(fitted, "UPDATE policies SET certificate = 'null'")
-    with Tracer(TASK, fitted, embedder=embedder, auto_refit=False) as tracer:
+    with Tracer(TASK, fitted, alpha=0.9, embedder=embedder, auto_refit=False) as tracer:
         status = tracer.status()
         assert "corrupt certificate" in status["policy_error"]
         assert "corrupt certificate" in status["last_fit"]
