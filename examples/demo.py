@@ -43,6 +43,7 @@ from tqdm import tqdm  # noqa: E402
 from demo_parts import table  # noqa: E402
 from demo_parts.pricing import teacher_call_cost  # noqa: E402
 from demo_parts.teacher import make_teacher, system_prompt  # noqa: E402
+from tracer_core import registry_for  # noqa: E402
 from tracer_core.guarantee import attempt_statement, outcome_statement  # noqa: E402
 from tracer_core.identity import describe_identity  # noqa: E402
 from tracer_core.report.build import build_report  # noqa: E402
@@ -153,6 +154,7 @@ def main() -> int:
         tracer = chain.tracer_for({"text": "probe"})
     else:
         tracer = callback.tracer_of(**teacher.litellm_kwargs, messages=probe, metadata={"tracer_task": TASK})
+    registry_for(db).flush(10)  # the version is registered off the caller's path: wait for it here
     print(f"task {TASK!r}, version {tracer.fingerprint}: {describe_identity(tracer.store.versions(TASK)[0]['description'])}")
     print(
         f"{len(queries):,} queries over {len(labels)} intents from {banking77_path().name} (seed {args.seed}), "

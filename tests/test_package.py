@@ -72,7 +72,7 @@ def test_wheel_ships_data_and_licences_and_runs_the_python_api_example(tmp_path)
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("handles ") and "certified lower bound" in lines[0], done.stdout  # cert.summary()
+    assert lines[0].startswith("handles ") and "lifetime delta" in lines[0], done.stdout  # cert.summary()
     assert lines[1].split()[0] in ("True", "False")  # d.handled, d.label, d.reason
     assert (run / "tracer.db").is_file()
     assert "Loading weights" not in done.stderr
