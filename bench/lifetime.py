@@ -94,7 +94,7 @@ def simulated_life(agreement: float, seed: int, optimistic: bool = False) -> Lif
         validation = Validation.like_calibration(scores[split.val], val_agrees, pool[split.val],
                                                  np.ones(len(split.val), dtype=bool))
         outcome = attempt_certification(
-            validation, ids[cal], alpha=ALPHA, delta=DELTA, baseline=life.coverage, ledger=ledger,
+            validation, len(cal), ids, alpha=ALPHA, delta=DELTA, baseline=life.coverage, ledger=ledger,
             calibration=partial(CalibrationEvidence, scores[cal], agrees[cal], np.ones(len(cal), dtype=bool)),
         )
         life.attempts += outcome.attempt > 0
@@ -225,7 +225,7 @@ def calibration_window(cache) -> list[dict]:
                 cal = rng.integers(len(scores), size=window)
                 outcome = attempt_certification(
                     Validation.like_calibration(scores[val], agrees[val], np.ones(2000, bool), eligible[val]),
-                    np.arange(window), alpha=ALPHA, delta=DELTA, baseline=0.0, ledger=MemoryLedger(spent=[0.0] * (attempt - 1)),
+                    window, np.arange(window), alpha=ALPHA, delta=DELTA, baseline=0.0, ledger=MemoryLedger(spent=[0.0] * (attempt - 1)),
                     calibration=partial(CalibrationEvidence, scores[cal], agrees[cal], eligible[cal]),
                 )
                 threshold = outcome.threshold

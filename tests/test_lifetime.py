@@ -49,7 +49,7 @@ def test_the_spending_schedule_never_spends_more_than_delta():
     assert attempt_delta(0.05, 2) == pytest.approx(attempt_delta(0.05, 1) / 4)
     assert 0.0499 < spent_through(0.05, 100_000) <= 0.05
     ledger = MemoryLedger()
-    taken = [ledger.reserve(0.95, 0.05, np.arange(100)) for _ in range(30)]
+    taken = [ledger.reserve(0.95, 0.05, 100, 400) for _ in range(30)]
     assert [t.attempt for t in taken] == list(range(1, 31)) and ledger.next_attempt() == 31
     assert [t.delta_spent_total for t in taken] == pytest.approx([spent_through(0.05, j) for j in range(1, 31)])
     with pytest.raises(ValueError, match="numbered from 1"):
@@ -103,7 +103,7 @@ def test_concurrent_reservations_get_distinct_attempts(store_db):
         def reserve() -> None:
             for _ in range(5):
                 taken = store.reserve_attempt("t", "fp", alpha=0.95, delta=0.05, spend=lambda j: attempt_delta(0.05, j),
-                                              n_calibration=600, last_calibration_id=2000)
+                                              n_calibration=600, last_trace_id=2000)
                 with lock:
                     got.append(taken)
 
@@ -130,7 +130,7 @@ def test_two_processes_reserving_at_once_get_distinct_attempts(tmp_path):
         "while not pathlib.Path(sys.argv[2]).exists():\n"
         "    time.sleep(0.001)\n"
         "ledger = StoreLedger(store, 't', 'fp')\n"
-        "print(json.dumps([ledger.reserve(0.95, 0.05, [1, 2, 3]).attempt for _ in range(25)]))\n"
+        "print(json.dumps([ledger.reserve(0.95, 0.05, 3, 10).attempt for _ in range(25)]))\n"
         "store.close()\n"
     )
     children = [subprocess.Popen([sys.executable, "-c", script, str(db), str(go)], stdout=subprocess.PIPE, text=True,
@@ -170,7 +170,8 @@ def test_attempts_are_counted_across_restarts_explicit_fits_and_resumes(tmp_path
 
 
 def test_policies_of_an_earlier_release_count_as_attempts(store_db):
-    legacy = {"deployed": True, "alpha": 0.9, "delta": 0.05, "n_calibration": 120, "reason": "", "reason_code": "deployed"}
+    legacy = {"deployed": True, "alpha": 0.9, "delta": 0.05, "n_calibration": 120, "trace_max_id": 400, "reason": "",
+              "reason_code": "deployed"}
     before_gate = {"deployed": False, "alpha": 0.9, "delta": 0.05, "n_calibration": 0, "reason": "",
                    "reason_code": "too_few_traces"}
     skipped = {**legacy, "deployed": False, "attempt": 0, "reason_code": NOT_ATTEMPTED}
@@ -178,14 +179,14 @@ def test_policies_of_an_earlier_release_count_as_attempts(store_db):
         for cert in (before_gate, legacy, {**legacy, "delta": 0.01}, skipped):
             store.save_policy("t", fingerprint="fp", certificate=cert, artifact=b"", status="refused", n_traces=400)
         assert store.next_attempt("t", "fp") == 3
-        assert store.latest_attempt("t", "fp") == {"attempt": 2, "n_calibration": 120, "last_calibration_id": 0,
+        assert store.latest_attempt("t", "fp") == {"attempt": 2, "n_calibration": 120, "last_trace_id": 400,
                                                    "certified": True}
         attempt, spent, total = store.reserve_attempt("t", "fp", alpha=0.95, delta=0.05,
                                                       spend=lambda j: attempt_delta(0.05, j), n_calibration=300,
-                                                      last_calibration_id=900)
+                                                      last_trace_id=900)
         assert (attempt, spent) == (3, attempt_delta(0.05, 3)) and total == pytest.approx(0.06 + spent)
         assert store.next_attempt("t", "fp") == 4
-        assert store.latest_attempt("t", "fp") == {"attempt": 3, "n_calibration": 300, "last_calibration_id": 900,
+        assert store.latest_attempt("t", "fp") == {"attempt": 3, "n_calibration": 300, "last_trace_id": 900,
                                                    "certified": None}  # not settled: the schedule counts it refused
         store.settle_attempt("t", "fp", 3, certified=False)
         assert store.latest_attempt("t", "fp")["certified"] is False
@@ -208,13 +209,13 @@ def test_a_release1_store_opens_and_its_policy_counts_as_an_attempt(tmp_path):
 
 # --- skipped attempts -----------------------------------------------------------------------
 
-def test_after_a_refused_attempt_the_next_waits_for_fresh_calibration_traces():
+def test_after_a_refused_attempt_the_next_waits_for_fresh_evidence():
     assert fresh_needed(np.arange(1, 601), None) == 0
-    refused = Attempt(1, n_calibration=600, last_calibration_id=600, certified=False)
-    assert fresh_needed(np.arange(1, 601), refused) == 300
+    refused = Attempt(1, n_calibration=180, last_trace_id=600, certified=False)
+    assert fresh_needed(np.arange(1, 601), refused) == 300  # half as many new traces as it saw
     assert fresh_needed(np.arange(1, 801), refused) == 100
     assert fresh_needed(np.arange(1, 901), refused) == 0
-    assert fresh_needed(np.arange(5001, 5101), refused) == 200  # after a suspension: every trace is fresh
+    assert fresh_needed(np.arange(5001, 5101), refused) == 0  # after a suspension: every trace is fresh
     assert fresh_needed(np.arange(1, 601), replace(refused, certified=None)) == 300  # outcome never recorded
     assert fresh_needed(np.arange(1, 601), replace(refused, certified=True)) == 0
     rng = np.random.default_rng(0)
@@ -224,13 +225,12 @@ def test_after_a_refused_attempt_the_next_waits_for_fresh_calibration_traces():
     def failing() -> CalibrationEvidence:
         return CalibrationEvidence(rng.random(600), np.zeros(600, bool), np.ones(600, bool))
 
-    first = attempt_certification(validation, np.arange(1, 601), alpha=0.95, delta=0.05, baseline=0.0, ledger=ledger,
-                                  calibration=failing)
+    first = attempt_certification(validation, 600, np.arange(1, 2001), alpha=0.95, delta=0.05, baseline=0.0,
+                                  ledger=ledger, calibration=failing)
     assert first.attempt == 1 and not first.certified and ledger.latest().certified is False
-    again = attempt_certification(validation, np.arange(1, 801), alpha=0.95, delta=0.05, baseline=0.0, ledger=ledger,
-                                  calibration=failing)
-    assert (again.attempt, again.fresh_needed, len(ledger.spent)) == (0, 100, 1)
-
+    again = attempt_certification(validation, 600, np.arange(1, 2201), alpha=0.95, delta=0.05, baseline=0.0,
+                                  ledger=ledger, calibration=failing)
+    assert (again.attempt, again.fresh_needed, len(ledger.spent)) == (0, 800, 1)
 
 
 def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():
@@ -241,12 +241,12 @@ def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():
     def calibration() -> CalibrationEvidence:
         pytest.fail("a skipped attempt read the calibration evidence")
 
-    outcome = attempt_certification(Validation(scores, rng.random(2000) < 0.99), np.arange(1000), alpha=0.95, delta=0.05,
-                                    baseline=0.995, ledger=ledger, calibration=calibration)
+    outcome = attempt_certification(Validation(scores, rng.random(2000) < 0.99), 1000, np.arange(3000), alpha=0.95,
+                                    delta=0.05, baseline=0.995, ledger=ledger, calibration=calibration)
     assert (outcome.attempt, outcome.delta_spent, outcome.result) == (0, 0.0, None) and ledger.spent == []
     assert outcome.predicted_coverage > 0.9  # certifiable, but not 0.02 above the policy in force
-    near_miss = attempt_certification(Validation(scores, rng.random(2000) < 0.9), np.arange(1000), alpha=0.95, delta=0.05,
-                                      baseline=0.0, ledger=ledger, calibration=calibration)
+    near_miss = attempt_certification(Validation(scores, rng.random(2000) < 0.9), 1000, np.arange(3000), alpha=0.95,
+                                      delta=0.05, baseline=0.0, ledger=ledger, calibration=calibration)
     assert near_miss.attempt == 0 and near_miss.predicted_coverage == 0.0 and ledger.spent == []
 
 
@@ -272,7 +272,7 @@ def test_a_certificate_records_what_its_attempt_spent(banking_subset, fake_embed
     labels = [label for _, label in banking_subset]
     ledger = MemoryLedger()
     for _ in range(2):  # two earlier attempts of this version, both certified
-        ledger.settle(ledger.reserve(0.8, 0.05, np.arange(1, 100)).attempt, True)
+        ledger.settle(ledger.reserve(0.8, 0.05, 100, 500).attempt, True)
     ids = list(range(101, 101 + len(texts)))
     _, cert = fit_policy(texts, labels, alpha=0.8, delta=0.05, embed=fake_embedder, ids=ids, ledger=ledger)
     assert cert.deployed, cert.reason

@@ -203,7 +203,7 @@ def fit_policy(
         final.append(_final_policy(data, filters, seed))
         return _evidence(final[0], data)
 
-    outcome = attempt_certification(like, np.array(cal_ids), alpha=alpha, delta=delta, baseline=baseline,
+    outcome = attempt_certification(like, n_cal, row_ids[used], alpha=alpha, delta=delta, baseline=baseline,
                                     ledger=ledger, calibration=calibration)
     common = dict(
         n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=n_cal,
@@ -357,8 +357,8 @@ def _skip_reason(outcome: Outcome, baseline: float, alpha: float, like: Validati
     """Why no attempt was made, from the schedule or validation only."""
     spent = "the gate did not run and no delta was spent"
     if outcome.fresh_needed:
-        return (f"the version's last attempt certified nothing on these calibration traces; the next waits for "
-                f"{outcome.fresh_needed:,} more recorded after them; {spent}")
+        return (f"the version's last attempt certified nothing on much the same traces; the next waits for "
+                f"{outcome.fresh_needed:,} more recorded after it; {spent}")
     level = f"at delta {outcome.delta_predicted:.2g}, the level of the next attempt"
     if baseline > 0:
         return (f"validation predicts coverage {outcome.predicted_coverage:.3f} at alpha {alpha} ({level}), not "

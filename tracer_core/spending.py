@@ -17,8 +17,6 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 if TYPE_CHECKING:
     from tracer_core.store import TraceStore
 
@@ -47,7 +45,7 @@ class Attempt:
 
     attempt: int
     n_calibration: int  # calibration traces its gate read
-    last_calibration_id: int  # the newest of them
+    last_trace_id: int  # the newest trace of the evidence it was fitted on
     certified: bool | None  # None: its outcome was never recorded (the fit stopped): counted as refused
 
 
@@ -62,8 +60,9 @@ class Ledger(Protocol):
         """The version's latest attempt, if any."""
         ...
 
-    def reserve(self, alpha: float, delta: float, calibration_ids: np.ndarray) -> Reservation:
-        """Take the next index for good, before any calibration label is read (of the traces `calibration_ids`)."""
+    def reserve(self, alpha: float, delta: float, n_calibration: int, last_trace_id: int) -> Reservation:
+        """Take the next index for good, before any calibration label is read (the fit's evidence: `n_calibration`
+        calibration traces, the newest trace `last_trace_id`)."""
         ...
 
     def settle(self, attempt: int, certified: bool) -> None:
@@ -84,10 +83,10 @@ class MemoryLedger:
     def latest(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
 
-    def reserve(self, alpha: float, delta: float, calibration_ids: np.ndarray) -> Reservation:
+    def reserve(self, alpha: float, delta: float, n_calibration: int, last_trace_id: int) -> Reservation:
         attempt = len(self.spent) + 1
         self.spent.append(attempt_delta(delta, attempt))
-        self.attempts.append(Attempt(attempt, len(calibration_ids), _last(calibration_ids), None))
+        self.attempts.append(Attempt(attempt, n_calibration, last_trace_id, None))
         return Reservation(attempt, self.spent[-1], math.fsum(self.spent))
 
     def settle(self, attempt: int, certified: bool) -> None:
@@ -109,16 +108,13 @@ class StoreLedger:
         row = self.store.latest_attempt(self.task, self.fingerprint)
         return Attempt(**row) if row else None
 
-    def reserve(self, alpha: float, delta: float, calibration_ids: np.ndarray) -> Reservation:
+    def reserve(self, alpha: float, delta: float, n_calibration: int, last_trace_id: int) -> Reservation:
         attempt, spent, total = self.store.reserve_attempt(
             self.task, self.fingerprint, alpha=alpha, delta=delta, spend=lambda j: attempt_delta(delta, j),
-            n_calibration=len(calibration_ids), last_calibration_id=_last(calibration_ids),
+            n_calibration=n_calibration, last_trace_id=last_trace_id,
         )
         return Reservation(attempt, spent, total)
 
     def settle(self, attempt: int, certified: bool) -> None:
         self.store.settle_attempt(self.task, self.fingerprint, attempt, certified)
 
-
-def _last(ids: np.ndarray) -> int:
-    return int(np.max(ids)) if len(ids) else 0

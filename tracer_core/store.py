@@ -612,25 +612,25 @@ class TraceStore:
         return top + 1 if top else len(self._earlier_attempts_of(task, fingerprint)) + 1
 
     def latest_attempt(self, task: str, fingerprint: str) -> dict | None:
-        """The latest certification attempt of a task version: attempt, n_calibration, last_calibration_id and
-        certified (None while its outcome is not recorded); None if it never attempted."""
+        """The latest certification attempt of a task version: attempt, n_calibration, last_trace_id and certified
+        (None while its outcome is not recorded); None if it never attempted."""
         rows = self._read(
-            "SELECT attempt, n_calibration, last_calibration_id, certified FROM certification_attempts "
+            "SELECT attempt, n_calibration, last_trace_id, certified FROM certification_attempts "
             "WHERE task = ? AND fingerprint = ? ORDER BY attempt DESC LIMIT 1", [task, fingerprint],
         )
         if rows:
             attempt, n_calibration, last_id, certified = rows[0]
-            return {"attempt": attempt, "n_calibration": n_calibration, "last_calibration_id": last_id,
+            return {"attempt": attempt, "n_calibration": n_calibration, "last_trace_id": last_id,
                     "certified": None if certified is None else bool(certified)}
         earlier = self._earlier_attempts_of(task, fingerprint)
         if not earlier:
             return None
         last = earlier[-1]
-        return {"attempt": len(earlier), **{k: last[k] for k in ("n_calibration", "last_calibration_id", "certified")}}
+        return {"attempt": len(earlier), **{k: last[k] for k in ("n_calibration", "last_trace_id", "certified")}}
 
     def reserve_attempt(
         self, task: str, fingerprint: str, *, alpha: float, delta: float, spend: Callable[[int], float],
-        n_calibration: int, last_calibration_id: int,
+        n_calibration: int, last_trace_id: int,
     ) -> tuple[int, float, float]:
         """Take the next attempt index of a task version for good: (index, `spend(index)`, delta spent by
         every attempt up to it). One serial write, so concurrent fits (threads, processes, hosts) get
@@ -648,13 +648,13 @@ class TraceStore:
                 rows = [(i, e["delta"]) for i, e in enumerate(earlier, start=1)]
                 conn.executemany(_ATTEMPT_SQL, [
                     (task, fingerprint, i, e["alpha"], e["delta"], e["delta"], now, e["n_calibration"],
-                     e["last_calibration_id"], int(e["certified"]))
+                     e["last_trace_id"], int(e["certified"]))
                     for i, e in enumerate(earlier, start=1)
                 ])
             attempt = (rows[-1][0] if rows else 0) + 1
             spent = float(spend(attempt))
             conn.execute(_ATTEMPT_SQL, (task, fingerprint, attempt, alpha, delta, spent, now, n_calibration,
-                                        last_calibration_id, None))
+                                        last_trace_id, None))
             return attempt, spent, math.fsum([r[1] for r in rows] + [spent])
 
         return self._write(insert, serial=True)
@@ -763,26 +763,26 @@ _ATTEMPT_SQL = (f"INSERT INTO certification_attempts ({', '.join(migrations.ATTE
 
 
 def _earlier_release_attempts(policies: list[dict], alpha: float, delta: float) -> list[dict]:
-    """The certification attempts (alpha, delta, n_calibration, last_calibration_id, certified) behind the policy rows
-    an earlier release wrote after its gate ran (a certificate without `attempt` and with calibration traces, or an
+    """The certification attempts (alpha, delta, n_calibration, last_trace_id, certified) behind the policy rows an
+    earlier release wrote after its gate ran (a certificate without `attempt` and with calibration traces, or an
     unreadable one), oldest first; each spent its full delta. `alpha` and `delta` stand in where it does not say."""
 
     def number(value: Any, default: float) -> float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
         return float(value) if ok else default
 
+    def count(value: Any) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
     found = []
     for row in sorted(policies, key=lambda r: r["version"]):
         cert = row["certificate"]
         if "attempt" in cert:
             continue
-        n_cal = cert.get("n_calibration")
-        calibrated = isinstance(n_cal, int) and not isinstance(n_cal, bool) and n_cal > 0
-        if calibrated or cert.get("reason_code") == CORRUPT_CERTIFICATE:
-            ids = [i for i in cert.get("calibration_ids") or [] if isinstance(i, int)]
+        if count(cert.get("n_calibration")) or cert.get("reason_code") == CORRUPT_CERTIFICATE:
             found.append({"alpha": number(cert.get("alpha"), alpha), "delta": number(cert.get("delta"), delta),
-                          "n_calibration": n_cal if calibrated else 0, "last_calibration_id": max(ids, default=0),
-                          "certified": cert.get("deployed") is True})
+                          "n_calibration": count(cert.get("n_calibration")),
+                          "last_trace_id": count(cert.get("trace_max_id")), "certified": cert.get("deployed") is True})
     return found
 
 
