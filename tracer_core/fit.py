@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def fit_policy(
     split = Split.persistent(row_ids, pool, salt=f"{task}\x00{fingerprint}" if salt is None else salt, seed=seed,
                              max_train=max_train)
     cal_ids = [int(row_ids[i]) for i in split.cal]
-    base = dict(
+    base: dict[str, Any] = dict(  # the certificate's fields every outcome shares
         task=task, fingerprint=fingerprint, alpha=alpha, delta=delta, n_traces=n, n_pool=int(pool.sum()),
         data_hash=data_hash(texts, labels), created_at=started, trace_max_id=max(ids) if ids else 0,
         max_train=max_train, calibration_id_range=[min(cal_ids), max(cal_ids)] if cal_ids else [],
@@ -205,7 +206,7 @@ def fit_policy(
 
     outcome = attempt_certification(like, n_cal, row_ids[used], alpha=alpha, delta=delta, baseline=baseline,
                                     ledger=ledger, calibration=calibration)
-    common = dict(
+    common: dict[str, Any] = dict(  # the fields of every outcome once a model is trained
         n_train=len(data.split.train), n_validation=len(data.split.val), n_calibration=n_cal,
         n_train_available=split.n_available, n_labels=len(data.counts), model=SURROGATE,
         candidates={SURROGATE: {"val_agreement": round(trial.agreement, 4), "val_coverage": round(trial.coverage, 4)}},
@@ -223,6 +224,7 @@ def fit_policy(
         per_label = _per_label(data, evidence, np.zeros(n_cal, bool))
         return refuse(code, reason, per_label=per_label, **common)
     policy = final[0]
+    assert outcome.threshold is not None  # a certified outcome names its threshold
     policy.threshold = outcome.threshold
     cert = _certified(policy.threshold, data, evidence, {**base, **common, "p_value": outcome.result.p_value})
     cert.fit_seconds = round(time.time() - started, 3)
@@ -324,7 +326,7 @@ def _final_policy(data: Traces, filters: Filters, seed: int) -> Policy:
         ood_threshold=filters.ood_threshold, threshold=1.0, excluded=set(),
         unseen_vectors=data.vectors[filters.unseen_rows].astype(np.float32),
         unseen_labels=[data.labels[i] for i in filters.unseen_rows], unseen_threshold=filters.unseen_threshold,
-        certificate=None,
+        certificate=cast(Certificate, None),  # fit_policy sets it once the gate has certified the policy
     )
 
 
@@ -337,7 +339,7 @@ def _evidence(policy: Policy, data: Traces) -> Evidence:
         rows = cal[start : start + EVIDENCE_CHUNK]
         decisions += policy.decide(data.text_list(rows), data.vectors[rows])
     index = {label: i for i, label in enumerate(data.label_names)}
-    pred = np.array([index[d.label] for d in decisions], dtype=np.int64)
+    pred = np.array([index[cast(str, d.label)] for d in decisions], dtype=np.int64)  # decide() labels every input
     return Evidence(
         pred=pred, scores=np.array([d.score for d in decisions]), agrees=pred == data.y[cal],
         eligible=np.array([d.reason in ("handled", "low_confidence") for d in decisions], dtype=bool),
