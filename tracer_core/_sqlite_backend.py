@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
 import pathlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import sqlite_utils
 
 from tracer_core import migrations
 from tracer_core._retry import retry_transient
 from tracer_core.errors import CorruptStoreError, StoreError
-from tracer_core.refit import ProcessLock, lock_path
 from tracer_core.store_guard import FileIdentity, refuse_foreign
 
 BUSY_TIMEOUT_S = 30.0
@@ -182,3 +183,31 @@ class SQLiteBackend:
         """A file lock beside the store: True if this process may refit the task version now."""
         with ProcessLock(lock_path(self.path, task, fingerprint)) as acquired:
             yield acquired
+
+
+def lock_path(store_path: pathlib.Path, task: str, fingerprint: str) -> pathlib.Path:
+    key = hashlib.sha256(f"{task}\0{fingerprint}".encode()).hexdigest()[:16]
+    return store_path.with_name(f"{store_path.name}.refit-{key}.lock")
+
+
+class ProcessLock:
+    """A non-blocking exclusive file lock: `with ProcessLock(path) as acquired:`."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def __enter__(self) -> bool:
+        fh = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        self._fh = fh
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()

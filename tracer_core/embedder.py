@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tracer_core.errors import EmbedderError
+from tracer_core.shutdown import check_exit, embedding
 
 if TYPE_CHECKING:
     import diskcache
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+EMBED_STEP = 32  # texts per chunk of a fit's embedding; a stop is checked between chunks
 
 
 def default_cache_dir() -> Path:
@@ -156,3 +158,21 @@ def embed_checked(embed: EmbedFn, texts: list[str]) -> np.ndarray:
     if not np.isfinite(vectors).all():
         raise EmbedderError("embedding function returned NaN or infinite values")
     return vectors
+
+
+def embed_in_steps(embed: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
+    """`embed_checked(embed, texts)` in chunks of EMBED_STEP, checking for a stop between chunks.
+
+    The chunks are written into one preallocated matrix (no second copy of every vector).
+    """
+    out: np.ndarray | None = None
+    for start in range(0, len(texts), EMBED_STEP):
+        check_exit()
+        with embedding():
+            part = embed_checked(embed, texts[start : start + EMBED_STEP])
+        if out is None:
+            out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+        elif part.shape[1] != out.shape[1]:
+            raise EmbedderError(f"embedding function returned {part.shape[1]} dimensions after {out.shape[1]}")
+        out[start : start + len(part)] = part
+    return out if out is not None else embed_checked(embed, texts)

@@ -29,13 +29,14 @@ import numpy as np
 from tracer_core import certificate as codes
 from tracer_core.attempt import MIN_GAIN, CalibrationEvidence, Outcome, Validation, attempt_certification
 from tracer_core.certificate import Certificate
+from tracer_core.embedder import embed_in_steps
 from tracer_core.errors import InvalidTraceError
 from tracer_core.features import Tfidf, join_features, predict_proba
 from tracer_core.gate import min_handled_for
 from tracer_core.ood import MahalanobisOOD
 from tracer_core.policy import Policy
 from tracer_core.settings import check_limit
-from tracer_core.shutdown import check_exit, embed_in_steps
+from tracer_core.shutdown import check_exit
 from tracer_core.spending import Ledger, MemoryLedger, attempt_delta
 from tracer_core.split import CAL_FRACTION, Split
 from tracer_core.surrogate import Surrogate, fit_ensemble

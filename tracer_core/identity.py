@@ -22,6 +22,7 @@ from typing import Any
 from tracer_core.decision import Reason
 from tracer_core.labels import canonical_json
 
+PREFIX = 8  # fingerprint characters shown to people
 ROUTED = "{tracer:input}"
 """Stands where the routed text was in the prompt."""
 
@@ -201,3 +202,8 @@ def _canonical_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None:
             out[key] = json.loads(json.dumps(value, sort_keys=True, default=str))
     return out
+
+
+def label(version: Mapping[str, Any]) -> str:
+    """`1a2b3c4d` (or `(unversioned)`) for a version row: the fingerprint prefix people see."""
+    return str(version["fingerprint"])[:PREFIX] or "(unversioned)"

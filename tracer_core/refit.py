@@ -1,15 +1,11 @@
-"""When to refit in the background, and the lock that lets one process refit a task version at a time."""
+"""When to refit in the background."""
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import IO
 
 from tracer_core.shutdown import EXITING, STOP_BOUND_S, FitCancelled, cancellable, register_refit
 
@@ -100,31 +96,3 @@ def abandon(schedulers: Iterable[RefitScheduler], timeout: float = STOP_BOUND_S)
     for scheduler in running:
         scheduler.wait(max(deadline - time.monotonic(), 0.0))
     return sum(scheduler.abandoned for scheduler in running)
-
-
-def lock_path(store_path: Path, task: str, fingerprint: str) -> Path:
-    key = hashlib.sha256(f"{task}\0{fingerprint}".encode()).hexdigest()[:16]
-    return store_path.with_name(f"{store_path.name}.refit-{key}.lock")
-
-
-class ProcessLock:
-    """A non-blocking exclusive file lock: `with ProcessLock(path) as acquired:`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh: IO[str] | None = None
-
-    def __enter__(self) -> bool:
-        fh = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            return False
-        self._fh = fh
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()

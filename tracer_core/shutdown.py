@@ -8,7 +8,7 @@ raises `FitCancelled` and writes nothing more (no policy row from an abandoned f
 Nobody waits for a refit to finish. `close()` waits at most STOP_BOUND_S for it to stop, and so
 does the exit hook, with one exception: interrupting the embedding model (torch) at interpreter
 exit aborts the process (`terminate called without an active exception`), so the exit hook
-waits for a refit inside an embedding chunk to leave it (chunks are short, EMBED_STEP texts).
+waits for a refit inside an embedding chunk to leave it (chunks are short: `embedder.EMBED_STEP` texts).
 Anywhere else (scikit-learn, numpy, the store) the daemon thread is simply left to the exit.
 """
 
@@ -20,19 +20,15 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import numpy as np
-
-from tracer_core.embedder import embed_checked
-from tracer_core.errors import EmbedderError, TracerError
+from tracer_core.errors import TracerError
 
 log = logging.getLogger("tracer")
 
 EXITING = threading.Event()
 STOP_BOUND_S = 0.5  # the longest close() or the exit hook waits for a refit to stop
 EMBED_BOUND_S = 10.0  # the longest the exit hook waits for a refit to leave an embedding chunk
-EMBED_STEP = 32
 _REFITS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 _EMBEDDING: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # refit threads inside the embedding model
 _scope = threading.local()
@@ -87,26 +83,8 @@ def stop_refits() -> None:
             log.debug("background refit %s left to the interpreter exit", thread.name)
 
 
-def embed_in_steps(embed: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
-    """`embed_checked(embed, texts)` in chunks of EMBED_STEP, checking for a stop between chunks.
-
-    The chunks are written into one preallocated matrix (no second copy of every vector).
-    """
-    out: np.ndarray | None = None
-    for start in range(0, len(texts), EMBED_STEP):
-        check_exit()
-        with _embedding():
-            part = embed_checked(embed, texts[start : start + EMBED_STEP])
-        if out is None:
-            out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
-        elif part.shape[1] != out.shape[1]:
-            raise EmbedderError(f"embedding function returned {part.shape[1]} dimensions after {out.shape[1]}")
-        out[start : start + len(part)] = part
-    return out if out is not None else embed_checked(embed, texts)
-
-
 @contextlib.contextmanager
-def _embedding() -> Iterator[None]:
+def embedding() -> Iterator[None]:
     """Mark this thread as inside the embedding model (the exit hook waits for it to leave)."""
     thread = threading.current_thread()
     _EMBEDDING.add(thread)

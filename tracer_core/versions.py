@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from tracer_core.errors import TracerError
-from tracer_core.identity import describe_identity
+from tracer_core.identity import describe_identity, label
 from tracer_core.store import TraceStore
-
-PREFIX = 8  # fingerprint characters shown to people
 
 
 class VersionError(TracerError):
@@ -30,11 +28,6 @@ def resolve_version(store: TraceStore, task: str, prefix: str | None = None) -> 
     if len(versions) == 1:
         return versions[0]["fingerprint"]
     raise VersionError(f"task {task!r} has {len(versions)} versions; pass --fingerprint PREFIX:\n{listing(versions)}")
-
-
-def label(version: dict) -> str:
-    """`1a2b3c4d` (or `(unversioned)`) for a version row."""
-    return version["fingerprint"][:PREFIX] or "(unversioned)"
 
 
 def origin(version: dict) -> str:

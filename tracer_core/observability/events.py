@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from tracer_core.certificate import FREE_TEXT, SINGLE_LABEL, TOO_FEW_TRACES, Certificate
+from tracer_core.identity import label
 
 
 class EventKind(StrEnum):
@@ -67,8 +68,6 @@ def suspension_cause(reason: str, automatic: bool) -> str:
 @functools.lru_cache(maxsize=4096)
 def version_of(fingerprint: str) -> str:
     """The fingerprint prefix people see (`tracer tasks`, `tracer status`)."""
-    from tracer_core.versions import label  # versions imports the store, which imports this package
-
     return label({"fingerprint": fingerprint})
 
 
