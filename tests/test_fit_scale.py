@@ -7,12 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from tracer_core.cli import main as cli
+from tracer_core.embedder import EMBED_STEP, embed_in_steps
 from tracer_core.errors import EmbedderError
 from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
 from tracer_core.report.html import summary_html
 from tracer_core.report.summary import summary_facts
 from tracer_core.settings import SettingsError
-from tracer_core.shutdown import EMBED_STEP, embed_in_steps
 from tracer_core.split import CAL_FRACTION, Split, calibration_side
 from tracer_core.store import TraceStore
 from tracer_core.trace import make_trace

@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 from tracer_core import Tracer, TraceStore
+from tracer_core._sqlite_backend import lock_path
 from tracer_core.cli import main as cli
 from tracer_core.errors import InvalidTraceError, PolicyError, TracerError
 from tracer_core.fit import SURROGATE
 from tracer_core.policy import Policy
-from tracer_core._sqlite_backend import lock_path
 from tracer_core.spending import attempt_delta
 
 TASK = "intents"
