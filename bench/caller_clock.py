@@ -24,12 +24,12 @@ import numpy as np
 
 # (module, class or None, attribute): every place a call through tracer runs tracer's code on its thread
 ENTRY_POINTS = (
-    ("tracer_core.registry", None, "registry_for"),
+    ("tracer_core.serving.registry", None, "registry_for"),
     ("tracer_langchain.bridge", None, "registry_for"),  # imported there by name
     ("tracer_litellm.callback", None, "registry_for"),
-    ("tracer_core.registry", "TracerRegistry", "tracer"),
-    ("tracer_core.tracer", "Tracer", "route_many"),
-    ("tracer_core.tracer", "Tracer", "record"),
+    ("tracer_core.serving.registry", "TracerRegistry", "tracer"),
+    ("tracer_core.serving.tracer", "Tracer", "route_many"),
+    ("tracer_core.serving.tracer", "Tracer", "record"),
     ("tracer_langchain.bridge", "TracerBridge", "prepare"),
     ("tracer_langchain.bridge", "TracerBridge", "route"),
     ("tracer_langchain.bridge", "TracerBridge", "record_teacher"),

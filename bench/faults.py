@@ -185,7 +185,7 @@ def _postgres_restart(folder: Path, fitted: Path, rows: list[dict], embed) -> di
     """The scenario loop on a PostgreSQL copy of the fitted store: the server stops, and starts FAULT_S later."""
     from tests.pgcluster import ThrowawayCluster
     from tracer_core import TraceStore
-    from tracer_core.store_copy import copy_tasks
+    from tracer_core.storage.copy_store import copy_tasks
 
     os.environ["TRACER_SPILL_DIR"] = str(folder / "pg-spill")
     cluster = ThrowawayCluster().init()
@@ -331,7 +331,7 @@ def _row(fault: str, calls: int, completed: int, recorded_after: int, lost: int,
 
 
 def faults() -> list[dict]:
-    from tracer_core.embedder import get_default_embedder
+    from tracer_core.learning.embedder import get_default_embedder
 
     embed = get_default_embedder()
     rows = _rows()

@@ -49,7 +49,7 @@ def malformed_urls() -> dict:
     from click.testing import CliRunner
 
     from bench.faults import _row
-    from tracer_core.cli import main as cli
+    from tracer_core.cli.commands import main as cli
     from tracer_core.errors import StoreError
 
     checked = leaks = clean = 0
@@ -78,7 +78,7 @@ def other_embedder(folder: Path, rows: list[dict], embed, calls: int) -> dict:
 
     from bench.faults import TASK, _row
     from tracer_core import Tracer, TraceStore
-    from tracer_core.cli import main as cli
+    from tracer_core.cli.commands import main as cli
 
     db = folder / "other-embedder.db"
     with Tracer(TASK, db, alpha=0.9, embedder=BagOfWordsEmbedder(OTHER_DIMENSION), auto_refit=False) as tracer:

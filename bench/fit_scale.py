@@ -71,8 +71,8 @@ def scaled_traces(n: int) -> tuple[list[str], list[str]]:
 
 def fill_store(db: Path, n: int) -> None:
     """Write n teacher traces of TASK to a new SQLite store (recorded without a routing decision)."""
-    from tracer_core.store import TraceStore
-    from tracer_core.trace import make_trace
+    from tracer_core.storage.store import TraceStore
+    from tracer_core.storage.trace import make_trace
 
     texts, labels = scaled_traces(n)
     with TraceStore(db) as store:
@@ -83,7 +83,7 @@ def fill_store(db: Path, n: int) -> None:
 def child(db: str, n: int, max_train: int) -> dict:
     """Fit TASK in `db` (this process), then route the Banking77 test split with the new policy."""
     from bench.data import teacher_split
-    from tracer_core.tracer import Tracer
+    from tracer_core.serving.tracer import Tracer
 
     embed = BagOfWordsEmbedder()
     with Tracer(TASK, db, alpha=ALPHA, embedder=embed, auto_refit=False, max_train=max_train) as tracer:
@@ -105,7 +105,7 @@ def child(db: str, n: int, max_train: int) -> dict:
 
 def measure(n: int, max_train: int | None) -> dict:
     """Fill a store with n traces, then fit it in a fresh process; the fit process's wall time and peak RSS."""
-    from tracer_core.fit import DEFAULT_MAX_TRAIN
+    from tracer_core.learning.fit import DEFAULT_MAX_TRAIN
 
     cap = DEFAULT_MAX_TRAIN if max_train is None else max_train
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -185,8 +185,8 @@ VALIDITY_NOTE = (
 def capped_validity(runs: int = 10, cap: int = VALIDITY_CAP) -> list[dict]:
     """Re-splits of Banking77 T1 under a biting cap: does the certificate still hold on the test split?"""
     from bench.data import teacher_split
-    from tracer_core.fit import fit_policy
-    from tracer_core.gate import significantly_below
+    from tracer_core.learning.fit import fit_policy
+    from tracer_core.learning.gate import significantly_below
 
     split, embed = teacher_split("banking77", "T1"), BagOfWordsEmbedder()
     test_vectors = embed(split.test_texts)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from bench.data import load
 
 if TYPE_CHECKING:
-    from tracer_core.certificate import Certificate
-    from tracer_core.policy import Policy
+    from tracer_core.learning.certificate import Certificate
+    from tracer_core.learning.policy import Policy
 
 DELTA = 0.05
 
@@ -42,8 +42,8 @@ class FitResult:
 
 
 def fit_now(key: FitKey, pooled: bool = False) -> FitResult:
-    from tracer_core.embedder import get_default_embedder
-    from tracer_core.fit import fit_policy
+    from tracer_core.learning.embedder import get_default_embedder
+    from tracer_core.learning.fit import fit_policy
 
     split = load(key.data)
     embed = get_default_embedder()

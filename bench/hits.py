@@ -40,7 +40,7 @@ NOTE = (f"{TRACES:,} Banking77 T1 teacher traces (alpha {ALPHA}) in one process;
         f"the surrogate); idle windows of {IDLE_CYCLES} turns alternate with refit windows, which last from the "
         f"fit's start until {POLICY_SETTLE_S:g} s after its end (the new policy is loaded by the next policy "
         "check). background refit = `Tracer._refit` (nice +10, one BLAS and OpenMP thread, "
-        "tracer_core/refit_limits.py); unlimited fit = `Tracer.fit()` in a thread, as background refits ran "
+        "tracer_core/serving/refit_limits.py); unlimited fit = `Tracer.fit()` in a thread, as background refits ran "
         f"before. Target: p99 during a background refit <= {TARGET_RATIO:g} x idle p99. The library defaults "
         "(no OMP_NUM_THREADS) apply, as in a service.")
 
@@ -113,7 +113,7 @@ def hits() -> list[dict]:
     from langchain_openai import ChatOpenAI
     from pydantic import SecretStr
 
-    from tracer_core.embedder import Embedder
+    from tracer_core.learning.embedder import Embedder
     from tracer_demo.local_teacher import LocalTeacher
     from tracer_langchain import with_tracer
 

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import beta
 
-from tracer_core.attempt import CalibrationEvidence, Validation, attempt_certification
-from tracer_core.fit import calibration_shortfall
-from tracer_core.spending import Attempt, MemoryLedger, attempt_delta
-from tracer_core.split import CAL_FRACTION, CAL_WINDOW, Split
+from tracer_core.learning.attempt import CalibrationEvidence, Validation, attempt_certification
+from tracer_core.learning.fit import calibration_shortfall
+from tracer_core.learning.spending import Attempt, MemoryLedger, attempt_delta
+from tracer_core.learning.split import CAL_FRACTION, CAL_WINDOW, Split
 
 ALPHA = 0.95
 DELTA = 0.05

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import beta, binom
 
-from tracer_core.certificate import Certificate
-from tracer_core.eprocess import KellyBettor, mixture_log_wealth
-from tracer_core.fit import fit_policy
-from tracer_core.monitor import LABEL_FREE_LEVEL, AgreementMonitor, LabelFreeWatch
-from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace
-from tracer_core.watcher import PolicyWatcher
+from tracer_core.learning.certificate import Certificate
+from tracer_core.learning.fit import fit_policy
+from tracer_core.serving.eprocess import KellyBettor, mixture_log_wealth
+from tracer_core.serving.monitor import LABEL_FREE_LEVEL, AgreementMonitor, LabelFreeWatch
+from tracer_core.serving.watcher import PolicyWatcher
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import make_trace
 
 ALPHA, DELTA = 0.95, 0.05
 STEADY_OOD = 0.005  # the out-of-distribution limit leaves out 0.5% of validation inputs

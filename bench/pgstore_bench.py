@@ -13,8 +13,8 @@ from pathlib import Path
 
 from bench.store_bench import BATCH, HANDOFF_P50_TARGET_US, batched_throughput, queued_handoff
 from tests.pgcluster import ThrowawayCluster
-from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import make_trace
 
 THROUGHPUT_TARGET = 10_000
 THREADS, PROCESSES, PER_WRITER = 8, 4, 2_500

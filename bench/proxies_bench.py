@@ -23,7 +23,7 @@ import httpx
 from openai import OpenAI
 
 from tests.pgcluster import ThrowawayCluster, free_port
-from tracer_core.store import TraceStore
+from tracer_core.storage.store import TraceStore
 from tracer_demo.local_teacher import LocalTeacher
 
 ROOT = Path(__file__).resolve().parent.parent

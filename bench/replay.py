@@ -21,8 +21,8 @@ import numpy as np
 from bench.data import teacher_split
 from tracer_core import Reason, Tracer
 from tracer_core.errors import NoTracesError
-from tracer_core.gate import significantly_below
-from tracer_core.tracer import DEFAULT_AUDIT_RATE
+from tracer_core.learning.gate import significantly_below
+from tracer_core.serving.tracer import DEFAULT_AUDIT_RATE
 
 ALPHA = 0.95
 DELTA = 0.05

@@ -12,7 +12,7 @@ STABLE, CHANGE, CLINC = "Banking77 T1, stable", "Banking77 T1, teacher change at
 
 def job(kind: str, seed: int) -> rp.Replay:
     """One replay in a worker process (its own MiniLM, the shared on-disk embedding cache)."""
-    from tracer_core.embedder import get_default_embedder
+    from tracer_core.learning.embedder import get_default_embedder
 
     try:
         from threadpoolctl import threadpool_limits

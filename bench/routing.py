@@ -14,7 +14,7 @@ import numpy as np
 
 from bench.data import clinc_oos_test, load
 from bench.fits import FitCache, FitKey
-from tracer_core.gate import significantly_below
+from tracer_core.learning.gate import significantly_below
 
 ALPHAS = (0.90, 0.95, 0.99)
 ROUTING_SETS = (("banking77", "T1"), ("clinc150", "T1"), ("banking77", "T2"), ("clinc150", "T2"))
@@ -62,7 +62,7 @@ class Evaluation:
         certification slack: what the surrogate's ranking allows on this test split."""
         if self.scores is None or self.agrees is None:
             return None
-        from tracer_core.fit import coverage_at
+        from tracer_core.learning.fit import coverage_at
 
         return coverage_at(self.scores, self.agrees, alpha)
 
@@ -84,7 +84,7 @@ class Evaluation:
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    from tracer_core.embedder import get_default_embedder
+    from tracer_core.learning.embedder import get_default_embedder
 
     return get_default_embedder()(texts)
 

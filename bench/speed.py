@@ -31,10 +31,10 @@ def _row(metric: str, value: str, target: str, reference: str, ok: bool | None) 
 
 def speed(cache: FitCache) -> list[dict]:
     """Fit alone in this process (result cached for the routing table), then the latencies."""
-    from tracer_core.embedder import Embedder, get_default_embedder
-    from tracer_core.policy_seal import seal
-    from tracer_core.store import TraceStore
-    from tracer_core.tracer import Tracer
+    from tracer_core.learning.embedder import Embedder, get_default_embedder
+    from tracer_core.learning.policy_seal import seal
+    from tracer_core.serving.tracer import Tracer
+    from tracer_core.storage.store import TraceStore
 
     key = FitKey(teacher_key("banking77", "T1"), SPEED_ALPHA)
     result = cache.results.get(key) if key in cache.results and not cache.results[key].pooled else None

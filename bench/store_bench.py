@@ -7,8 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import make_trace
 
 N_BATCHED = 50_000
 BATCH = 1_000

@@ -2,7 +2,7 @@
 
 T2 flips 8% of the train labels at random to the most confusable other class; the flipped
 indices ship beside the teacher files. Precision of the top 100 / 400 suspects and recall of
-the 800 flips among the top 800, for the plain baseline, for `tracer_core.suspects` before and
+the 800 flips among the top 800, for the plain baseline, for `tracer_core.learning.suspects` before and
 after its cleaning round, and for a confident-learning class-pair prior (measured, not kept).
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from bench.data import data_dir, teacher_split
-from tracer_core.embedder import get_default_embedder
-from tracer_core.surrogate import fit_logistic
-from tracer_core.suspects import MIN_SCORE, Evidence, cleaned, cross_fitted_evidence
+from tracer_core.learning.embedder import get_default_embedder
+from tracer_core.learning.surrogate import fit_logistic
+from tracer_core.learning.suspects import MIN_SCORE, Evidence, cleaned, cross_fitted_evidence
 
 TOP_SHOWN = 10
 

@@ -44,9 +44,9 @@ from demo_parts import table  # noqa: E402
 from demo_parts.pricing import teacher_call_cost  # noqa: E402
 from demo_parts.teacher import make_teacher, system_prompt  # noqa: E402
 from tracer_core import registry_for  # noqa: E402
-from tracer_core.guarantee import attempt_statement, outcome_statement  # noqa: E402
 from tracer_core.identity import describe_identity  # noqa: E402
 from tracer_core.report.build import build_report  # noqa: E402
+from tracer_core.serving.guarantee import attempt_statement, outcome_statement  # noqa: E402
 from tracer_demo import banking77_path, banking77_rows  # noqa: E402
 from tracer_langchain import with_tracer  # noqa: E402
 from tracer_litellm import TracerCallback  # noqa: E402

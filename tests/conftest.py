@@ -93,7 +93,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def embedder(_embedding_cache: None):
     """The real default embedder (MiniLM): for tests whose outcome depends on the model."""
-    from tracer_core.embedder import get_default_embedder
+    from tracer_core.learning.embedder import get_default_embedder
 
     return get_default_embedder()
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from tests import clustered
 from tracer_core import Reason, Tracer, TraceStore
-from tracer_core.binding import DEFAULT, Level, choose_level
-from tracer_core.cli import main as cli
+from tracer_core.cli.commands import main as cli
 from tracer_core.decision import REASON_TEXT
+from tracer_core.serving.binding import DEFAULT, Level, choose_level
 
 TASK = "binding"
 

@@ -130,7 +130,7 @@ def test_case1_a_suspension_by_the_monitor_does_not_wait_for_a_held_write_lock(
 ) -> None:
     """Issue 22, case 1: the monitor's suspension was written on the caller's path (up to 60 s for the
     lock). The call now defers as suspended at once; the suspension is written when the lock goes."""
-    from tracer_core.monitor import AgreementMonitor
+    from tracer_core.serving.monitor import AgreementMonitor
 
     tracer = Tracer(TASK, db=db_path, embedder=fake_embedder)
     holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tracer_core import Tracer, TraceStore, identify
-from tracer_core.cli import main as cli
+from tracer_core.cli.commands import main as cli
 
 SYSTEM = ("system", "Classify the banking query into one intent.")
 

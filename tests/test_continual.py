@@ -16,7 +16,7 @@ from scipy.stats import binom
 
 from tests import clustered
 from tracer_core import Reason, Tracer, TraceStore
-from tracer_core.cli import main as cli
+from tracer_core.cli.commands import main as cli
 
 TASK = "loop"
 ROOT = Path(__file__).resolve().parent.parent

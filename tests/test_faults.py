@@ -38,11 +38,11 @@ from tests.faultkit import (
     tamper,
 )
 from tracer_core import Tracer, TraceStore
-from tracer_core.cli import main as cli
+from tracer_core.cli.commands import main as cli
 from tracer_core.errors import InvalidTraceError, PolicyError, StoreError
-from tracer_core.jsonl import export_jsonl
-from tracer_core.policy import Policy
-from tracer_core.trace import make_trace
+from tracer_core.learning.policy import Policy
+from tracer_core.storage.jsonl import export_jsonl
+from tracer_core.storage.trace import make_trace
 
 TASK = "faults"
 STALL_S = 1.0  # the longest any single call on the caller's path may take

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracer_core import certificate as codes
 from tracer_core.errors import InvalidTraceError
-from tracer_core.fit import fit_policy
-from tracer_core.policy import Policy
-from tracer_core.split import Split, calibration_side
+from tracer_core.learning import certificate as codes
+from tracer_core.learning.fit import fit_policy
+from tracer_core.learning.policy import Policy
+from tracer_core.learning.split import Split, calibration_side
 
 
 @pytest.fixture(scope="module")

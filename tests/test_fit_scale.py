@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tracer_core.cli import main as cli
-from tracer_core.embedder import EMBED_STEP, embed_in_steps
+from tracer_core.cli.commands import main as cli
 from tracer_core.errors import EmbedderError
-from tracer_core.fit import DEFAULT_MAX_TRAIN, fit_policy
+from tracer_core.learning.embedder import EMBED_STEP, embed_in_steps
+from tracer_core.learning.fit import DEFAULT_MAX_TRAIN, fit_policy
+from tracer_core.learning.split import CAL_FRACTION, Split, calibration_side
 from tracer_core.report.html import summary_html
 from tracer_core.report.summary import summary_facts
+from tracer_core.serving.tracer import Tracer
 from tracer_core.settings import SettingsError
-from tracer_core.split import CAL_FRACTION, Split, calibration_side
-from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace
-from tracer_core.tracer import Tracer
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import make_trace
 from tracer_litellm.settings import TracerSettings
 
 CAP = 600

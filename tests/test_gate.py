@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from tracer_core.attempt import threshold_grid
-from tracer_core.fit import coverage_at
-from tracer_core.gate import (
+from tracer_core.learning.attempt import threshold_grid
+from tracer_core.learning.fit import coverage_at
+from tracer_core.learning.gate import (
     agreement_lower_bound,
     binomial_p_value,
     fixed_sequence_test,

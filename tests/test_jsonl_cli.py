@@ -9,12 +9,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from tracer_core.cli import main as cli
-from tracer_core.cli_store import export, import_, store_commands, tasks
+from tracer_core.cli.commands import main as cli
+from tracer_core.cli.store import export, import_, store_commands, tasks
 from tracer_core.errors import ImportFormatError
-from tracer_core.jsonl import export_jsonl, import_jsonl
-from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace
+from tracer_core.storage.jsonl import export_jsonl, import_jsonl
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import make_trace
 
 DATA = Path(__file__).parent / "data" / "banking77_subset.jsonl"
 

@@ -21,13 +21,13 @@ from click.testing import CliRunner
 from tests import clustered
 from tests.faultkit import subprocess_env
 from tracer_core import Tracer, TraceStore
-from tracer_core import split as split_module
-from tracer_core.attempt import CalibrationEvidence, Validation, attempt_certification, fresh_needed
-from tracer_core.certificate import NOT_ATTEMPTED, Certificate
-from tracer_core.cli import main as cli
-from tracer_core.fit import _filters, _final_policy, _prepare, fit_policy
-from tracer_core.spending import Attempt, MemoryLedger, attempt_delta
-from tracer_core.split import Split, calibration_side
+from tracer_core.cli.commands import main as cli
+from tracer_core.learning import split as split_module
+from tracer_core.learning.attempt import CalibrationEvidence, Validation, attempt_certification, fresh_needed
+from tracer_core.learning.certificate import NOT_ATTEMPTED, Certificate
+from tracer_core.learning.fit import _filters, _final_policy, _prepare, fit_policy
+from tracer_core.learning.spending import Attempt, MemoryLedger, attempt_delta
+from tracer_core.learning.split import Split, calibration_side
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "life"
@@ -125,7 +125,7 @@ def test_two_processes_reserving_at_once_get_distinct_attempts(tmp_path):
     script = (
         "import json, pathlib, sys, time\n"
         "from tracer_core import TraceStore\n"
-        "from tracer_core.spending import StoreLedger\n"
+        "from tracer_core.learning.spending import StoreLedger\n"
         "store = TraceStore(sys.argv[1])\n"
         "while not pathlib.Path(sys.argv[2]).exists():\n"
         "    time.sleep(0.001)\n"
@@ -143,7 +143,7 @@ def test_two_processes_reserving_at_once_get_distinct_attempts(tmp_path):
 
 
 def test_attempts_are_counted_across_restarts_explicit_fits_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr("tracer_core.tracer.get_default_embedder", lambda: clustered.embed)  # the CLI's embedder
+    monkeypatch.setattr("tracer_core.serving.tracer.get_default_embedder", lambda: clustered.embed)  # the CLI's embedder
     db = tmp_path / "life.db"
     tracer = Tracer(TASK, db, alpha=0.9, embedder=clustered.embed, auto_refit=False, audit_rate=0.0)
     tracer.record_many(*clean(1200))

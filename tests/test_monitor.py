@@ -8,11 +8,11 @@ import pytest
 
 from tests import clustered
 from tracer_core import Tracer
-from tracer_core.audits import BOOST_CALLS, MAX_BOOSTED_RATE, AuditSampler
-from tracer_core.certificate import Certificate
 from tracer_core.decision import Decision, Reason
 from tracer_core.errors import NoTracesError
-from tracer_core.monitor import DEFERRAL, LABEL_FREE_LEVEL, OOD, AgreementMonitor, LabelFreeWatch
+from tracer_core.learning.certificate import Certificate
+from tracer_core.serving.audits import BOOST_CALLS, MAX_BOOSTED_RATE, AuditSampler
+from tracer_core.serving.monitor import DEFERRAL, LABEL_FREE_LEVEL, OOD, AgreementMonitor, LabelFreeWatch
 
 ALPHA, DELTA = 0.95, 0.05
 

@@ -26,11 +26,11 @@ from tests.faultkit import (
     tamper,
 )
 from tracer_core import Reason, Tracer, TraceStore
-from tracer_core.cli import main as cli
-from tracer_core.embedder_identity import PROBES
+from tracer_core.cli.commands import main as cli
 from tracer_core.errors import PolicyError
-from tracer_core.policy import Policy
-from tracer_core.policy_seal import labels_digest
+from tracer_core.learning.embedder_identity import PROBES
+from tracer_core.learning.policy import Policy
+from tracer_core.learning.policy_seal import labels_digest
 
 TASK = "bound"
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,7 @@ def test_case6_route_report_status_and_suspects_say_which_embedder_the_policy_ne
 @pytest.mark.slow
 def test_case6_minilm_identity_is_the_same_with_one_and_two_blas_threads(tmp_path) -> None:
     """The checksum of the real MiniLM's probe embeddings, each computed afresh in its own process."""
-    script = ("import json; from tracer_core.embedder import Embedder; from tracer_core.embedder_identity import identify;"
+    script = ("import json; from tracer_core.learning.embedder import Embedder; from tracer_core.learning.embedder_identity import identify;"
               "import sys; print(json.dumps(identify(Embedder(cache_dir=sys.argv[1]))))")
     found = []
     for threads in ("1", "2"):

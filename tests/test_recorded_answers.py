@@ -8,7 +8,7 @@ import pytest
 from tests import clustered
 from tracer_core import Reason, Tracer, TraceStore
 from tracer_core.decision import Decision
-from tracer_core.trace import MAX_LABEL_CHARS, UNPARSED_LABEL
+from tracer_core.storage.trace import MAX_LABEL_CHARS, UNPARSED_LABEL
 
 TASK = "answers"
 

@@ -14,7 +14,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from tracer_core import Tracer
-from tracer_core.refit_limits import MAX_NICE, background_refit_limits
+from tracer_core.serving.refit_limits import MAX_NICE, background_refit_limits
 
 TRACES, ALPHA = 200, 0.8  # enough for a fit to train (not necessarily to deploy)
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")

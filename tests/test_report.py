@@ -14,15 +14,15 @@ import pytest
 from click.testing import CliRunner
 
 from tests.browser import open_page
-from tracer_core.cli import main as cli
-from tracer_core.cli_report import report, report_commands, status
-from tracer_core.guarantee import attempt_statement, guarantee_facts, outcome_statement
-from tracer_core.policy import Policy
+from tracer_core.cli.commands import main as cli
+from tracer_core.cli.report import report, report_commands, status
+from tracer_core.learning.policy import Policy
 from tracer_core.report import build_report
 from tracer_core.report.evolution import plateau, project
-from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace
-from tracer_core.tracer import Tracer
+from tracer_core.serving.guarantee import attempt_statement, guarantee_facts, outcome_statement
+from tracer_core.serving.tracer import Tracer
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import make_trace
 
 TASK = "banking"
 ALPHA, DELTA = 0.9, 0.05

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.faultkit import MALFORMED_URLS, opening_outputs, subprocess_env
-from tracer_core._postgres_backend import PostgresBackend
 from tracer_core.errors import StoreError
+from tracer_core.storage._postgres import PostgresBackend
 from tracer_core.store_address import resolve_path, store_key
 
 
@@ -90,7 +90,7 @@ CLI_URLS = [
 @pytest.mark.slow
 def test_case4_the_cli_says_one_clear_line_for_a_bad_url() -> None:
     """Case 4 (fails at 19ccbfc: `tracer status --db URL` ended in a traceback showing the password)."""
-    script = "import sys; from tracer_core.cli import main; sys.exit(main())"
+    script = "import sys; from tracer_core.cli.commands import main; sys.exit(main())"
     for url, pieces in CLI_URLS:
         done = subprocess.run([sys.executable, "-c", script, "status", "--db", url], capture_output=True, text=True,
                               env=subprocess_env(), timeout=60)

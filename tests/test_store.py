@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tracer_core import migrations
-from tracer_core import store as store_module
 from tracer_core.errors import CorruptStoreError, InvalidTraceError, PolicyError, StoreError, TracerError
-from tracer_core.store import SCHEMA_VERSION, TraceStore, input_hash
-from tracer_core.trace import MAX_INPUT_CHARS, Trace, make_trace
+from tracer_core.storage import migrations
+from tracer_core.storage import store as store_module
+from tracer_core.storage.store import SCHEMA_VERSION, TraceStore, input_hash
+from tracer_core.storage.trace import MAX_INPUT_CHARS, Trace, make_trace
 
 
 @pytest.fixture
@@ -340,8 +340,8 @@ def test_failed_writes_are_spilled_not_lost(db_path: Path, caplog) -> None:
 def test_queued_traces_are_flushed_at_interpreter_exit(db_path: Path) -> None:
     script = (
         "import sys\n"
-        "from tracer_core.store import TraceStore\n"
-        "from tracer_core.trace import make_trace\n"
+        "from tracer_core.storage.store import TraceStore\n"
+        "from tracer_core.storage.trace import make_trace\n"
         "store = TraceStore(sys.argv[1])\n"
         "for i in range(2000):\n"
         "    store.enqueue(make_trace('exit', f'in {i}', 'l'))\n"

@@ -10,8 +10,8 @@ from multiprocessing.synchronize import Event as EventType
 
 import pytest
 
-from tracer_core.store import TraceStore
-from tracer_core.trace import make_trace
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import make_trace
 
 PER_WRITER = 5_000
 THREADS = 8

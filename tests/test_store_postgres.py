@@ -20,11 +20,11 @@ from tests import clustered
 from tests.faultkit import subprocess_env
 from tests.pgcluster import ThrowawayCluster
 from tracer_core import Reason, Tracer, TraceStore
-from tracer_core.cli import main as cli
+from tracer_core.cli.commands import main as cli
 from tracer_core.errors import StoreError
-from tracer_core.store import COPY_TABLES
+from tracer_core.storage.store import COPY_TABLES
+from tracer_core.storage.trace import make_trace
 from tracer_core.store_address import redact
-from tracer_core.trace import make_trace
 from tracer_litellm.settings import TracerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_server_stopped_then_restarted_loses_nothing(pg_cluster: ThrowawayCluste
 def test_a_store_that_does_not_answer_makes_calls_defer_without_waiting(pg_url: str) -> None:
     """A table locked by another session (a migration, a DBA) stalls reads: route() waits at most the
     read budget once, then defers at once until the store answers again."""
-    from tracer_core.watcher import READ_BUDGET_S
+    from tracer_core.serving.watcher import READ_BUDGET_S
 
     tracer = fitted(pg_url)
     assert tracer.fit().deployed and tracer.route("lab3 before the lock").handled
@@ -311,7 +311,7 @@ def test_copy_round_trip_sqlite_postgres_sqlite(pg_url: str, tmp_path: Path) -> 
 
 
 def test_every_entry_point_takes_the_url(pg_url: str, monkeypatch) -> None:
-    from tracer_core.registry import registry_for
+    from tracer_core.serving.registry import registry_for
     from tracer_litellm import TracerCallback
 
     monkeypatch.setenv("TRACER_DB", pg_url)

@@ -11,12 +11,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
-from tracer_core.certificate import Certificate
 from tracer_core.errors import PolicyError
-from tracer_core.features import TFIDF_PARAMS, Tfidf, join_features
-from tracer_core.ood import MahalanobisOOD
-from tracer_core.policy import Policy
-from tracer_core.surrogate import EnsembleSurrogate, LinearSurrogate, MLPSurrogate, fit_ensemble, fit_logistic, fit_mlp
+from tracer_core.learning.certificate import Certificate
+from tracer_core.learning.features import TFIDF_PARAMS, Tfidf, join_features
+from tracer_core.learning.ood import MahalanobisOOD
+from tracer_core.learning.policy import Policy
+from tracer_core.learning.surrogate import EnsembleSurrogate, LinearSurrogate, MLPSurrogate, fit_ensemble, fit_logistic, fit_mlp
 
 
 def blobs(n_labels: int, per_label: int = 40, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

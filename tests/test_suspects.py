@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tracer_core.cli import main as cli
+from tracer_core.cli.commands import main as cli
+from tracer_core.learning.suspects import MIN_SCORE, SuspectsError, _neighbour_vote, cross_fitted_evidence, find_suspects
 from tracer_core.report import build_report
-from tracer_core.store import TraceStore
-from tracer_core.suspects import MIN_SCORE, SuspectsError, _neighbour_vote, cross_fitted_evidence, find_suspects
-from tracer_core.trace import make_trace
-from tracer_core.tracer import Tracer
+from tracer_core.serving.tracer import Tracer
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import make_trace
 
 TASK = "intents"
 TOPICS = {

@@ -18,12 +18,12 @@ import pytest
 from click.testing import CliRunner
 
 from tracer_core import Tracer, TraceStore
-from tracer_core._sqlite_backend import lock_path
-from tracer_core.cli import main as cli
+from tracer_core.cli.commands import main as cli
 from tracer_core.errors import InvalidTraceError, PolicyError, TracerError
-from tracer_core.fit import SURROGATE
-from tracer_core.policy import Policy
-from tracer_core.spending import attempt_delta
+from tracer_core.learning.fit import SURROGATE
+from tracer_core.learning.policy import Policy
+from tracer_core.learning.spending import attempt_delta
+from tracer_core.storage._sqlite import lock_path
 
 TASK = "intents"
 RARE = ["can I buy bitcoin with my balance", "do you support crypto wallets"]
@@ -150,7 +150,7 @@ def test_another_process_fit_is_picked_up_without_restart(fitted_db, tmp_path, e
     tracer = Tracer(TASK, path, alpha=0.9, embedder=embedder, auto_refit=False, policy_check_s=0.0, audit_rate=0.0)
     assert tracer.route(FAR_AWAY[0]).reason == "no_policy"
     done = subprocess.run(
-        [sys.executable, "-c", "from tracer_core.cli import main; main()", "fit", "--task", TASK, "--alpha", "0.9", "--db", str(path)],
+        [sys.executable, "-c", "from tracer_core.cli.commands import main; main()", "fit", "--task", TASK, "--alpha", "0.9", "--db", str(path)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr

@@ -25,8 +25,8 @@ from tracer_core.background import Job
 from tracer_core.decision import deferred
 from tracer_core.errors import StoreError, TracerError
 from tracer_core.observability.observe import count_calls
-from tracer_core.registry import Unrecorded, open_registry
-from tracer_core.tracer import abandon_refits
+from tracer_core.serving.registry import Unrecorded, open_registry
+from tracer_core.serving.tracer import abandon_refits
 from tracer_langchain.codec import OutputCodec, codec_for_type, codec_from_spec, learn_codec
 from tracer_langchain.errors import AmbiguousTextError, IntegrationConfigError
 from tracer_langchain.history import append_turn, session_history

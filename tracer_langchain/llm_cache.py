@@ -31,8 +31,8 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 
 from tracer_core import Decision, FlushReport, Reason, TaskIdentity, Tracer, TraceStore, identify, registry_for
 from tracer_core.decision import deferred
-from tracer_core.trace import is_label
-from tracer_core.tracer import DEFAULT_CLOSE_TIMEOUT_S, abandon_refits
+from tracer_core.serving.tracer import DEFAULT_CLOSE_TIMEOUT_S, abandon_refits
+from tracer_core.storage.trace import is_label
 from tracer_langchain.codec import learn_codec
 from tracer_langchain.fingerprint import hash_description, strip_transport
 from tracer_langchain.identity import routed_index

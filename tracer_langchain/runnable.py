@@ -35,9 +35,9 @@ from langchain_core.utils.pydantic import TypeBaseModel
 from pydantic import ConfigDict
 
 from tracer_core import Tracer
+from tracer_core.serving.tracer import DEFAULT_CLOSE_TIMEOUT_S
 from tracer_core.settings import check
-from tracer_core.tracer import DEFAULT_CLOSE_TIMEOUT_S
-from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
+from tracer_core.storage.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
 from tracer_langchain.bridge import Call, TracerBridge
 from tracer_langchain.codec import CustomCodec
 from tracer_langchain.emit import aemit_chat_model_run, emit_chat_model_run

@@ -32,11 +32,11 @@ from litellm.types.utils import CallTypes, ModelResponse
 from tracer_core import Decision, FlushReport, Reason, Tracer, TracerError, TracerRegistry, registry_for
 from tracer_core.decision import deferred
 from tracer_core.errors import StoreError
-from tracer_core.fit import DEFAULT_MAX_TRAIN
+from tracer_core.learning.fit import DEFAULT_MAX_TRAIN
 from tracer_core.observability.observe import count_calls
-from tracer_core.registry import Unrecorded
-from tracer_core.tracer import DEFAULT_AUDIT_RATE, DEFAULT_CLOSE_TIMEOUT_S, abandon_refits
-from tracer_core.writer import DEFAULT_FLUSH_TIMEOUT_S
+from tracer_core.serving.registry import Unrecorded
+from tracer_core.serving.tracer import DEFAULT_AUDIT_RATE, DEFAULT_CLOSE_TIMEOUT_S, abandon_refits
+from tracer_core.storage.writer import DEFAULT_FLUSH_TIMEOUT_S
 from tracer_litellm import hooks
 from tracer_litellm.codec import decision_view, label_from_response, mark_response, response_decision, surrogate_response
 from tracer_litellm.logging_queue import await_logging, wait_for_logging

@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TypeVar
 
-from tracer_core.fit import DEFAULT_MAX_TRAIN
+from tracer_core.learning.fit import DEFAULT_MAX_TRAIN
+from tracer_core.serving.tracer import DEFAULT_AUDIT_RATE
 from tracer_core.settings import SettingsError, check
 from tracer_core.store_address import display
-from tracer_core.tracer import DEFAULT_AUDIT_RATE
 
 MODES = ("on", "observe", "off")
 N = TypeVar("N", int, float)  # a setting parsed by _number

@@ -11,8 +11,8 @@ import socket
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
-from tracer_core.certificate import FREE_TEXT, SINGLE_LABEL, TOO_FEW_TRACES, Certificate
 from tracer_core.identity import label
+from tracer_core.learning.certificate import FREE_TEXT, SINGLE_LABEL, TOO_FEW_TRACES, Certificate
 
 
 class EventKind(StrEnum):

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tracer_core.certificate import Certificate
 from tracer_core.decision import Decision
+from tracer_core.learning.certificate import Certificate
 from tracer_core.observability import events
 from tracer_core.observability import metrics as m
 from tracer_core.observability.delivery import emit
@@ -25,9 +25,9 @@ from tracer_core.observability.exposition import serve_from_env
 from tracer_core.observability.safe import never_raises
 
 if TYPE_CHECKING:
-    from tracer_core.trace import Trace
-    from tracer_core.tracer import Tracer
-    from tracer_core.watcher import InForce, PolicyWatcher
+    from tracer_core.serving.tracer import Tracer
+    from tracer_core.serving.watcher import InForce, PolicyWatcher
+    from tracer_core.storage.trace import Trace
 
 Version = tuple[str, str]  # (task, fingerprint)
 

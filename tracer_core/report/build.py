@@ -8,9 +8,9 @@ import os
 import time
 from pathlib import Path
 
-from tracer_core.embedder import EmbedFn, get_default_embedder
-from tracer_core.embedder_identity import identify, mismatch
 from tracer_core.errors import TracerError
+from tracer_core.learning.embedder import EmbedFn, get_default_embedder
+from tracer_core.learning.embedder_identity import identify, mismatch
 from tracer_core.report.calibration import CalibrationRouting, route_calibration
 from tracer_core.report.evolution import PREFIX_FRACTIONS, evolution_facts
 from tracer_core.report.html import render_html
@@ -29,7 +29,7 @@ from tracer_core.report.summary import (
     summary_facts,
     usable_policy,
 )
-from tracer_core.store import TraceStore
+from tracer_core.storage.store import TraceStore
 
 
 class ReportError(TracerError):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracer_core.embedder import EmbedFn, embed_checked
+from tracer_core.learning.embedder import EmbedFn, embed_checked
 
 
 @dataclass

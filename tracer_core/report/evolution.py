@@ -6,9 +6,9 @@ import warnings
 
 import numpy as np
 
-from tracer_core.binding import number
-from tracer_core.embedder import EmbedFn
-from tracer_core.guarantee import attempt_statement
+from tracer_core.learning.embedder import EmbedFn
+from tracer_core.serving.binding import number
+from tracer_core.serving.guarantee import attempt_statement
 
 PREFIX_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 MIN_VERSIONS = 3  # fewer stored versions than this: refit on growing prefixes as well
@@ -41,7 +41,7 @@ def prefix_points(
 
     A prefix holding exactly the current certificate's data reuses that certificate instead of refitting.
     """
-    from tracer_core.fit import data_hash, fit_policy
+    from tracer_core.learning.fit import data_hash, fit_policy
 
     points = []
     for fraction in fractions:

@@ -7,11 +7,11 @@ from collections import Counter
 import numpy as np
 
 from tracer_core.decision import REASON_TEXT
-from tracer_core.embedder import EmbedFn
-from tracer_core.guarantee import PER_LABEL_PROMISE
+from tracer_core.learning.embedder import EmbedFn
+from tracer_core.learning.suspects import SuspectsError, teacher_suspects
 from tracer_core.report.calibration import CalibrationRouting
 from tracer_core.report.summary import NOT_ROUTED
-from tracer_core.suspects import SuspectsError, teacher_suspects
+from tracer_core.serving.guarantee import PER_LABEL_PROMISE
 
 CALIBRATION_SOURCE = "held-out calibration traces (never trained on), routed through the policy"
 LIVE_SOURCE = "live traffic: store counts of recorded calls"
@@ -213,7 +213,7 @@ def project_2d(vectors: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def suspect_facts(teacher: tuple[list[str], list[str], list[int]], embed: EmbedFn) -> dict:
-    """Teacher traces whose label the cross-fitted evidence contradicts (see `tracer_core.suspects`)."""
+    """Teacher traces whose label the cross-fitted evidence contradicts (see `tracer_core.learning.suspects`)."""
     source = "all teacher traces, each scored only by models that did not train on it (out-of-fold)"
     try:
         found = teacher_suspects(teacher, embed, limit=REPORTED_SUSPECTS).to_dict()

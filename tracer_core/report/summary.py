@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 
-from tracer_core import versions
-from tracer_core.certificate import Certificate
-from tracer_core.embedder_identity import needed_text
 from tracer_core.errors import PolicyError
-from tracer_core.guarantee import attempt_brief, guarantee_facts, outcome_statement
-from tracer_core.monitor import AgreementMonitor, deferral_bound, ood_bound
-from tracer_core.policy import Policy
-from tracer_core.policy_seal import is_verified
-from tracer_core.store import TraceStore
-from tracer_core.trace import CACHED, UNPARSED
-from tracer_core.versions import resolve_version
+from tracer_core.learning.certificate import Certificate
+from tracer_core.learning.embedder_identity import needed_text
+from tracer_core.learning.policy import Policy
+from tracer_core.learning.policy_seal import is_verified
+from tracer_core.serving import versions
+from tracer_core.serving.guarantee import attempt_brief, guarantee_facts, outcome_statement
+from tracer_core.serving.monitor import AgreementMonitor, deferral_bound, ood_bound
+from tracer_core.serving.versions import resolve_version
+from tracer_core.storage.store import TraceStore
+from tracer_core.storage.trace import CACHED, UNPARSED
 
 HOUR_S = 3600.0
 NOT_ROUTED = "not_routed"  # teacher traces recorded without a routing decision (imports, observe-only)

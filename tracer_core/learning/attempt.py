@@ -1,0 +1,215 @@
+"""One certification attempt: check the schedule, predict from validation, spend only when it is worth it, run the gate.
+
+The steps, in order (the fit and the lifetime benchmark both call `attempt_certification`):
+
+1. The schedule: after an attempt whose gate certified nothing, the next one waits for fresh
+   evidence: FRESH_SHARE as many traces newer than that attempt's as there are older ones (a gate
+   re-run on mostly the same labels and model would mostly repeat its verdict, and spend delta
+   doing so). Evidence after a suspension is all fresh.
+2. Predict from validation alone what the gate would certify at the level of the version's next
+   attempt: the coverage down to which each step of the threshold grid passes at least as often
+   as not (POWER), given the validation agreement at that step and the expected calibration size.
+3. Attempt only when the prediction beats the policy in force by MIN_GAIN in coverage (anything
+   above 0 when none is in force).
+
+   When step 1 or 3 says no, the fit ends here: no calibration label is read, no attempt index
+   is taken, no delta is spent.
+4. Reserve the attempt index j in the ledger (before any calibration label is read); the gate
+   tests at delta_j (`tracer_core.learning.spending`).
+5. Fix the threshold grid on validation at delta_j, read the calibration evidence (only now), run
+   the fixed-sequence test and record its outcome in the ledger (for step 1 of later attempts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import betaln, gammaln
+from scipy.stats import binom
+
+from tracer_core.learning.gate import GateResult, fixed_sequence_test
+from tracer_core.learning.spending import Attempt, Ledger, attempt_delta
+
+POWER = 0.5  # a step of the grid is predicted to pass when it passes at least as often as not
+# Coverage a new attempt must be predicted to add over the policy in force. The prediction is optimistic about where
+# the walk stops (it must pass every step on the way), and each attempt makes the later ones stricter, so a
+# replacement must promise much: measured in the Banking77 replay (bench `replay`; 0.02 gave ~9 attempts, most
+# adding under 0.01, and a lower coverage at the end).
+MIN_GAIN = 0.10
+FRESH_SHARE = 0.5  # after a refused attempt, fresh traces needed per trace it saw (bench `lifetime`)
+GRID_STEP = 0.0025
+MIN_PREDICTION_INPUTS = 200  # validation inputs behind a step's pass probability (or a quarter of them)
+
+
+@dataclass(frozen=True)
+class CalibrationEvidence:
+    """The final policy's decisions on the calibration traces (what the gate reads)."""
+
+    scores: np.ndarray
+    agrees: np.ndarray
+    eligible: np.ndarray  # passed the out-of-distribution and unseen-label checks
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Validation traces that stand for the calibration ones: the surrogate's confidence and agreement on those the
+    threshold-free filters keep, and the share they keep (to scale a coverage to all calibration traces)."""
+
+    scores: np.ndarray
+    agrees: np.ndarray
+    share_eligible: float = 1.0
+
+    @classmethod
+    def like_calibration(
+        cls, scores: np.ndarray, agrees: np.ndarray, in_pool: np.ndarray, in_distribution: np.ndarray
+    ) -> Validation:
+        """The validation rows drawn like the calibration traces (from the pool) when there are at least
+        MIN_PREDICTION_INPUTS of them, else every validation row; of those, the in-distribution ones."""
+        like = in_pool if in_pool.sum() >= MIN_PREDICTION_INPUTS else np.ones(len(in_pool), dtype=bool)
+        ok = like & in_distribution
+        return cls(scores[ok], agrees[ok], float(ok.sum() / like.sum()) if like.any() else 0.0)
+
+    def coverage(self, n_calibration: int, alpha: float, delta: float) -> float:
+        """Coverage of all calibration traces a gate at `delta` is predicted to certify."""
+        return self.share_eligible * predicted_coverage(self.scores, self.agrees, n_calibration, alpha, delta)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt did. `attempt` 0: skipped (the gate did not run, nothing was spent)."""
+
+    attempt: int
+    delta_spent: float
+    delta_spent_total: float
+    delta_predicted: float  # the level the validation prediction used
+    predicted_coverage: float  # of the calibration traces, predicted from validation
+    fresh_needed: int = 0  # skipped by the schedule: fresh traces still needed
+    grid: np.ndarray | None = None
+    result: GateResult | None = None
+    evidence: CalibrationEvidence | None = None
+
+    @property
+    def certified(self) -> bool:
+        return self.result is not None and self.result.certified_index is not None
+
+    @property
+    def threshold(self) -> float | None:
+        if self.grid is None or self.result is None or self.result.certified_index is None:
+            return None
+        return float(self.grid[self.result.certified_index])
+
+
+def attempt_certification(
+    validation: Validation,
+    n_calibration: int,
+    trace_ids: np.ndarray,
+    *,
+    alpha: float,
+    delta: float,
+    baseline: float,
+    ledger: Ledger,
+    calibration: Callable[[], CalibrationEvidence],
+) -> Outcome:
+    """Run the steps of the module docstring. `n_calibration`: the calibration window's size; `trace_ids`: the
+    ids of every trace of the fit's evidence; `baseline`: coverage of the policy in force (0 when none answers);
+    `calibration()` is called only when the attempt is made."""
+    planned = attempt_delta(delta, ledger.next_attempt())
+    predicted = validation.coverage(n_calibration, alpha, planned)
+    waiting = fresh_needed(trace_ids, ledger.latest())
+    if waiting or not worth_attempting(predicted, baseline):
+        return Outcome(0, 0.0, 0.0, planned, predicted, waiting)
+    taken = ledger.reserve(alpha, delta, n_calibration, int(np.max(trace_ids)))
+    grid = threshold_grid(validation.scores, validation.agrees, n_calibration, alpha, taken.delta_spent)
+    evidence = calibration()
+    result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, taken.delta_spent)
+    ledger.settle(taken.attempt, result.certified_index is not None)
+    return Outcome(taken.attempt, taken.delta_spent, taken.delta_spent_total, planned, predicted, 0, grid, result,
+                   evidence)
+
+
+def fresh_needed(trace_ids: np.ndarray, latest: Attempt | None) -> int:
+    """Fresh traces the schedule still waits for (0: an attempt may run): after an attempt that certified nothing
+    (or never recorded its outcome), FRESH_SHARE as many traces newer than its newest as there are older ones."""
+    if latest is None or latest.certified:
+        return 0
+    fresh = int(np.count_nonzero(np.asarray(trace_ids) > latest.last_trace_id))
+    return max(math.ceil(FRESH_SHARE * (len(trace_ids) - fresh)) - fresh, 0)
+
+
+def worth_attempting(predicted: float, baseline: float) -> bool:
+    """An attempt is made when validation predicts materially more coverage than the policy in force."""
+    return predicted > 0.0 and predicted >= baseline + MIN_GAIN
+
+
+def _pass_probabilities(
+    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage steps, the probability that the gate's test at level `delta` passes at each).
+
+    At a step (the most confident share of validation), the calibration errors among the expected number
+    of handled calibration inputs follow a beta-binomial: the error rate unknown, with that share's
+    validation errors and agreements as its evidence. The step passes with at most the most errors the
+    exact binomial test allows at `delta`. Steps with few validation inputs predict noisily: 0.
+    """
+    order = np.argsort(-val_scores, kind="stable")
+    shares = np.append(np.arange(GRID_STEP, 1.0, GRID_STEP), 1.0)
+    taken = np.maximum(np.ceil(shares * len(order)).astype(int), 1)
+    agree = np.cumsum(val_agrees[order])[taken - 1]
+    n = np.maximum(np.round(shares * n_calibration).astype(int), 1)
+    most = binom.ppf(delta, n, 1.0 - alpha)  # the fewest errors whose p-value reaches delta ...
+    most = np.where(binom.cdf(most, n, 1.0 - alpha) <= delta, most, most - 1)  # ... or one fewer: the most that pass
+    passes = _betabinom_cdf(most, n, taken - agree + 1.0, agree + 1.0)
+    passes[taken < min(MIN_PREDICTION_INPUTS, len(order) // 4)] = 0.0
+    return shares, passes
+
+
+def _betabinom_cdf(k: np.ndarray, n: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """P(BetaBinomial(n, a, b) <= k) element-wise (0 where k < 0): the pmf summed over 0..k in one array
+    operation (scipy's `betabinom.cdf` sums one element at a time, 100 times slower here)."""
+    j = np.arange(max(int(k.max()), 0) + 1)[None, :]
+    n, a, b = n[:, None], a[:, None], b[:, None]
+    log_pmf = (gammaln(n + 1) - gammaln(j + 1) - gammaln(np.maximum(n - j, 0) + 1)
+               + betaln(j + a, np.maximum(n - j, 0) + b) - betaln(a, b))
+    pmf = np.where(j <= np.minimum(k[:, None], n), np.exp(log_pmf), 0.0)
+    return np.minimum(pmf.sum(axis=1), 1.0)
+
+
+def _grid_start(passes: np.ndarray) -> int:
+    """The step predicted likeliest to pass (the first of equals)."""
+    return int(np.argmax(passes))
+
+
+def threshold_grid(
+    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
+) -> np.ndarray:
+    """Descending thresholds at validation-coverage steps, ending at 0 (handle all).
+
+    The sequence starts at the step validation predicts likeliest to pass the calibration test (see
+    `_pass_probabilities`): steps too small or too uncertain to pass are skipped instead of stopping
+    the sequence at once. Only validation data decide this.
+    """
+    if not len(val_scores):
+        return np.array([0.0])
+    shares, passes = _pass_probabilities(val_scores, val_agrees, n_calibration, alpha, delta)
+    start = _grid_start(passes)
+    grid = np.quantile(val_scores, np.clip(1.0 - shares[start:], 0.0, 1.0))
+    return np.unique(np.append(grid, 0.0))[::-1]
+
+
+def predicted_coverage(
+    val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
+) -> float:
+    """Coverage the gate at level `delta` is predicted to certify: from the grid's start down to the last step
+    of the run whose pass probabilities are all at least POWER (0: the start's is not)."""
+    if not len(val_scores) or n_calibration <= 0:
+        return 0.0
+    shares, passes = _pass_probabilities(val_scores, val_agrees, n_calibration, alpha, delta)
+    start = _grid_start(passes)
+    likely = passes[start:] >= POWER
+    if not likely[0]:
+        return 0.0
+    last = len(likely) - 1 if likely.all() else int(np.argmin(likely)) - 1
+    return float(shares[start + last])

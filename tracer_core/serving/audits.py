@@ -1,0 +1,69 @@
+"""Which calls are audited: a draw independent of the input, at a rate raised while something looks wrong.
+
+The rate is raised while the monitor of the policy version in force is suspicious, for BOOST_CALLS
+routed calls after a label-free signal, and for BOOST_CALLS routed calls after a monitor that was
+suspicious gives way to a fresh one (a refit trained on the same period, or a resume): the new
+monitor starts from no evidence, and the boost only costs audits.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+from tracer_core.decision import Decision, Reason
+from tracer_core.learning.certificate import Certificate
+from tracer_core.serving.monitor import AgreementMonitor, LabelFreeWatch
+
+log = logging.getLogger("tracer")
+
+AUDIT_BOOST = 10.0  # audit rate multiplier while the monitor or a drift signal is worried
+MAX_BOOSTED_RATE = 0.5
+BOOST_CALLS = 1_000  # routed calls a label-free signal (or a suspicious monitor replaced) keeps the boost on
+
+
+class AuditSampler:
+    """Draws audits at `rate` (boosted while the monitor is suspicious or a signal is recent)."""
+
+    def __init__(self, rate: float, seed: str, name: str) -> None:
+        self.base_rate = rate
+        self.name = name
+        self._random = random.Random(seed)
+        self._label_free: LabelFreeWatch | None = None
+        self._monitor: AgreementMonitor | None = None
+        self._boost_left = 0
+        self.signals = 0  # label-free signals so far
+
+    def rate(self, monitor: AgreementMonitor) -> float:
+        worried = self._boost_left > 0 or monitor.suspicious
+        return min(MAX_BOOSTED_RATE, self.base_rate * AUDIT_BOOST) if worried and self.base_rate > 0 else self.base_rate
+
+    def draw(self, n: int, monitor: AgreementMonitor) -> list[bool]:
+        """Which of the next `n` calls are audited (drawn before routing, whatever the inputs)."""
+        if monitor is not self._monitor:
+            if self._monitor is not None and self._monitor.suspicious:
+                self._boost_left = max(self._boost_left, BOOST_CALLS)
+            self._monitor = monitor
+        rate = self.rate(monitor)
+        return [self._random.random() < rate for _ in range(n)]
+
+    def watch(self, decisions: Sequence[Decision], cert: Certificate) -> None:
+        """Label-free signals on the decisions of the policy in force (each policy version has its own)."""
+        self._boost_left = max(0, self._boost_left - len(decisions))
+        if self._label_free is None or self._label_free.policy_version != cert.version:
+            self._label_free = LabelFreeWatch(cert)
+        signal = self._label_free.observe(decisions)
+        if signal is not None:
+            if self._boost_left == 0:
+                log.warning("tracer task %r: %s; auditing more for a while", self.name, signal.describe())
+            self._boost_left = BOOST_CALLS
+            self.signals += 1
+
+
+def as_audit(decision: Decision) -> Decision:
+    """The audited form of a decision: the LLM answers; the label is what the policy would have answered."""
+    return Decision(
+        label=decision.label if decision.handled else None, handled=False, score=decision.score,
+        reason=Reason.AUDIT, policy_version=decision.policy_version,
+    )
