@@ -470,6 +470,34 @@ class TraceStore:
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (task, fingerprint, origin, body, time.time()),
         ), budget_s)
 
+    def versions_by_fingerprint(self, fingerprint: str) -> list[str]:
+        """The task names a fingerprint is registered under (by either integration), oldest first."""
+        rows = self._read("SELECT task FROM task_versions WHERE fingerprint = ? ORDER BY created_at, task", [fingerprint])
+        return [task for (task,) in rows]
+
+    def has_traces(self, task: str, fingerprint: str) -> bool:
+        """Whether the task version has any trace."""
+        return bool(self._read("SELECT 1 FROM traces WHERE task = ? AND fingerprint = ? LIMIT 1", [task, fingerprint]))
+
+    def move_traces(self, source: str, fingerprint: str, task: str, *, budget_s: float = LOCK_RETRY_S) -> int:
+        """Move the traces of task `source` at `fingerprint` to `task` in one transaction; returns how many.
+
+        Only a name with no certification history (no policy, attempt or suspension at the fingerprint)
+        gives its traces away: a certified history stays with the name its split was salted with.
+        """
+
+        def move(conn: Any) -> int:
+            for table in ("policies", "certification_attempts", "suspensions"):
+                if conn.execute(f"SELECT 1 FROM {table} WHERE task = ? AND fingerprint = ? LIMIT 1",
+                                (source, fingerprint)).fetchall():
+                    return 0
+            moved = conn.execute("UPDATE traces SET task = ? WHERE task = ? AND fingerprint = ?",
+                                 (task, source, fingerprint)).rowcount
+            conn.execute("DELETE FROM task_versions WHERE task = ? AND fingerprint = ?", (source, fingerprint))
+            return int(moved)
+
+        return self._write(move, budget_s, serial=True)
+
     def versions(self, task: str | None = None) -> list[dict]:
         """Every (task, fingerprint) with traces, a policy or a description, newest activity first."""
         where, params = ("WHERE task = ?", [task]) if task is not None else ("", [])
