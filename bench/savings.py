@@ -17,8 +17,8 @@ SALT = "bench savings"
 NOTE = (f"Each row: one task version (salt {SALT!r}, all traces may calibrate), a fit at `start` traces with a fresh "
         f"ledger, then refits every {STEP} traces with the same ledger (the schedule and delta spending as in a store) "
         f"until one deploys (at most {MAX_TRACES:,}). `estimate` = start + the estimate's more traces; `deployed at` = "
-        "the first refit that deployed. The lower-alpha check fits at the suggested alpha on the start's traces with "
-        "the ledger as it was after the start's fit (the version's next attempt). An estimate, never a promise: it "
+        "the first refit that deployed. The lower-alpha check fits at the suggested alpha with the ledger as it was "
+        "after the start's fit (the version's next attempt), on the start's traces plus those the schedule waits for. An estimate, never a promise: it "
         "assumes the surrogate's errors keep falling as measured at the start.")
 
 
@@ -59,7 +59,7 @@ def savings_honesty() -> list[dict]:
         row["fits"] = fits
         lower = est.get("lower_alpha")
         if lower is not None:
-            check = fit(start, lower, after)
+            check = fit(start + est.get("wait", 0), lower, after)  # when the schedule allows the next attempt
             row["lower alpha suggested"] = f"{lower:g} (~{est['lower_alpha_coverage']:.0%})" if est.get(
                 "lower_alpha_coverage") else f"{lower:g} (minimum)"
             row["fit at it"] = f"deployed, {check.coverage:.0%}" if check.deployed else check.reason_code
