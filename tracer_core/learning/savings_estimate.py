@@ -50,7 +50,7 @@ class SavingsEstimate:
                      "be tried"]
             if self.lower_alpha is not None:
                 parts.append(f"at alpha {self.lower_alpha:g} a fit could be tried now")
-            return "savings estimate: " + "; or ".join(parts) + " (the gate's minimum, not a promise)"
+            return "savings estimate: " + "; or ".join(parts) + " (the minimum the gate needs, not a promise)"
         if self.more_traces is not None:
             then = f" at ~{self.coverage:.0%} coverage" if self.coverage else ""
             parts = [f"about {self.more_traces:,} more teacher traces at this rate would let a fit deploy at alpha "

@@ -226,7 +226,7 @@ def suspects_html(s: dict) -> str:
              "LLM's label.</p>"]
     if s["confused_pairs"]:
         items = "".join(f"<li><code>{escape(p['labels'][0])}</code> vs <code>{escape(p['labels'][1])}</code>: "
-                        f"{p['suspects']:,} suspects</li>" for p in s["confused_pairs"])
+                        f"{p['message'].rsplit(': ', 1)[1]}</li>" for p in s["confused_pairs"])
         parts.append(f'<h3>Label pairs to clarify</h3><ul id="confused-pairs">{items}</ul>')
     rows = [
         [(f"{x['score']:.2f}", x["score"]), x["id"], x["input"], x["teacher_label"], x["suggested_label"],

@@ -27,9 +27,9 @@ from tracer_core.decision import UNSELECTED
 from tracer_core.errors import PolicyError, StoreError
 from tracer_core.shutdown import stop_refits
 from tracer_core.storage import migrations
-from tracer_core.storage.packed_ids import packed_certificate, unpacked_certificate
 from tracer_core.storage._postgres import PostgresBackend
 from tracer_core.storage._sqlite import SQLiteBackend
+from tracer_core.storage.packed_ids import packed_certificate, unpacked_certificate
 from tracer_core.storage.spill import SpillFile
 from tracer_core.storage.trace import CACHED, SOURCES, UNPARSED, Trace, validate
 from tracer_core.storage.writer import DEFAULT_FLUSH_TIMEOUT_S, BackgroundWriter, FlushReport
