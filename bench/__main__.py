@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale,savings] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "lifetime", "faults", "monitor",
-            "replay", "suspects", "fitscale")
+            "replay", "suspects", "fitscale", "savings")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -257,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             for title, rows, note in replay_tables(args.replay_runs, workers=cache.workers):
                 report.add(title, rows, note)
                 report.write()
+        if "savings" in only:
+            from bench.savings import ALPHA as SAVINGS_ALPHA
+            from bench.savings import NOTE as SAVINGS_NOTE
+            from bench.savings import savings_honesty
+
+            report.add(f"When savings start: the refused fit's estimate against the first refit that deploys "
+                       f"(Banking77 T1, alpha {SAVINGS_ALPHA})", savings_honesty(), SAVINGS_NOTE)
+            report.write()
         if "suspects" in only:
             from bench.suspects import run as suspects_run
 

@@ -90,7 +90,8 @@ def test_schema_steps_are_recorded_and_a_newer_store_is_refused(pg_cluster: Thro
     TraceStore(pg_url).close()  # a second open applies nothing
     with psycopg.connect(pg_url, autocommit=True) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM tracer_migrations ORDER BY name")]
-        assert names == ["m001_traces_and_policies", "m002_routing_context", "m003_certification_attempts"]
+        assert names == ["m001_traces_and_policies", "m002_routing_context", "m003_certification_attempts",
+                         "m004_packed_calibration_ids"]
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
                                                "WHERE table_name = 'traces' AND table_schema = current_schema()")}
         assert {"route", "policy_version", "predicted", "score", "metadata"} <= columns

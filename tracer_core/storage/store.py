@@ -29,6 +29,7 @@ from tracer_core.shutdown import stop_refits
 from tracer_core.storage import migrations
 from tracer_core.storage._postgres import PostgresBackend
 from tracer_core.storage._sqlite import SQLiteBackend
+from tracer_core.storage.packed_ids import packed_certificate, unpacked_certificate
 from tracer_core.storage.spill import SpillFile
 from tracer_core.storage.trace import CACHED, SOURCES, UNPARSED, Trace, validate
 from tracer_core.storage.writer import DEFAULT_FLUSH_TIMEOUT_S, BackgroundWriter, FlushReport
@@ -588,7 +589,7 @@ class TraceStore:
         if not isinstance(status, str) or not status:
             raise PolicyError(f"policy status must be a non-empty string, got {status!r}")
         try:
-            cert_json = json.dumps(certificate, allow_nan=False)
+            cert_json = json.dumps(packed_certificate(certificate), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise PolicyError(f"policy certificate is not JSON-serialisable: {exc}") from None
 
@@ -777,7 +778,9 @@ def _policy(row: tuple, *, with_artifact: bool) -> dict:
     try:
         certificate = json.loads(policy["certificate"])
         problem = None if isinstance(certificate, dict) else f"JSON {type(certificate).__name__}, not an object"
-    except (json.JSONDecodeError, TypeError) as exc:
+        if problem is None:
+            unpacked_certificate(certificate)
+    except (json.JSONDecodeError, TypeError, StoreError) as exc:
         problem = str(exc)
     if problem is not None:  # listed with a reason; Policy.from_row refuses to load it
         certificate = {"deployed": False, "reason_code": CORRUPT_CERTIFICATE,
