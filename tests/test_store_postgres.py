@@ -241,11 +241,11 @@ def test_one_refit_at_a_time_across_processes(pg_url: str, caplog) -> None:
     second = spawn(HOLD_LOCK, pg_url)
     assert second.stdout.readline().strip() == "busy"
     second.communicate("\n", timeout=30)
-    tracer._refit()  # what the background refit runs: skipped while another process refits
+    tracer._fitter.refit()  # what the background refit runs: skipped while another process refits
     assert tracer.store.policies(TASK) == []
     assert any("another process is refitting" in r.getMessage() for r in caplog.records)
     holder.communicate("\n", timeout=30)
-    tracer._refit()
+    tracer._fitter.refit()
     assert [p["version"] for p in tracer.store.policies(TASK)] == [1]
     tracer.close()
 
