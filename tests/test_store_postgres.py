@@ -326,3 +326,20 @@ def test_every_entry_point_takes_the_url(pg_url: str, monkeypatch) -> None:
     out = CliRunner().invoke(cli, ["import", str(ROOT / "tests" / "data" / "banking77_subset.jsonl"), "--task", "b77"])
     assert out.exit_code == 0 and "imported 800 traces" in out.output
     assert registry.store.counts("b77")["teacher"] == 800
+
+
+def test_traces_move_to_the_name_a_fingerprint_resolves_to_on_postgres(pg_url: str) -> None:
+    """One task per prompt on PostgreSQL: an automatic name's traces move in one transaction; a certified one's never."""
+    store = TraceStore(pg_url)
+    fingerprint = "f" * 64
+    store.register_version("litellm-ffffffffffff", fingerprint, {"model": "m"})
+    store.register_version("intent", fingerprint, {"model": "m"})
+    store.append_many([make_trace("litellm-ffffffffffff", f"text {i}", "a", fingerprint=fingerprint) for i in range(3)])
+    store.flush()
+    assert store.move_traces("litellm-ffffffffffff", fingerprint, "intent") == 3
+    assert not store.has_traces("litellm-ffffffffffff", fingerprint) and store.has_traces("intent", fingerprint)
+    assert store.versions_by_fingerprint(fingerprint) == ["intent"]
+    store.log_suspension("intent", fingerprint, action="suspend", reason="by hand", details={})
+    assert store.move_traces("intent", fingerprint, "other") == 0
+    assert store.has_traces("intent", fingerprint)
+    store.close()
