@@ -10,6 +10,7 @@ from collections.abc import Callable
 from tracer_core.background import Job
 from tracer_core.errors import TracerError
 from tracer_core.learning.certificate import Certificate
+from tracer_core.learning.spending import attempt_delta
 from tracer_core.serving.binding import answers_for
 from tracer_core.serving.embedding import TracerEmbedder
 from tracer_core.serving.suspension import Suspensions, contradiction
@@ -28,6 +29,7 @@ class Suspender:
         self.task, self.alpha, self.delta = task, alpha, delta
         self._lock = threading.Lock()
         self._suspending: Job[None] | None = None  # the monitor's suspension being written, if any
+        self._looks: dict[int | None, int] = {}  # withdrawal checks of each deployed policy version in this process
 
     def on_monitor(self) -> None:
         """Suspend on the store's writing thread (the store may be slow or locked); one suspension at a
@@ -55,16 +57,24 @@ class Suspender:
                 self._suspending.result(READ_BUDGET_S)
 
     def withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
-        """A refused refit withdraws the deployed policy when fresh unselected traces contradict it."""
+        """A refused refit withdraws the deployed policy when fresh unselected traces contradict it.
+
+        Each refused refit looks again at a grown set of fresh traces, so the looks are multiple tests: look k
+        of a policy version tests its certificate's alpha at `attempt_delta(delta, k)` (they sum to at most
+        the certificate's delta), so that repeated looks at a policy as good as certified withdraw it with
+        probability at most delta over its life in a process."""
         policy = in_force.policy
         if policy is None or in_force.suspension is not None or self.embedder.mismatch(policy) is not None:
             return
-        found = contradiction(policy, evidence, self.embedder.embed, self.alpha, self.delta)
+        look = self._looks[policy.version] = self._looks.get(policy.version, 0) + 1
+        cert = policy.certificate
+        found = contradiction(policy, evidence, self.embedder.embed, cert.alpha, attempt_delta(cert.delta, look))
         if found is not None:
             agree, n = found
             self.suspensions.suspend(
                 f"withdrawn: a refit was refused and the deployed v{policy.version} agrees on {agree} of {n} "
-                f"fresh unselected traces it would answer (alpha {self.alpha})",
+                f"fresh unselected traces it would answer (alpha {cert.alpha}, look {look} at delta "
+                f"{attempt_delta(cert.delta, look):.2g})",
                 automatic=True, audits=n, agreement=round(agree / n, 4),
             )
 
