@@ -1,7 +1,7 @@
 """Is the savings estimate honest? On Banking77 T1 and CLINC150 T1 at alpha 0.95, each in 3 shuffles of its traces, a
 task version is fitted at FIRST traces and refitted every STEP traces with one ledger, as background refits do (each
 refused attempt makes the next test stricter, and the schedule waits for fresh evidence), until a fit deploys. Every
-refused fit's estimate is set against that first deploy; at CHECKS, the suggested lower alpha is checked by a fit at it
+refused fit's estimate is set against that first deploy; every CHECK_EVERY traces, the suggested lower alpha is checked by a fit at it
 when the schedule next allows an attempt (on a copy of the ledger, so the version's own life goes on unchanged)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ ALPHA = 0.95
 DATASETS = (("banking77", "T1"), ("clinc150", "T1"))
 SEEDS = (0, 1, 2)
 FIRST = 500
-CHECKS = (500, 1_000, 2_000)  # where the lower alpha is checked too
+CHECK_EVERY = 400  # the suggested lower alpha is checked at every other refit
 STEP = 200  # tracer's default refit_every
 MAX_TRACES = 6_000
 EARLY = 0.20  # the target: the estimate is not early by more than this share of the actual count ...
@@ -31,8 +31,7 @@ NOTE = (f"Each row: a refused fit of one task version (salt {SALT!r} + seed; the
         f"and delta spending as in a store) until a fit deploys (at most {MAX_TRACES:,}). `estimate` = traces then + "
         "the estimate's more traces (its predicted coverage; `minimum`: no model yet, the gate's minimum only); "
         "`deployed at` = the version's first deploying refit; `ratio` = deployed at / estimate (above 1: the estimate "
-        f"was early). At {', '.join(f'{c:,}' for c in CHECKS)} traces the suggested lower alpha is checked: a fit at "
-        "it on a copy of the ledger, on the traces then plus those the schedule waits for. An estimate, never a "
+        f"was early). Every {CHECK_EVERY} traces the suggested lower alpha is checked: a fit at it on a copy of the ledger, on the traces then plus those the schedule waits for. An estimate, never a "
         "promise.")
 SUMMARY_NOTE = (f"Targets: the estimate is not early by more than {EARLY:.0%} (estimate >= {1 - EARLY:.0%} of the "
                 f"traces at the first deploy) in >= {TARGET_SHARE:.0%} of the cases with an estimate; a suggested lower "
@@ -82,7 +81,7 @@ def _version(dataset: str, teacher: str, seed: int) -> list[dict]:
         estimates.append(n + more if more and est.get("basis") == "validation" else None)
         row = {"data": f"{dataset} {teacher}", "seed": seed, "traces": n, "outcome": cert.reason_code,
                "attempts so far": ledger.next_attempt() - 1, "estimate": _estimate_text(n, est)}
-        if n in CHECKS:
+        if (n - FIRST) % CHECK_EVERY == 0:
             check = None if est.get("lower_alpha") is None else fit(n + est.get("wait", 0), est["lower_alpha"],
                                                                      copy.deepcopy(ledger))
             row.update(_lower_alpha_cells(est, check))
