@@ -13,7 +13,7 @@ from tracer_core.learning import savings_estimate
 from tracer_core.learning.attempt import Validation, worth_attempting
 from tracer_core.learning.fit import calibration_needed, fit_policy
 from tracer_core.learning.savings_estimate import (
-    CONFIDENCE,
+    LOWER_ALPHA_CONFIDENCE,
     REFIT_EVERY,
     SavingsEstimate,
     enlarged,
@@ -82,10 +82,10 @@ def test_a_lower_alpha_is_the_highest_the_next_attempt_likely_certifies() -> Non
                            next_attempt=attempt)
     level = attempt_delta(DELTA, attempt)
     assert est.lower_alpha is not None and est.lower_alpha < ALPHA
-    assert like.certify_probability(n_cal, est.lower_alpha, level) >= CONFIDENCE
+    assert like.certify_probability(n_cal, est.lower_alpha, level) >= LOWER_ALPHA_CONFIDENCE
     assert est.lower_alpha_coverage == round(like.coverage(n_cal, est.lower_alpha, level), 4) > 0
     above = round(est.lower_alpha + 0.01, 3)
-    assert like.certify_probability(n_cal, above, level) < CONFIDENCE or not worth_attempting(
+    assert like.certify_probability(n_cal, above, level) < LOWER_ALPHA_CONFIDENCE or not worth_attempting(
         like.coverage(n_cal, above, level), 0.0)
     assert f"alpha {est.lower_alpha:g} would likely deploy now" in est.text()
 
@@ -97,8 +97,8 @@ def test_no_lower_alpha_is_suggested_that_the_next_attempt_would_likely_fail() -
     level = attempt_delta(DELTA, 1)
     assert est.lower_alpha is not None
     for lower in (a / 100 for a in range(80, 95)):
-        if lower > (est.lower_alpha or 0):  # every alpha above the suggestion is likelier to fail than CONFIDENCE
-            assert like.certify_probability(n_cal, lower, level) < CONFIDENCE or not worth_attempting(
+        if lower > (est.lower_alpha or 0):  # every alpha above the suggestion is likelier to fail than allowed
+            assert like.certify_probability(n_cal, lower, level) < LOWER_ALPHA_CONFIDENCE or not worth_attempting(
                 like.coverage(n_cal, lower, level), 0.0)
 
 
