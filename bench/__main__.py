@@ -258,12 +258,10 @@ def main(argv: list[str] | None = None) -> int:
                 report.add(title, rows, note)
                 report.write()
         if "savings" in only:
-            from bench.savings import ALPHA as SAVINGS_ALPHA
-            from bench.savings import NOTE as SAVINGS_NOTE
-            from bench.savings import savings_honesty
+            from bench.savings import savings_tables
 
-            report.add(f"When savings start: the refused fit's estimate against the first refit that deploys "
-                       f"(Banking77 T1, alpha {SAVINGS_ALPHA})", savings_honesty(), SAVINGS_NOTE)
+            for title, rows, note in savings_tables():
+                report.add(title, rows, note)
             report.write()
         if "suspects" in only:
             from bench.suspects import run as suspects_run

@@ -233,9 +233,10 @@ def fit_policy(
     estimate = None
     if not outcome.certified and baseline <= 0:  # nothing answers yet: say when savings may start
         estimate = estimate_savings(like, n_traces=n, n_pool=split.n_pool, n_calibration=n_cal, alpha=alpha,
-                                    next_delta=attempt_delta(delta, ledger.next_attempt()),
+                                    delta=delta, next_attempt=ledger.next_attempt(),
                                     error_decay=_error_decay(data, filters, trial, seed),
-                                    wait=fresh_needed(row_ids[used], ledger.latest()))
+                                    wait=fresh_needed(row_ids[used], ledger.latest()),
+                                    validation_room=max_train / len(used) if max_train else math.inf)
     if outcome.attempt == 0:
         return refuse(codes.NOT_ATTEMPTED, _skip_reason(outcome, baseline, alpha, like, n_cal), estimate, **common)
     evidence = outcome.evidence
