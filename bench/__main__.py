@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale,savings] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale,savings,gatestart] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "lifetime", "faults", "monitor",
-            "replay", "suspects", "fitscale", "savings")
+            "replay", "suspects", "fitscale", "savings", "gatestart")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -262,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
 
             for title, rows, note in savings_tables():
                 report.add(title, rows, note)
+            report.write()
+        if "gatestart" in only:
+            from bench import gatestart
+
+            rows, summary = gatestart.tables(gatestart.captures(cache.workers))
+            report.add("Where the gate's walk starts: start rules on the same fits", rows, gatestart.NOTE)
+            report.add("Where the gate's walk starts: each rule against today's", summary, gatestart.SUMMARY_NOTE)
             report.write()
         if "suspects" in only:
             from bench.suspects import run as suspects_run

@@ -194,14 +194,18 @@ def threshold_grid(
 ) -> np.ndarray:
     """Descending thresholds at validation-coverage steps, ending at 0 (handle all).
 
-    The sequence starts at the step validation predicts likeliest to pass the calibration test (see
+    The sequence starts at the step `_grid_start` picks from the predicted pass probabilities (see
     `_pass_probabilities`): steps too small or too uncertain to pass are skipped instead of stopping
     the sequence at once. Only validation data decide this.
     """
     if not len(val_scores):
         return np.array([0.0])
     shares, passes = _pass_probabilities(val_scores, val_agrees, n_calibration, alpha, delta)
-    start = _grid_start(passes)
+    return grid_from(val_scores, shares, _grid_start(passes))
+
+
+def grid_from(val_scores: np.ndarray, shares: np.ndarray, start: int) -> np.ndarray:
+    """The thresholds of the validation-coverage steps `shares[start:]`, descending, ending at 0."""
     grid = np.quantile(val_scores, np.clip(1.0 - shares[start:], 0.0, 1.0))
     return np.unique(np.append(grid, 0.0))[::-1]
 
@@ -209,12 +213,16 @@ def threshold_grid(
 def predicted_coverage(
     val_scores: np.ndarray, val_agrees: np.ndarray, n_calibration: int, alpha: float, delta: float
 ) -> float:
-    """Coverage the gate at level `delta` is predicted to certify: from the grid's start down to the last step
-    of the run whose pass probabilities are all at least POWER (0: the start's is not)."""
+    """Coverage the gate at level `delta` is predicted to certify (see `walk_prediction`)."""
     if not len(val_scores) or n_calibration <= 0:
         return 0.0
     shares, passes = _pass_probabilities(val_scores, val_agrees, n_calibration, alpha, delta)
-    start = _grid_start(passes)
+    return walk_prediction(shares, passes, _grid_start(passes))
+
+
+def walk_prediction(shares: np.ndarray, passes: np.ndarray, start: int) -> float:
+    """From the grid's `start` down to the last step of the run whose pass probabilities are all at least POWER
+    (0: the start's is not)."""
     likely = passes[start:] >= POWER
     if not likely[0]:
         return 0.0
