@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold
 
 from tracer_core.errors import TracerError
 from tracer_core.learning.embedder import EmbedFn, embed_checked
@@ -175,6 +174,8 @@ def _tfidf(texts: list[str]) -> Tfidf | None:
 
 def _folds(y: np.ndarray, folds: int, seed: int):
     """Stratified folds when every label has a trace per fold, else plain shuffled folds."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     folds = min(folds, len(y))
     if np.bincount(y).min() >= folds:
         return StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from tracer_core.errors import StoreError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 MIGRATIONS_TABLE = "tracer_migrations"
 
