@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,9 +26,13 @@ class Tfidf:
         self.terms = terms
         self.idf = idf.astype(np.float32)
         self._index = {term: i for i, term in enumerate(terms)}
+
+    @functools.cached_property
+    def _analyze(self) -> Callable[[str], list[str]]:
+        """scikit-learn's analyzer, built on the first transform (loading a policy does not import scikit-learn)."""
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        self._analyze = TfidfVectorizer(**TFIDF_PARAMS).build_analyzer()
+        return TfidfVectorizer(**TFIDF_PARAMS).build_analyzer()
 
     @classmethod
     def fit(cls, texts: list[str], min_df: int = 2) -> Tfidf:
