@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TASK = "intent"
 FAST_TARGET_S = 0.5
@@ -107,6 +108,7 @@ def child(what: str, db: str, cache: str) -> dict:
 
     embed = BagOfWordsEmbedder()
     started = time.perf_counter()
+    out: dict[str, Any]
     if what == "fit":
         with Tracer(SCALE_TASK, db, embedder=embed, auto_refit=False) as tracer:
             out = {"deployed": tracer.fit().deployed}

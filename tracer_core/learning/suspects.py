@@ -33,8 +33,8 @@ from tracer_core.errors import TracerError
 from tracer_core.learning.embedder import EmbedFn, embed_checked
 from tracer_core.learning.embedder_identity import identify
 from tracer_core.learning.features import Tfidf, join_features, predict_proba
-from tracer_core.learning.suspects_cache import EvidenceCache, evidence_key, load, save
 from tracer_core.learning.surrogate import fit_logistic
+from tracer_core.learning.suspects_cache import EvidenceCache, evidence_key, load, save
 
 FOLDS = 5
 NEIGHBOURS = 20  # traces in the k-nearest-neighbour vote
@@ -79,7 +79,7 @@ class Suspects:
     confused_pairs: list[dict]  # labels [a, b], suspects, message
     method: dict = field(default_factory=dict)
     sampled_from: int | None = None  # teacher traces in all when only a random sample of n_traces was scored
-    evidence: dict = field(default_factory=dict)  # reused (bool) and computed_at (epoch seconds)
+    evidence: dict = field(default_factory=dict)  # with an EvidenceCache: reused (bool), computed_at (epoch seconds)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -303,8 +303,9 @@ def _evidence(
                                 "(`tracer suspects` computes and keeps it)")
     vectors = embed_checked(embed, texts) if texts else np.zeros((0, 0), dtype=np.float32)
     evidence = cross_fitted_evidence(texts, labels, vectors, seed=seed)
-    if cache is not None and key is not None:
-        save(cache.folder, key, asdict(evidence) | {"labels": np.array(evidence.labels)})
+    if cache is None or key is None:
+        return evidence, {}
+    save(cache.folder, key, asdict(evidence) | {"labels": np.array(evidence.labels)})
     return evidence, {"reused": False, "computed_at": time.time()}
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def load(folder: Path, key: str) -> Stored | None:
         return None
 
 
-def save(folder: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
+def save(folder: Path, key: str, arrays: dict[str, Any]) -> None:
     """Write the entry through a temporary file (a reader never sees half of it); a failure only costs a refit."""
     partial = folder / f".{key}.{os.getpid()}.{time.monotonic_ns()}.npz"
     try:
