@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale,cli] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale,savings,cli] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "lifetime", "faults", "monitor",
-            "replay", "suspects", "fitscale", "cli")
+            "replay", "suspects", "fitscale", "savings", "cli")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -264,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
             for title, rows, note in replay_tables(args.replay_runs, workers=cache.workers):
                 report.add(title, rows, note)
                 report.write()
+        if "savings" in only:
+            from bench.savings import savings_tables
+
+            for title, rows, note in savings_tables():
+                report.add(title, rows, note)
+            report.write()
         if "suspects" in only:
             from bench.suspects import run as suspects_run
 

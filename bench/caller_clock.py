@@ -30,6 +30,7 @@ ENTRY_POINTS = (
     ("tracer_core.serving.registry", "TracerRegistry", "tracer"),
     ("tracer_core.serving.tracer", "Tracer", "route_many"),
     ("tracer_core.serving.tracer", "Tracer", "record"),
+    ("tracer_core.serving.tracer", "Tracer", "record_answer"),  # the LLM cache's path; it no longer goes through record
     ("tracer_langchain.bridge", "TracerBridge", "prepare"),
     ("tracer_langchain.bridge", "TracerBridge", "route"),
     ("tracer_langchain.bridge", "TracerBridge", "record_teacher"),

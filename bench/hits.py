@@ -5,7 +5,7 @@ One process serves surrogate answers from one task version of a LangChain chain 
 does. Three kinds of hit are timed in turn: `Tracer.route()` of a text whose embedding is cached,
 `Tracer.route()` of a text never seen (the model embeds it), and `chain.invoke()` of the wrapped
 chain answered by the surrogate (no LLM call). Windows alternate: idle, then a background refit
-started by 200 new teacher traces (as `Tracer._refit` runs it: lower priority, one numerical
+started by 200 new teacher traces (as `Fitter.refit` runs it: lower priority, one numerical
 thread), repeated; then the same fit run unlimited (`Tracer.fit()` in a thread, as every
 background refit ran before issue 23) for comparison. A refit window lasts from the fit's start
 until `POLICY_SETTLE_S` after its end, so the loading of the new policy by the next policy check
@@ -39,7 +39,7 @@ NOTE = (f"{TRACES:,} Banking77 T1 teacher traces (alpha {ALPHA}) in one process;
         "traces first. Hits are timed in turn (a cached text, a text never embedded, a chain call answered by "
         f"the surrogate); idle windows of {IDLE_CYCLES} turns alternate with refit windows, which last from the "
         f"fit's start until {POLICY_SETTLE_S:g} s after its end (the new policy is loaded by the next policy "
-        "check). background refit = `Tracer._refit` (nice +10, one BLAS and OpenMP thread, "
+        "check). background refit = `Fitter.refit` (nice +10, one BLAS and OpenMP thread, "
         "tracer_core/serving/refit_limits.py); unlimited fit = `Tracer.fit()` in a thread, as background refits ran "
         f"before. Target: p99 during a background refit <= {TARGET_RATIO:g} x idle p99. The library defaults "
         "(no OMP_NUM_THREADS) apply, as in a service.")

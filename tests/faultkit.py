@@ -171,7 +171,8 @@ EXIT_MARK = textwrap.dedent("""
 # has loaded the embedding model, then ends while the refit embeds the uncached texts.
 REFIT_AT_EXIT = EXIT_MARK + textwrap.dedent("""
     import json, sys, time
-    from tracer_core import Tracer, embedder
+    from tracer_core import Tracer
+    from tracer_core.learning import embedder
     rows = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
     tracer = Tracer("exit-refit", db=sys.argv[1], alpha=0.9, refit_every=200)
     tracer.record_many([f"{r['input']} (variant {k})" for k in range(2) for r in rows],
@@ -188,7 +189,8 @@ REFIT_AT_EXIT = EXIT_MARK + textwrap.dedent("""
 # seconds, print nothing after close() and leave no policy row.
 REFIT_THEN_CLOSE = EXIT_MARK + textwrap.dedent("""
     import json, sys, time
-    from tracer_core import Tracer, embedder
+    from tracer_core import Tracer
+    from tracer_core.learning import embedder
     rows = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
     tracer = Tracer("exit-refit", db=sys.argv[1], alpha=0.9, refit_every=200)
     tracer.record_many([f"{r['input']} (variant {k})" for k in range(2) for r in rows],

@@ -272,5 +272,5 @@ def test_policy_reads_reuse_one_connection(db_path, fake_embedder) -> None:
     tracer = Tracer(TASK, db=db_path, embedder=fake_embedder, policy_check_s=0.0)
     for _ in range(20):
         tracer.route("a text")
-    assert len(tracer.store._conns) <= 2  # the constructor's and the store thread's
+    assert len(tracer.store._connections._conns) <= 2  # the constructor's and the store thread's
     tracer.close()

@@ -17,6 +17,8 @@ from scipy.stats import binom
 from tests import clustered
 from tracer_core import Reason, Tracer, TraceStore
 from tracer_core.cli.commands import main as cli
+from tracer_core.learning.spending import attempt_delta
+from tracer_core.serving import suspending
 
 TASK = "loop"
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,4 +218,19 @@ def test_audit_rate_bounds(tmp_path, rate):
     tracer = fitted(tmp_path / "j.db", audit_rate=rate)
     reasons = {d.reason for d in tracer.route_many(clustered.texts(30, "k"))}
     assert reasons == ({Reason.AUDIT} if rate == 1.0 else {Reason.HANDLED})
+    tracer.close()
+
+
+def test_each_withdrawal_look_spends_a_share_of_the_certificates_delta(tmp_path, monkeypatch):
+    """Refused refits look again and again at the deployed policy: look k tests at attempt_delta(delta, k)."""
+    tracer = fitted(tmp_path / "g.db", audit_rate=0.0)
+    cert = tracer.certificate
+    levels = []
+    monkeypatch.setattr(suspending, "contradiction",
+                        lambda policy, evidence, embed, alpha, delta: levels.append((alpha, delta)))
+    in_force, evidence = tracer.watcher.current(force=True), tracer.store.teacher_evidence(TASK, tracer.fingerprint)
+    for _ in range(3):
+        tracer._suspender.withdraw_if_contradicted(in_force, evidence)
+    assert levels == [(cert.alpha, attempt_delta(cert.delta, k)) for k in (1, 2, 3)]
+    assert sum(d for _, d in levels) < cert.delta
     tracer.close()

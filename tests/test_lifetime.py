@@ -143,7 +143,7 @@ def test_two_processes_reserving_at_once_get_distinct_attempts(tmp_path):
 
 
 def test_attempts_are_counted_across_restarts_explicit_fits_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr("tracer_core.serving.tracer.get_default_embedder", lambda: clustered.embed)  # the CLI's embedder
+    monkeypatch.setattr("tracer_core.serving.embedding.get_default_embedder", lambda: clustered.embed)  # the CLI's embedder
     db = tmp_path / "life.db"
     tracer = Tracer(TASK, db, alpha=0.9, embedder=clustered.embed, auto_refit=False, audit_rate=0.0)
     tracer.record_many(*clean(1200))

@@ -62,16 +62,18 @@ def test_migration_steps_run_in_order_from_an_older_version(db_path: Path, monke
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         assert "review" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
         assert [r[0] for r in conn.execute("SELECT name FROM tracer_migrations ORDER BY rowid")] == [
-            "m001_traces_and_policies", "m002_routing_context", "m003_certification_attempts", "m999_review"]
+            "m001_traces_and_policies", "m002_routing_context", "m003_certification_attempts",
+            "m004_packed_calibration_ids", "m999_review"]
 
 
 def test_a_store_of_an_earlier_release_gets_its_steps_recorded(db_path: Path) -> None:
     shutil.copy(Path(__file__).parent / "data" / "release1.db", db_path)  # user_version 1, no steps table
     TraceStore(db_path).close()
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         names = [r[0] for r in conn.execute("SELECT name FROM tracer_migrations ORDER BY rowid")]
-    assert names == ["m001_traces_and_policies", "m002_routing_context", "m003_certification_attempts"]
+    assert names == ["m001_traces_and_policies", "m002_routing_context", "m003_certification_attempts",
+                     "m004_packed_calibration_ids"]
 
 
 def test_unknown_future_schema_version_is_refused(db_path: Path) -> None:

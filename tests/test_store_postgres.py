@@ -90,7 +90,8 @@ def test_schema_steps_are_recorded_and_a_newer_store_is_refused(pg_cluster: Thro
     TraceStore(pg_url).close()  # a second open applies nothing
     with psycopg.connect(pg_url, autocommit=True) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM tracer_migrations ORDER BY name")]
-        assert names == ["m001_traces_and_policies", "m002_routing_context", "m003_certification_attempts"]
+        assert names == ["m001_traces_and_policies", "m002_routing_context", "m003_certification_attempts",
+                         "m004_packed_calibration_ids"]
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
                                                "WHERE table_name = 'traces' AND table_schema = current_schema()")}
         assert {"route", "policy_version", "predicted", "score", "metadata"} <= columns
@@ -240,11 +241,11 @@ def test_one_refit_at_a_time_across_processes(pg_url: str, caplog) -> None:
     second = spawn(HOLD_LOCK, pg_url)
     assert second.stdout.readline().strip() == "busy"
     second.communicate("\n", timeout=30)
-    tracer._refit()  # what the background refit runs: skipped while another process refits
+    tracer._fitter.refit()  # what the background refit runs: skipped while another process refits
     assert tracer.store.policies(TASK) == []
     assert any("another process is refitting" in r.getMessage() for r in caplog.records)
     holder.communicate("\n", timeout=30)
-    tracer._refit()
+    tracer._fitter.refit()
     assert [p["version"] for p in tracer.store.policies(TASK)] == [1]
     tracer.close()
 
@@ -325,3 +326,20 @@ def test_every_entry_point_takes_the_url(pg_url: str, monkeypatch) -> None:
     out = CliRunner().invoke(cli, ["import", str(ROOT / "tests" / "data" / "banking77_subset.jsonl"), "--task", "b77"])
     assert out.exit_code == 0 and "imported 800 traces" in out.output
     assert registry.store.counts("b77")["teacher"] == 800
+
+
+def test_traces_move_to_the_name_a_fingerprint_resolves_to_on_postgres(pg_url: str) -> None:
+    """One task per prompt on PostgreSQL: an automatic name's traces move in one transaction; a certified one's never."""
+    store = TraceStore(pg_url)
+    fingerprint = "f" * 64
+    store.register_version("litellm-ffffffffffff", fingerprint, {"model": "m"})
+    store.register_version("intent", fingerprint, {"model": "m"})
+    store.append_many([make_trace("litellm-ffffffffffff", f"text {i}", "a", fingerprint=fingerprint) for i in range(3)])
+    store.flush()
+    assert store.move_traces("litellm-ffffffffffff", fingerprint, "intent") == 3
+    assert not store.has_traces("litellm-ffffffffffff", fingerprint) and store.has_traces("intent", fingerprint)
+    assert store.versions_by_fingerprint(fingerprint) == ["intent"]
+    store.log_suspension("intent", fingerprint, action="suspend", reason="by hand", details={})
+    assert store.move_traces("intent", fingerprint, "other") == 0
+    assert store.has_traces("intent", fingerprint)
+    store.close()

@@ -70,7 +70,8 @@ def test_planted_flips_rank_first_and_point_to_their_true_label() -> None:
     assert per_label["card_arrival"]["suspects"] == 2 and per_label["top_up"]["suspects"] == 2
     assert per_label["exchange_rate"]["pointed_to"] == 1 and per_label["card_arrival"]["traces"] == PER_LABEL
     assert sum(p["suspects"] for p in found.confused_pairs) == len(PLANTED)
-    assert "`card_arrival` vs `top_up`: 2 suspects" in [p["message"] for p in found.confused_pairs]
+    assert "card_arrival vs top_up: 2 suspects" in [p["message"] for p in found.confused_pairs]
+    assert "card_arrival vs exchange_rate: 1 suspect" in [p["message"] for p in found.confused_pairs]
 
 
 def test_a_trace_is_never_scored_by_a_model_that_trained_on_it() -> None:
@@ -199,7 +200,8 @@ def test_report_has_a_suspects_section(store_path) -> None:
     page = (out / "r.html").read_text()
     assert '<section id="suspects">' in page and 'id="suspects-table"' in page
     for pair in section["confused_pairs"]:
-        assert f"<li>{pair['message']}</li>" in page
+        first, second = pair["labels"]
+        assert f"<li><code>{first}</code> vs <code>{second}</code>: {pair['suspects']} suspect" in page
     for s in section["suspects"]:
         assert f">{s['input']}<" in page
 

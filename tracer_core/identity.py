@@ -204,6 +204,14 @@ def _canonical_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+AUTO_TASK_PREFIX = "litellm-"
+
+
+def auto_task(fingerprint: str) -> str:
+    """The name a version gets when its first call names no task (a LiteLLM call without `tracer_task`)."""
+    return f"{AUTO_TASK_PREFIX}{fingerprint[:12]}"
+
+
 def label(version: Mapping[str, Any]) -> str:
     """`1a2b3c4d` (or `(unversioned)`) for a version row: the fingerprint prefix people see."""
     return str(version["fingerprint"])[:PREFIX] or "(unversioned)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -137,7 +138,9 @@ class TracerCallback(CustomLogger):
             count_calls(info.task, info.fingerprint, [deferred(reason)])
             return Seen(info, deferred(reason))
         try:
-            return Seen(info, self.tracer_for(info).route(info.text))
+            tracer = self.tracer_for(info)
+            info = dataclasses.replace(info, task=tracer.task)  # the task the version is stored under
+            return Seen(info, tracer.route(info.text))
         except StoreError as exc:  # no store (e.g. the path is a directory): recorded as lost at close()
             self._warn_once("store", exc)
             return Seen(info, deferred(Reason.STORE_UNAVAILABLE))
@@ -277,6 +280,7 @@ class TracerCallback(CustomLogger):
         return self.registry.tracer(
             info.task,
             info.identity,
+            named=info.named,
             alpha=self.settings.alpha,
             delta=self.settings.delta,
             embedder=self.embedder,

@@ -19,7 +19,7 @@ from typing import Any
 import litellm
 
 from tracer_core import Reason, TaskIdentity, identify
-from tracer_core.identity import ANSWER_PARAMS, SCHEMA_KEYS
+from tracer_core.identity import ANSWER_PARAMS, SCHEMA_KEYS, auto_task
 from tracer_litellm.settings import MODES
 
 INSTRUCTION_ROLES = ("system", "developer")
@@ -34,12 +34,15 @@ class CallInfo:
     mode: the call's own `tracer_mode` ("on", "observe" or "off"); `bad_mode` keeps an unknown value.
     tool_name: the function the call forces, whose arguments carry the label.
     structured: the answer is JSON (a `response_format` of json_object/json_schema).
+    named: the caller named the task; else `task` is the automatic name until the registry finds
+    the version under the name another integration gave it (`tracer_core.serving.naming`).
     """
 
     task: str
     identity: TaskIdentity
     text: str
     model: str
+    named: bool = True
     blocked: Reason | None = None
     mode: str = "on"
     bad_mode: str | None = None
@@ -74,14 +77,15 @@ def describe_call(kwargs: Mapping[str, Any], fixed_task: str | None = None) -> C
         origin="litellm",
     )
     explicit = metadata.get("tracer_task")
-    task = explicit if isinstance(explicit, str) and explicit.strip() else fixed_task or f"litellm-{identity.fingerprint[:12]}"
+    named = explicit if isinstance(explicit, str) and explicit.strip() else fixed_task or None
     mode = metadata.get("tracer_mode", "on")
     bad_mode = None if mode in MODES else str(mode)
     if no_cache(kwargs) and mode == "on":
         mode = "observe"
     return CallInfo(
-        task=task,
+        task=named or auto_task(identity.fingerprint),
         identity=identity,
+        named=named is not None,
         text=text,
         model=identity.model,
         blocked=_blocked(identity, tool_turns, _param(kwargs, "n")),

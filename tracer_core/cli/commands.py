@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import click
 
+from tracer_core.cli.logs import library_logs_as_notes
 from tracer_core.cli.report import report_commands
 from tracer_core.cli.store import db_option, require_db, store_commands
 from tracer_core.cli.suspects import suspect_commands
@@ -20,6 +21,7 @@ from tracer_core.serving.guarantee import attempt_statement, outcome_statement
 @click.version_option(package_name="tracer-router")
 def main() -> None:
     """Record LLM classification traces, certify a surrogate, route inputs."""
+    click.get_current_context().call_on_close(library_logs_as_notes())
 
 
 @contextlib.contextmanager

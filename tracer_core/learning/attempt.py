@@ -74,6 +74,13 @@ class Validation:
         """Coverage of all calibration traces a gate at `delta` is predicted to certify."""
         return self.share_eligible * predicted_coverage(self.scores, self.agrees, n_calibration, alpha, delta)
 
+    def certify_probability(self, n_calibration: int, alpha: float, delta: float) -> float:
+        """Probability that a gate at `delta` certifies a threshold: that its grid's first step (the step likeliest
+        to pass) passes."""
+        if not len(self.scores) or n_calibration <= 0:
+            return 0.0
+        return float(_pass_probabilities(self.scores, self.agrees, n_calibration, alpha, delta)[1].max())
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -60,6 +60,7 @@ class Certificate:
     embedder: dict | None = None  # the fit's embedder: kind, name, dimension, checksum (None: an earlier release)
     artifact_sha256: str = ""  # SHA-256 of the policy artifact as stored ("": an earlier release's policy)
     labels_sha256: str = ""  # SHA-256 of the policy's label list (policy_seal.labels_digest)
+    savings_estimate: dict | None = None  # a refusal's estimate of when a fit deploys (learning.savings_estimate)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -28,13 +28,21 @@ import numpy as np
 
 from tracer_core.errors import InvalidTraceError
 from tracer_core.learning import certificate as codes
-from tracer_core.learning.attempt import MIN_GAIN, CalibrationEvidence, Outcome, Validation, attempt_certification
+from tracer_core.learning.attempt import (
+    MIN_GAIN,
+    CalibrationEvidence,
+    Outcome,
+    Validation,
+    attempt_certification,
+    fresh_needed,
+)
 from tracer_core.learning.certificate import Certificate
 from tracer_core.learning.embedder import embed_in_steps
 from tracer_core.learning.features import Tfidf, join_features, predict_proba
 from tracer_core.learning.gate import min_handled_for
 from tracer_core.learning.ood import MahalanobisOOD
 from tracer_core.learning.policy import Policy
+from tracer_core.learning.savings_estimate import SavingsEstimate, estimate_savings, minimum_estimate
 from tracer_core.learning.spending import Ledger, MemoryLedger, attempt_delta
 from tracer_core.learning.split import CAL_FRACTION, Split
 from tracer_core.learning.surrogate import Surrogate, fit_ensemble
@@ -182,15 +190,21 @@ def fit_policy(
         max_train=max_train, calibration_id_range=[min(cal_ids), max(cal_ids)] if cal_ids else [],
     )
 
-    def refuse(code: str, reason: str, **extra) -> tuple[None, Certificate]:
+    def refuse(code: str, reason: str, estimate: SavingsEstimate | None = None, **extra) -> tuple[None, Certificate]:
+        if estimate is not None:  # the reason says when savings may start (status, report, logs and CLI show it)
+            reason, extra["savings_estimate"] = f"{reason}; {estimate.text()}", estimate.to_dict()
         cert = Certificate(deployed=False, reason_code=code, reason=reason, **base, **extra)
         cert.fit_seconds = round(time.time() - started, 3)
         return None, cert
 
-    early = _refusal_before_fit([labels[i] for i in split.training], n, split, alpha,
-                                attempt_delta(delta, ledger.next_attempt()))
+    next_delta = attempt_delta(delta, ledger.next_attempt())
+    early = _refusal_before_fit([labels[i] for i in split.training], n, split, alpha, next_delta)
     if early:
-        return refuse(*early)
+        code, reason = early
+        minimum = None if code != codes.TOO_FEW_TRACES else minimum_estimate(
+            n_traces=n, n_pool=split.n_pool, n_calibration=len(split.cal), alpha=alpha,
+            needed=lambda a: calibration_needed(a, next_delta))
+        return refuse(code, reason, minimum)
     used = split.used
     data = _prepare([texts[i] for i in used], [labels[i] for i in used], embed, split.renumbered(), pool[used])
     if len(set(data.y[data.trainable(data.split.train)])) < 2:
@@ -216,14 +230,21 @@ def fit_policy(
         delta_spent=outcome.delta_spent, delta_spent_total=outcome.delta_spent_total,
         predicted_coverage=round(outcome.predicted_coverage, 4),
     )
+    estimate = None
+    if not outcome.certified and baseline <= 0:  # nothing answers yet: say when savings may start
+        estimate = estimate_savings(like, n_traces=n, n_pool=split.n_pool, n_calibration=n_cal, alpha=alpha,
+                                    delta=delta, next_attempt=ledger.next_attempt(),
+                                    error_decay=_error_decay(data, filters, trial, seed),
+                                    wait=fresh_needed(row_ids[used], ledger.latest()),
+                                    validation_room=max_train / len(used) if max_train else math.inf)
     if outcome.attempt == 0:
-        return refuse(codes.NOT_ATTEMPTED, _skip_reason(outcome, baseline, alpha, like, n_cal), **common)
+        return refuse(codes.NOT_ATTEMPTED, _skip_reason(outcome, baseline, alpha, like, n_cal), estimate, **common)
     evidence = outcome.evidence
     assert isinstance(evidence, Evidence) and outcome.grid is not None and outcome.result is not None
     if not outcome.certified:
         code, reason = _refusal_reason(outcome.grid, evidence, alpha, outcome.delta_spent, n)
         per_label = _per_label(data, evidence, np.zeros(n_cal, bool))
-        return refuse(code, reason, per_label=per_label, **common)
+        return refuse(code, reason, estimate, per_label=per_label, **common)
     policy = final[0]
     assert outcome.threshold is not None  # a certified outcome names its threshold
     policy.threshold = outcome.threshold
@@ -307,6 +328,17 @@ def _trial(data: Traces, filters: Filters, alpha: float, seed: int) -> Trial:
     agrees = proba.argmax(axis=1) == data.y[val]
     scores = proba.max(axis=1)
     return Trial(scores, agrees, coverage_at(scores[ok], agrees[ok], alpha), float(agrees.mean()))
+
+
+def _error_decay(data: Traces, filters: Filters, trial: Trial, seed: int) -> float:
+    """The exponent b of validation errors ~ training traces^-b, from the trial surrogate and one trained on half its
+    traces (train and validation only; for the savings estimate). 0 when the half errs no more."""
+    val, ok = data.split.val, filters.val_in_distribution
+    model, tfidf = _train(data, data.trainable(data.split.train)[::2], seed)
+    proba = predict_proba(model, data.vectors[val], data.text_list(val), tfidf)
+    half = float(np.mean(proba[ok].argmax(axis=1) != data.y[val][ok])) if ok.any() else 0.0
+    full = float(np.mean(~trial.agrees[ok])) if ok.any() else 0.0
+    return math.log2(half / full) if half > full > 0 else 0.0
 
 
 def _train(data: Traces, rows: np.ndarray, seed: int) -> tuple[Surrogate, Tfidf]:

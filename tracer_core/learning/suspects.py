@@ -330,5 +330,5 @@ def _confused_pairs(pairs: list[tuple[str, str]], top: int = TOP_PAIRS) -> list[
     """The label pairs most suspects fall between (either direction), as messages a person can act on."""
     counts = Counter(tuple(sorted(pair)) for pair in pairs)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    return [{"labels": list(pair), "suspects": n, "message": f"`{pair[0]}` vs `{pair[1]}`: {n} suspects"}
+    return [{"labels": list(pair), "suspects": n, "message": f"{pair[0]} vs {pair[1]}: {n} suspect{'s' if n != 1 else ''}"}
             for pair, n in ranked]

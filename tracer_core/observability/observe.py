@@ -75,9 +75,9 @@ def count_calls(task: str, fingerprint: str, decisions: Sequence[Decision]) -> N
 
 
 @never_raises
-def recorded(tracer: Tracer, traces: Sequence[Trace]) -> None:
+def recorded(task: str, fingerprint: str, traces: Sequence[Trace]) -> None:
     """Count traces by source, the LLM's cost, and the calls (and estimated cost) the surrogate saved."""
-    labels = _labels(tracer.task, tracer.fingerprint)
+    labels = _labels(task, fingerprint)
     saved, cost, costed = 0, 0.0, 0
     for trace in traces:
         m.TRACES.labels(*labels, trace.source).inc()
@@ -85,7 +85,7 @@ def recorded(tracer: Tracer, traces: Sequence[Trace]) -> None:
             saved += 1
         elif trace.source == "teacher" and trace.cost_usd is not None:
             cost, costed = cost + trace.cost_usd, costed + 1
-    key = (tracer.task, tracer.fingerprint)
+    key = (task, fingerprint)
     with _lock:
         spent, answers = _llm_cost.get(key, (0.0, 0))
         spent, answers = spent + cost, answers + costed
@@ -99,22 +99,22 @@ def recorded(tracer: Tracer, traces: Sequence[Trace]) -> None:
 
 
 @never_raises
-def fitted(tracer: Tracer, cert: Certificate) -> None:
+def fitted(task: str, fingerprint: str, cert: Certificate) -> None:
     """A fit ended in a certificate (saved as policy version `cert.version`): deployed, or refused."""
-    labels = _labels(tracer.task, tracer.fingerprint)
+    labels = _labels(task, fingerprint)
     m.REFITS.labels(*labels, "deployed" if cert.deployed else "refused").inc()
     m.REFIT_SECONDS.labels(*labels).observe(cert.fit_seconds)
     if cert.deployed:
-        _show_policy(tracer.task, tracer.fingerprint, cert)
-        emit(events.deployed(tracer.task, tracer.fingerprint, cert))
+        _show_policy(task, fingerprint, cert)
+        emit(events.deployed(task, fingerprint, cert))
     else:
-        emit(events.refused(tracer.task, tracer.fingerprint, cert))
+        emit(events.refused(task, fingerprint, cert))
 
 
 @never_raises
-def refit_failed(tracer: Tracer) -> None:
+def refit_failed(task: str, fingerprint: str) -> None:
     """A background refit raised (the previous policy stays)."""
-    m.REFITS.labels(*_labels(tracer.task, tracer.fingerprint), "failed").inc()
+    m.REFITS.labels(*_labels(task, fingerprint), "failed").inc()
 
 
 @never_raises

@@ -48,8 +48,11 @@ def num(value: float | int | None) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.4g}"
 
 
-def usd(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+def usd(value: float | None, unpriced: list[str] | None = None) -> str:
+    """Dollars; where no recorded LLM call has a price (`unpriced`: its models), says so instead of $0.0000."""
+    if value is None:
+        return f"no price known for {', '.join(unpriced) or 'the LLM'}" if unpriced is not None else "-"
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
 def when(ts: float | None) -> str:
@@ -103,8 +106,8 @@ def summary_html(s: dict) -> str:
         ["certificate vouches for the artifact (SHA-256)",
          "-" if s["artifact_verified"] is None else "yes" if s["artifact_verified"] else "unverified (an earlier release's policy)"],
         ["LLM calls saved so far", num(s["llm_calls_saved"])],
-        ["mean recorded LLM cost per call", usd(s["mean_teacher_cost_usd"])],
-        ["dollars saved so far", usd(s["dollars_saved"])],
+        ["mean recorded LLM cost per call", usd(s["mean_teacher_cost_usd"], s["unpriced_models"])],
+        ["dollars saved so far", usd(s["dollars_saved"], s["unpriced_models"])],
         ["last fit", when(s["last_fit_at"])],
     ]
     monitor = s.get("monitor")
@@ -222,7 +225,8 @@ def suspects_html(s: dict) -> str:
              f'{s["min_score"]:.2f}: the evidence gives another label that much more probability than the '
              "LLM's label.</p>"]
     if s["confused_pairs"]:
-        items = "".join(f"<li>{escape(p['message'])}</li>" for p in s["confused_pairs"])
+        items = "".join(f"<li><code>{escape(p['labels'][0])}</code> vs <code>{escape(p['labels'][1])}</code>: "
+                        f"{p['message'].rsplit(': ', 1)[1]}</li>" for p in s["confused_pairs"])
         parts.append(f'<h3>Label pairs to clarify</h3><ul id="confused-pairs">{items}</ul>')
     rows = [
         [(f"{x['score']:.2f}", x["score"]), x["id"], x["input"], x["teacher_label"], x["suggested_label"],

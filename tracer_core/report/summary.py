@@ -72,14 +72,19 @@ def live_counts(store: TraceStore, task: str, since: float, fingerprint: str | N
 
 
 def teacher_cost(store: TraceStore, task: str, fingerprint: str | None) -> dict:
-    """Recorded LLM cost: calls with a cost, their total and mean per call."""
+    """Recorded LLM cost: calls with a price (a cost above 0: LiteLLM records 0 for a model it has no price for),
+    their total and mean per call, and the models of the calls without one (sorted)."""
     n = 0
     total = 0.0
+    unpriced: set[str] = set()
     for trace in store.iter_traces(task, source="teacher", fingerprint=fingerprint):
-        if trace.cost_usd is not None:
+        if trace.cost_usd is not None and trace.cost_usd > 0:
             n += 1
             total += trace.cost_usd
-    return {"calls_with_cost": n, "total_usd": total, "mean_usd": total / n if n else None}
+        else:
+            unpriced.add(trace.model or "the LLM")
+    return {"calls_with_cost": n, "total_usd": total, "mean_usd": total / n if n else None,
+            "unpriced_models": sorted(unpriced)}
 
 
 def verdict(cert: dict | None, task: str, suspension: dict | None = None, policy_error: str | None = None) -> str:
@@ -89,7 +94,7 @@ def verdict(cert: dict | None, task: str, suspension: dict | None = None, policy
     if policy_error is not None:
         return f"the deployed policy is not used ({policy_error}) - every call goes to the LLM"
     if cert is None:
-        return f"no policy fitted yet for {task!r}: every call goes to the LLM (run `tracer fit --task {task}`)"
+        return f"no policy fitted yet for {task!r}: every call goes to the LLM (run: tracer fit --task {task})"
     if not cert.get("deployed"):
         return f"{outcome_statement(cert)} - every call goes to the LLM"
     return outcome_statement(cert)
@@ -130,6 +135,8 @@ def summary_facts(store: TraceStore, task: str, fingerprint: str | None = None, 
         "mean_teacher_cost_usd": cost["mean_usd"],
         "dollars_saved": saved_calls * cost["mean_usd"] if cost["mean_usd"] is not None else None,
         "teacher_cost_usd": cost["total_usd"],
+        "unpriced_models": cost["unpriced_models"] if cost["mean_usd"] is None else None,  # None: priced
+        "savings_estimate": (cert or {}).get("savings_estimate") if not (cert or {}).get("deployed") else None,
         "verdict": verdict(cert, task, store.suspension(task, fingerprint), policy_error),
         "live_all_time": live_counts(store, task, 0.0, fingerprint),
         "live_last_hour": live_counts(store, task, now - HOUR_S, fingerprint),

@@ -60,7 +60,7 @@ def summary_view(s: dict) -> Group:
         ("embedder it needs", s["embedder"] or "-"),
         ("certificate vouches for the artifact", _verified(s["artifact_verified"])),
         ("LLM calls saved", num(s["llm_calls_saved"])),
-        ("dollars saved", usd(s["dollars_saved"])),
+        ("dollars saved", usd(s["dollars_saved"], s["unpriced_models"])),
         ("last fit", when(s["last_fit_at"])),
     ):
         facts.add_row(name, plain(value))

@@ -2,7 +2,7 @@
 
 A refit's numerical libraries otherwise start a thread per core and crowd out the surrogate
 answers served beside it. `background_refit_limits()` is entered by the refit's own thread
-(`Tracer._refit`), never by an explicit `Tracer.fit()`:
+(`Fitter.refit`), never by an explicit `Tracer.fit()`:
 
 - the thread's nice value goes up by `REFIT_NICE` (Linux gives each thread its own; the thread
   ends with the refit, so it is never lowered back, which an unprivileged process cannot do);

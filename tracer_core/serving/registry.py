@@ -2,7 +2,8 @@
 
 The LangChain wrapper and the LiteLLM callback both ask `registry_for(db).tracer(task, identity)`,
 so the same prompt and model reach the same Tracer (and the same traces, policy and
-refit schedule) whichever integration made the call. Nothing here waits on the store: it is
+refit schedule) whichever integration made the call, and a version already in the store is
+found by its fingerprint whatever integration named it (`tracer_core.serving.naming`). Nothing here waits on the store: it is
 opened in the background, and a new version is registered in the background.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 from tracer_core.background import Job
 from tracer_core.errors import StoreError, TracerError
 from tracer_core.identity import TaskIdentity
+from tracer_core.serving.naming import TaskNames
 from tracer_core.serving.tracer import Tracer
 from tracer_core.storage.store import WRITER_LOCK_BUDGET_S, TraceStore
 from tracer_core.storage.writer import DEFAULT_FLUSH_TIMEOUT_S, FlushReport
@@ -32,15 +34,23 @@ class TracerRegistry:
 
     def __init__(self, store: TraceStore) -> None:
         self.store = store
+        self.names = TaskNames(store)
         self._tracers: OrderedDict[tuple[str, str], Tracer] = OrderedDict()
         self._registered: set[tuple[str, str]] = set()
         self._registering: dict[tuple[str, str], Job[None]] = {}
         self._lock = threading.Lock()
 
     def tracer(self, task: str, identity: TaskIdentity | None = None, *, fingerprint: str | None = None,
-               **options: Any) -> Tracer:
-        """The Tracer of `task` at `identity`'s fingerprint (or `fingerprint`), made on first use."""
+               named: bool = True, **options: Any) -> Tracer:
+        """The Tracer of `task` at `identity`'s fingerprint (or `fingerprint`), made on first use.
+
+        With an identity the task is the one the version is stored under (`tracer_core.serving.naming`):
+        `named=False` says the call named none (`task` is then its automatic name).
+        """
         fp = identity.fingerprint if identity is not None else (fingerprint or "")
+        confirmed = True
+        if identity is not None:
+            task, confirmed = self.names.task_for(fp, task, named=named)
         key = (task, fp)
         with self._lock:
             tracer = self._tracers.get(key)
@@ -51,7 +61,7 @@ class TracerRegistry:
             else:
                 self._tracers.move_to_end(key)
                 _check_same(tracer, options)
-        if identity is not None:
+        if identity is not None and confirmed:  # a name the store has not confirmed yet is not registered
             self._register(key, identity)
         return tracer
 

@@ -189,6 +189,8 @@ class PostgresBackend:
             for step in migrations.pending(applied, steps, repr(self.name)):
                 for ddl in step.postgres:
                     tx.execute(ddl)
+                if step.rows is not None:
+                    step.rows(tx)
                 tx.execute(f"INSERT INTO {table} (name, applied_at) VALUES (?, ?)", (step.name, time.time()))
 
         self.write(conn, upgrade, budget_s=budget_s, serial=True)

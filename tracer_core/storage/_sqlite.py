@@ -163,6 +163,8 @@ class SQLiteBackend:
                        "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
             for step in migrations.pending(applied, steps, repr(self.name)):
                 step.sqlite(tx.db)
+                if step.rows is not None:
+                    step.rows(tx)
                 applied.append(step.name)
             tx.executemany(f"INSERT OR IGNORE INTO {migrations.MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)",
                            [(name, time.time()) for name in applied])

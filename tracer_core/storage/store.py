@@ -1,14 +1,14 @@
 """TraceStore: traces and policies in one SQLite file (sqlite-utils, WAL) or one PostgreSQL database.
 
-One class holds the logic (the SQL is the same on both); what differs (connecting, transactions,
-lock retries, schema steps, the refit lock, where the spill file goes) is in the backend modules.
+One class holds the logic (the SQL is the same on both); opening the store, its per-thread connections
+and its reading and writing threads are in `connections`; what differs (connecting, transactions, lock
+retries, schema steps, the refit lock, where the spill file goes) is in the backend modules.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -22,13 +22,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tracer_core.background import Job, Worker
+from tracer_core.background import Job
 from tracer_core.decision import UNSELECTED
 from tracer_core.errors import PolicyError, StoreError
 from tracer_core.shutdown import stop_refits
 from tracer_core.storage import migrations
 from tracer_core.storage._postgres import PostgresBackend
 from tracer_core.storage._sqlite import SQLiteBackend
+from tracer_core.storage.connections import LOCK_RETRY_S, Connections
+from tracer_core.storage.packed_ids import packed_certificate, unpacked_certificate
 from tracer_core.storage.spill import SpillFile
 from tracer_core.storage.trace import CACHED, SOURCES, UNPARSED, Trace, validate
 from tracer_core.storage.writer import DEFAULT_FLUSH_TIMEOUT_S, BackgroundWriter, FlushReport
@@ -36,9 +38,7 @@ from tracer_core.store_address import DEFAULT_DB, resolve_path, store_key
 
 __all__ = ["DEFAULT_DB", "SCHEMA_VERSION", "Evidence", "TraceStore", "input_hash", "resolve_path"]
 
-LOCK_RETRY_S = 60.0
 WRITER_LOCK_BUDGET_S = 2.0  # background writes give up on a locked store this fast (the writer then spills)
-OPEN_RETRY_S = 2.0  # a store that could not be opened is tried again this often (by background threads)
 ITER_CHUNK = 1_000
 
 T = TypeVar("T")
@@ -93,22 +93,15 @@ class TraceStore:
         )
         self.path: pathlib.Path | str = self._backend.path  # a PostgreSQL URL is shown without its password
         self._queue_size = queue_size
-        self._local = threading.local()
-        self._conns: list[Any] = []
-        self._lock = threading.Lock()
+        self._connections = Connections(self._backend)
+        self._lock = threading.Lock()  # creates the writer
         self._writer: BackgroundWriter | None = None
-        self._closed = False
         self._pid = os.getpid()
-        self._opened = threading.Event()
-        self._open_lock = threading.Lock()
-        self._open_error: StoreError | None = None
-        self._open_failed_at = 0.0
-        self._reads, self._writes = Worker("tracer-store-read"), Worker("tracer-store-write")
         if background:
-            self._reads.submit(self._open_in_background)
+            self._connections.background_read(self._open_in_background)
         else:
             try:
-                self._ensure_open()
+                self._connections.ensure_open()
             except BaseException:
                 self.close()
                 raise
@@ -117,7 +110,7 @@ class TraceStore:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._connections.closed
 
     @property
     def name(self) -> str:
@@ -137,116 +130,33 @@ class TraceStore:
     def __repr__(self) -> str:
         return f"TraceStore({self.name!r})"
 
-    # --- opening, connections and background work -----------------------------------------------
-
-    def _ensure_open(self) -> None:
-        """Return once the store is connected and migrated: wait for the thread opening it, or open it
-        here (again, if the last attempt failed at least OPEN_RETRY_S ago; before that, raise why)."""
-        if self._opened.is_set():
-            return
-        with self._open_lock:
-            if self._opened.is_set():
-                return
-            if self._open_error is not None and time.monotonic() - self._open_failed_at < OPEN_RETRY_S:
-                raise copy.copy(self._open_error)
-            try:
-                self._backend.migrate(self._conn(), LOCK_RETRY_S)
-                self._backend.opened()
-            except Exception as exc:
-                self._open_failed_at = time.monotonic()
-                self._open_error = exc if isinstance(exc, StoreError) else StoreError(
-                    f"cannot open trace store {self.name!r}: {type(exc).__name__}: {exc}")
-                raise
-            self._open_error = None
-            self._opened.set()
+    # --- background work and connections (`tracer_core.storage.connections`) ----------------------
 
     def _open_in_background(self) -> None:
-        self._ensure_open()
+        self._connections.ensure_open()
         self.background_write(self._replay_spill_at_start)
 
     def background_read(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
         """Queue `fn` (reads) on the store's reading thread, which keeps one connection; `job.result(budget)`
         waits for it. Raises StoreError if the store is closed."""
-        if os.getpid() != self._pid:
-            self._after_fork()
-        return self._reads.submit(fn, on_done)
+        return self._connections.background_read(fn, on_done)
 
     def background_write(self, fn: Callable[[], T], on_done: Callable[[Job[T]], None] | None = None) -> Job[T]:
         """Queue `fn` (a write that may wait for locks) on the store's writing thread, so that reads never
         wait behind it. Raises StoreError if the store is closed."""
-        if os.getpid() != self._pid:
-            self._after_fork()
-        return self._writes.submit(fn, on_done)
-
-    def _db(self) -> Any:
-        """This thread's connection to the opened store (waits for the opening; see `_ensure_open`)."""
-        if self._closed:
-            raise StoreError(f"trace store {self.name!r} is closed")
-        self._ensure_open()
-        return self._conn()
-
-    def _conn(self) -> Any:
-        """This thread's connection (each thread, and the writer thread, gets its own)."""
-        if self._closed:
-            raise StoreError(f"trace store {self.name!r} is closed")
-        if os.getpid() != self._pid:
-            self._after_fork()
-        self._backend.check(self._some_conn)
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and not conn.usable:
-            self._drop(conn)
-            conn = None
-        if conn is None:
-            conn = self._backend.connect()
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
-        return conn
-
-    def _some_conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        with self._lock:
-            return conn if conn is not None else (self._conns[0] if self._conns else None)
-
-    def _drop(self, conn: Any) -> None:
-        """Forget a broken connection (the server restarted, or the network failed)."""
-        with self._lock:
-            if conn in self._conns:
-                self._conns.remove(conn)
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-        with contextlib.suppress(Exception):
-            conn.close()
+        return self._connections.background_write(fn, on_done)
 
     def _after_fork(self) -> None:
-        """A forked child must not reuse the parent's connections or writer thread."""
-        self._local = threading.local()
-        self._conns = []
+        """A forked child must not reuse the parent's writer thread (the connections renew themselves)."""
         self._lock = threading.Lock()
         self._writer = None
-        self._reads, self._writes = Worker("tracer-store-read"), Worker("tracer-store-write")
-        self._open_lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _on_conn(self, op: Callable[[Any], T]) -> T:
-        """`op(conn)` on this thread's connection; once more on a new one if that connection broke."""
-        conn = self._db()
-        try:
-            return op(conn)
-        except StoreError:
-            if conn.usable:
-                raise
-            self._drop(conn)
-            return op(self._db())
-
     def _write(self, fn: Callable[[Any], T], budget_s: float = LOCK_RETRY_S, *, serial: bool = False) -> T:
-        """Run `fn(conn)` in one transaction, waiting at most `budget_s` for locks. `serial` writes
-        (those that read what they then write) never overlap another serial write."""
-        return self._on_conn(lambda conn: self._backend.write(conn, fn, budget_s=budget_s, serial=serial))
+        return self._connections.write(fn, budget_s, serial=serial)
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        values = tuple(params)
-        return self._on_conn(lambda conn: self._backend.retry(lambda: conn.execute(sql, values).fetchall(), LOCK_RETRY_S))
+        return self._connections.read(sql, params)
 
     # --- traces -------------------------------------------------------------------------------
 
@@ -289,8 +199,8 @@ class TraceStore:
         """Why traces are not being written to the store (they go to the spill file), or None."""
         if self._backend.problem is not None:
             return self._backend.problem
-        if self._open_error is not None and not self._opened.is_set():
-            return str(self._open_error)
+        if self._connections.open_problem is not None:
+            return self._connections.open_problem
         writer = self._writer
         return writer.degraded if writer is not None else None
 
@@ -302,26 +212,19 @@ class TraceStore:
 
     def close(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
         """Flush queued traces (at most `timeout` s), stop the writer, close connections. Idempotent."""
-        if self._closed:
+        if self.closed:
             return FlushReport()
         if os.getpid() != self._pid:
             self._after_fork()
         report = self._writer.stop(timeout) if self._writer is not None else FlushReport(degraded=self.degraded)
-        self._closed = True
-        self._reads.stop()
-        self._writes.stop()
-        with self._lock:
-            for conn in self._conns:
-                with contextlib.suppress(Exception):  # a broken server connection closes anyway
-                    conn.close()
-            self._conns.clear()
+        self._connections.close()
         _OPEN_STORES.discard(self)
         return report
 
     def refit_lock(self, task: str, fingerprint: str) -> contextlib.AbstractContextManager[bool]:
         """`with store.refit_lock(task, fp) as acquired:` one refit at a time per task version, across
         processes (a file lock beside an SQLite file) or hosts (an advisory lock on PostgreSQL)."""
-        self._ensure_open()  # the advisory lock's key includes the schema the opening finds
+        self._connections.ensure_open()  # the advisory lock's key includes the schema the opening finds
         return self._backend.refit_lock(task, fingerprint)
 
     def __enter__(self) -> TraceStore:
@@ -331,7 +234,7 @@ class TraceStore:
         self.close()
 
     def _background(self) -> BackgroundWriter:
-        if self._closed:
+        if self.closed:
             raise StoreError(f"trace store {self.name!r} is closed")
         if os.getpid() != self._pid:
             self._after_fork()
@@ -470,6 +373,34 @@ class TraceStore:
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (task, fingerprint, origin, body, time.time()),
         ), budget_s)
 
+    def versions_by_fingerprint(self, fingerprint: str) -> list[str]:
+        """The task names a fingerprint is registered under (by either integration), oldest first."""
+        rows = self._read("SELECT task FROM task_versions WHERE fingerprint = ? ORDER BY created_at, task", [fingerprint])
+        return [task for (task,) in rows]
+
+    def has_traces(self, task: str, fingerprint: str) -> bool:
+        """Whether the task version has any trace."""
+        return bool(self._read("SELECT 1 FROM traces WHERE task = ? AND fingerprint = ? LIMIT 1", [task, fingerprint]))
+
+    def move_traces(self, source: str, fingerprint: str, task: str, *, budget_s: float = LOCK_RETRY_S) -> int:
+        """Move the traces of task `source` at `fingerprint` to `task` in one transaction; returns how many.
+
+        Only a name with no certification history (no policy, attempt or suspension at the fingerprint)
+        gives its traces away: a certified history stays with the name its split was salted with.
+        """
+
+        def move(conn: Any) -> int:
+            for table in ("policies", "certification_attempts", "suspensions"):
+                if conn.execute(f"SELECT 1 FROM {table} WHERE task = ? AND fingerprint = ? LIMIT 1",
+                                (source, fingerprint)).fetchall():
+                    return 0
+            moved = conn.execute("UPDATE traces SET task = ? WHERE task = ? AND fingerprint = ?",
+                                 (task, source, fingerprint)).rowcount
+            conn.execute("DELETE FROM task_versions WHERE task = ? AND fingerprint = ?", (source, fingerprint))
+            return int(moved)
+
+        return self._write(move, budget_s, serial=True)
+
     def versions(self, task: str | None = None) -> list[dict]:
         """Every (task, fingerprint) with traces, a policy or a description, newest activity first."""
         where, params = ("WHERE task = ?", [task]) if task is not None else ("", [])
@@ -560,7 +491,7 @@ class TraceStore:
         if not isinstance(status, str) or not status:
             raise PolicyError(f"policy status must be a non-empty string, got {status!r}")
         try:
-            cert_json = json.dumps(certificate, allow_nan=False)
+            cert_json = json.dumps(packed_certificate(certificate), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise PolicyError(f"policy certificate is not JSON-serialisable: {exc}") from None
 
@@ -749,7 +680,9 @@ def _policy(row: tuple, *, with_artifact: bool) -> dict:
     try:
         certificate = json.loads(policy["certificate"])
         problem = None if isinstance(certificate, dict) else f"JSON {type(certificate).__name__}, not an object"
-    except (json.JSONDecodeError, TypeError) as exc:
+        if problem is None:
+            unpacked_certificate(certificate)
+    except (json.JSONDecodeError, TypeError, StoreError) as exc:
         problem = str(exc)
     if problem is not None:  # listed with a reason; Policy.from_row refuses to load it
         certificate = {"deployed": False, "reason_code": CORRUPT_CERTIFICATE,
