@@ -1,4 +1,4 @@
-"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale,savings,gatestart] [--validity-runs N] [--quick]`.
+"""`python -m bench [--only store,pgstore,proxies,speed,hits,routing,curve,coverage,oos,nli,validity,lifetime,faults,monitor,replay,suspects,fitscale,savings,gatestart,cli] [--validity-runs N] [--quick]`.
 
 Prints each table as soon as it is ready and writes every table to bench/results.md.
 """
@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SECTIONS = ("store", "pgstore", "proxies", "speed", "hits", "routing", "curve", "coverage", "oos", "nli", "validity", "lifetime", "faults", "monitor",
-            "replay", "suspects", "fitscale", "savings", "gatestart")
+            "replay", "suspects", "fitscale", "savings", "gatestart", "cli")
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -196,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             report.write()
             report.add(f"Validity under the training cap: Banking77 T1, alpha 0.95, max_train {VALIDITY_CAP:,}, "
                        "10 re-splits", capped_validity(), VALIDITY_NOTE)
+            report.write()
+        if "cli" in only:  # before the pool starts: nothing beside the commands it times
+            from bench.cli import BOUND_NOTE, BOUND_TRACES, NOTE, bound_rows, cli_times
+
+            report.add("CLI response times: 10,003 Banking77 traces", cli_times(), NOTE)
+            report.write()
+            report.add(f"Report and suspects at {BOUND_TRACES:,} traces: time and memory", bound_rows(), BOUND_NOTE)
             report.write()
         keys = rb.fit_keys(only, runs)
         cache.submit(keys)  # queue every fit now; the tables below wait for their own

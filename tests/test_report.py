@@ -219,7 +219,7 @@ def test_html_report_opens_in_chromium_without_console_errors(built) -> None:
     page = open_page(html, out / "browser")
     assert page.console == []
     assert page.screenshot.stat().st_size > 20_000
-    assert page.dom.count('class="main-svg"') >= 4  # plotly drew the frontier, evolution, deferral and region plots
+    assert page.dom.count('class="plot-svg"') >= 4  # the frontier, evolution, deferral and region plots, as SVG
     assert 'data-sortable="ready"' in page.dom
     assert html_escape(facts["summary"]["verdict"]) in page.dom
     for title in ("1. Summary", "2. Frontier", "3. Evolution", "4. Per label", "5. Why it defers",
@@ -229,7 +229,7 @@ def test_html_report_opens_in_chromium_without_console_errors(built) -> None:
                    "No label is certified on its own", "answered (alpha covers all answers together, not this label alone)"):
         assert phrase in page.dom, phrase
     text = html.read_text()
-    shown = re.sub(r"<script>.*?</script>", "", text, flags=re.S)  # plotly.js itself speaks of lower bounds
+    shown = re.sub(r"<script>.*?</script>", "", text, flags=re.S)
     assert "lower bound" not in shown and "certified bound" not in shown
     assert "<script src" not in text and "<link" not in text and "<img src=\"http" not in text  # self-contained
 

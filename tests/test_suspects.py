@@ -163,7 +163,8 @@ def test_cli_prints_suspects_as_text_and_json(store_path, embedder) -> None:
     assert as_json.exit_code == 0, as_json.output
     found = json.loads(as_json.stdout)  # stderr may carry the model loader's progress bar
     with Tracer(TASK, db=path, embedder=embedder, auto_refit=False) as tracer:
-        assert found == tracer.suspects(limit=50)  # the CLI uses the default (MiniLM) embedder
+        # the CLI uses the default (MiniLM) embedder, and says where its evidence came from (the API keeps none)
+        assert found | {"evidence": {}} == tracer.suspects(limit=50) and found["evidence"]["reused"] is False
     assert len(found["suspects"]) == found["n_suspects"] >= len(PLANTED)
     assert marked in [s["input"] for s in found["suspects"]]
     text = runner.invoke(cli, ["suspects", "--task", TASK, "--db", str(path), "--limit", "50"])

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, gammaln
-from scipy.stats import binom
 
 from tracer_core.learning.gate import GateResult, fixed_sequence_test
 from tracer_core.learning.spending import Attempt, Ledger, attempt_delta
@@ -161,6 +159,8 @@ def _pass_probabilities(
     validation errors and agreements as its evidence. The step passes with at most the most errors the
     exact binomial test allows at `delta`. Steps with few validation inputs predict noisily: 0.
     """
+    from scipy.stats import binom
+
     order = np.argsort(-val_scores, kind="stable")
     shares = np.append(np.arange(GRID_STEP, 1.0, GRID_STEP), 1.0)
     taken = np.maximum(np.ceil(shares * len(order)).astype(int), 1)
@@ -176,6 +176,8 @@ def _pass_probabilities(
 def _betabinom_cdf(k: np.ndarray, n: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """P(BetaBinomial(n, a, b) <= k) element-wise (0 where k < 0): the pmf summed over 0..k in one array
     operation (scipy's `betabinom.cdf` sums one element at a time, 100 times slower here)."""
+    from scipy.special import betaln, gammaln
+
     j = np.arange(max(int(k.max()), 0) + 1)[None, :]
     n, a, b = n[:, None], a[:, None], b[:, None]
     log_pmf = (gammaln(n + 1) - gammaln(j + 1) - gammaln(np.maximum(n - j, 0) + 1)

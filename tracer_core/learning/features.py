@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.sparse import csr_matrix, hstack
-from sklearn.feature_extraction.text import TfidfVectorizer
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 TFIDF_PARAMS = {"ngram_range": (1, 2), "sublinear_tf": True, "lowercase": True}
 
@@ -22,14 +26,24 @@ class Tfidf:
         self.terms = terms
         self.idf = idf.astype(np.float32)
         self._index = {term: i for i, term in enumerate(terms)}
-        self._analyze = TfidfVectorizer(**TFIDF_PARAMS).build_analyzer()
+
+    @functools.cached_property
+    def _analyze(self) -> Callable[[str], list[str]]:
+        """scikit-learn's analyzer, built on the first transform (loading a policy does not import scikit-learn)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        return TfidfVectorizer(**TFIDF_PARAMS).build_analyzer()
 
     @classmethod
     def fit(cls, texts: list[str], min_df: int = 2) -> Tfidf:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         vectorizer = TfidfVectorizer(min_df=min_df, **TFIDF_PARAMS).fit(texts)
         return cls(vectorizer.get_feature_names_out().tolist(), vectorizer.idf_)
 
     def transform(self, texts: list[str]) -> csr_matrix:
+        from scipy.sparse import csr_matrix
+
         indptr: list[int] = [0]
         cols: list[int] = []
         counts: list[int] = []
@@ -50,6 +64,8 @@ def join_features(vectors: np.ndarray, texts: list[str], tfidf: Tfidf | None):
     """Training matrix: embeddings alone, or embeddings next to TF-IDF as one sparse matrix."""
     if tfidf is None:
         return vectors
+    from scipy.sparse import csr_matrix, hstack
+
     return hstack([csr_matrix(vectors), tfidf.transform(texts)]).tocsr()
 
 

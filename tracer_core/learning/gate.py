@@ -14,12 +14,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, binom
 
 
 def binomial_p_value(errors: int | np.ndarray, n: int | np.ndarray, alpha: float) -> float | np.ndarray:
     """p-value of H0 "agreement < alpha" after `errors` disagreements in `n` handled inputs
     (element-wise on arrays; 1 where nothing was handled)."""
+    from scipy.stats import binom
+
     n = np.asarray(n)
     p = np.where(n > 0, binom.cdf(errors, np.maximum(n, 1), 1.0 - alpha), 1.0)
     return p if p.ndim else float(p)
@@ -27,6 +28,8 @@ def binomial_p_value(errors: int | np.ndarray, n: int | np.ndarray, alpha: float
 
 def agreement_lower_bound(agree: int, n: int, delta: float) -> float:
     """One-sided Clopper-Pearson lower confidence bound (level 1 - delta) on agreement."""
+    from scipy.stats import beta
+
     if n == 0 or agree == 0:
         return 0.0
     return float(beta.ppf(delta, agree, n - agree + 1))
@@ -41,6 +44,8 @@ def significantly_below(agree: int, n: int, alpha: float, level: float = 0.05) -
     """True when `agree` of `n` is evidence (exact binomial, one-sided) that agreement < alpha."""
     if n == 0:
         return False
+    from scipy.stats import binom
+
     return float(binom.cdf(agree, n, alpha)) < level
 
 

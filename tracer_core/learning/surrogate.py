@@ -16,9 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
 
 log = logging.getLogger("tracer")
 
@@ -26,6 +23,8 @@ log = logging.getLogger("tracer")
 @contextmanager
 def _convergence_logged(what: str) -> Iterator[None]:
     """Send scikit-learn's ConvergenceWarnings to the `tracer` logger (debug) instead of the terminal."""
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         yield
@@ -137,6 +136,8 @@ def _model_from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> LinearSurrog
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, c: float = 20.0) -> LinearSurrogate:
     """Logistic regression on L2-normalised embeddings (C tuned for MiniLM-like encoders)."""
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=c, max_iter=200, random_state=seed)
     with _convergence_logged("logistic regression"):
         model.fit(x, y)
@@ -156,6 +157,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, c: 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, n_labels: int, seed: int = 0, hidden: int = 256) -> MLPSurrogate:
     """A small MLP (one hidden layer, weight decay) with a fixed budget of epochs."""
+    from sklearn.neural_network import MLPClassifier
+
     model = MLPClassifier(
         hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=30, batch_size=min(128, len(y)),
         learning_rate_init=2e-3, random_state=seed,

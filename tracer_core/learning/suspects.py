@@ -14,21 +14,27 @@ training folds and of the neighbour vote, the models are refit and every trace i
 again (suspects included, still by models that never trained on it). A flipped label pulls
 the boundary towards itself; trained without the worst offenders the models contradict the
 remaining flips more sharply.
+
+Above MAX_SCORED teacher traces a fixed-seed random sample of MAX_SCORED is scored (the result says so),
+which bounds the time and memory at any store size. With an `EvidenceCache` the evidence is kept on disk
+and reused while the scored traces and the embedder are unchanged (see `suspects_cache`).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold
 
 from tracer_core.errors import TracerError
 from tracer_core.learning.embedder import EmbedFn, embed_checked
+from tracer_core.learning.embedder_identity import identify
 from tracer_core.learning.features import Tfidf, join_features, predict_proba
 from tracer_core.learning.surrogate import fit_logistic
+from tracer_core.learning.suspects_cache import EvidenceCache, evidence_key, load, save
 
 FOLDS = 5
 NEIGHBOURS = 20  # traces in the k-nearest-neighbour vote
@@ -40,6 +46,7 @@ CLEANING_ROUNDS = 1  # refits without the current suspects (a second one gained 
 MIN_TRACES = 20
 TOP_PAIRS = 10
 _BLOCK = 1024  # rows per block of the similarity matrix
+MAX_SCORED = 20_000  # teacher traces scored at most (a random sample of them beyond: time and memory stay bounded)
 
 
 class SuspectsError(TracerError):
@@ -71,6 +78,8 @@ class Suspects:
     per_label: list[dict]  # label, traces, suspects (teacher said it), pointed_to (evidence says it)
     confused_pairs: list[dict]  # labels [a, b], suspects, message
     method: dict = field(default_factory=dict)
+    sampled_from: int | None = None  # teacher traces in all when only a random sample of n_traces was scored
+    evidence: dict = field(default_factory=dict)  # with an EvidenceCache: reused (bool), computed_at (epoch seconds)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,6 +184,8 @@ def _tfidf(texts: list[str]) -> Tfidf | None:
 
 def _folds(y: np.ndarray, folds: int, seed: int):
     """Stratified folds when every label has a trace per fold, else plain shuffled folds."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     folds = min(folds, len(y))
     if np.bincount(y).min() >= folds:
         return StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
@@ -211,11 +222,23 @@ def find_suspects(
     seed: int = 0,
 ) -> Suspects:
     """Traces ranked by how strongly the cross-fitted evidence contradicts their teacher label."""
+    _check_options(limit, min_score)
+    evidence = cross_fitted_evidence(texts, labels, vectors, folds=folds, seed=seed)
+    return ranked_suspects(evidence, texts, labels, ids, limit=limit, min_score=min_score, folds=folds)
+
+
+def _check_options(limit: int | None, min_score: float) -> None:
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise SuspectsError(f"limit must be a non-negative integer or None, got {limit!r}")
     if not isinstance(min_score, (int, float)) or not 0.0 < min_score <= 1.0:
         raise SuspectsError(f"min_score must be a number in (0, 1], got {min_score!r}")
-    evidence = cross_fitted_evidence(texts, labels, vectors, folds=folds, seed=seed)
+
+
+def ranked_suspects(
+    evidence: Evidence, texts: Sequence[str], labels: Sequence[str], ids: Sequence[int] | None, *,
+    limit: int | None, min_score: float, folds: int = FOLDS,
+) -> Suspects:
+    """The suspects `evidence` (of these traces, in this order) points to, ranked by score."""
     ids = list(ids) if ids is not None else list(range(len(texts)))
     score, suggested = evidence.scores()
     ranked = [int(i) for i in np.argsort(-score, kind="stable") if score[i] >= min_score]
@@ -246,12 +269,48 @@ def find_suspects(
 
 def teacher_suspects(
     teacher: tuple[list[str], list[str], list[int]], embed: EmbedFn, *, limit: int | None = 20,
-    min_score: float = MIN_SCORE, seed: int = 0,
+    min_score: float = MIN_SCORE, seed: int = 0, cache: EvidenceCache | None = None,
 ) -> Suspects:
-    """`find_suspects` on a task's teacher traces as `TraceStore.teacher_examples` returns them."""
+    """`find_suspects` on a task's teacher traces as `TraceStore.teacher_examples` returns them (a random
+    sample of MAX_SCORED beyond that many), with the evidence kept in and reused from `cache` if given."""
+    _check_options(limit, min_score)
     texts, labels, ids = teacher
+    total = len(texts)
+    if total > MAX_SCORED:
+        kept = np.sort(np.random.default_rng(seed).choice(total, MAX_SCORED, replace=False))
+        texts, labels, ids = [texts[i] for i in kept], [labels[i] for i in kept], [ids[i] for i in kept]
+    evidence, info = _evidence(texts, labels, ids, embed, seed, cache)
+    found = ranked_suspects(evidence, texts, labels, ids, limit=limit, min_score=min_score)
+    found.sampled_from = total if total > MAX_SCORED else None
+    found.evidence = info
+    return found
+
+
+def _evidence(
+    texts: list[str], labels: list[str], ids: list[int], embed: EmbedFn, seed: int, cache: EvidenceCache | None,
+) -> tuple[Evidence, dict]:
+    """Cross-fitted evidence of these traces, read from `cache` when it holds them, else computed (and kept)."""
+    key = None
+    if cache is not None:
+        settings = {"folds": FOLDS, "neighbours": NEIGHBOURS, "embedding_c": EMBEDDING_C, "tfidf_c": TFIDF_C,
+                    "min_score": MIN_SCORE, "cleaning_rounds": CLEANING_ROUNDS, "seed": seed}
+        key = evidence_key(identify(embed), texts, labels, ids, settings)
+        stored = None if cache.refit else load(cache.folder, key)
+        if stored is not None:
+            return Evidence(**_from_arrays(stored.arrays)), {"reused": True, "computed_at": stored.computed_at}
+        if cache.reuse_only:
+            raise SuspectsError(f"no cross-fitted evidence is stored for these {len(texts):,} teacher traces yet "
+                                "(`tracer suspects` computes and keeps it)")
     vectors = embed_checked(embed, texts) if texts else np.zeros((0, 0), dtype=np.float32)
-    return find_suspects(texts, labels, vectors, ids=ids, limit=limit, min_score=min_score, seed=seed)
+    evidence = cross_fitted_evidence(texts, labels, vectors, seed=seed)
+    if cache is None or key is None:
+        return evidence, {}
+    save(cache.folder, key, asdict(evidence) | {"labels": np.array(evidence.labels)})
+    return evidence, {"reused": False, "computed_at": time.time()}
+
+
+def _from_arrays(arrays: dict[str, np.ndarray]) -> dict:
+    return arrays | {"labels": [str(label) for label in arrays["labels"]]}
 
 
 def _per_label(labels: Sequence[str], pairs: list[tuple[str, str]]) -> list[dict]:

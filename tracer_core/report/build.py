@@ -11,6 +11,7 @@ from pathlib import Path
 from tracer_core.errors import TracerError
 from tracer_core.learning.embedder import EmbedFn, get_default_embedder
 from tracer_core.learning.embedder_identity import identify, mismatch
+from tracer_core.learning.suspects_cache import EvidenceCache
 from tracer_core.report.calibration import CalibrationRouting, route_calibration
 from tracer_core.report.evolution import PREFIX_FRACTIONS, evolution_facts
 from tracer_core.report.html import render_html
@@ -45,11 +46,13 @@ def build_report(
     out_json: str | os.PathLike | None = None,
     embed: EmbedFn | None = None,
     refit_fractions: tuple[float, ...] = PREFIX_FRACTIONS,
+    suspects_cache: EvidenceCache | None = None,
 ) -> dict:
     """Facts of every report section for `task`; writes them as JSON and/or HTML when paths are given.
 
     When the task has few policy versions, the evolution section refits (without saving) on the
-    `refit_fractions` prefixes of the teacher traces; pass `()` to skip those refits.
+    `refit_fractions` prefixes of the teacher traces; pass `()` to skip those refits. The suspects
+    section cross-fits its evidence, or keeps and reuses it through `suspects_cache`.
     """
     for path in (out_html, out_json):
         if path is not None:
@@ -79,7 +82,7 @@ def build_report(
         "deferrals": deferral_facts(routing, summary["live_all_time"], live_deferral_examples(store, task, fingerprint)),
         "boundary": boundary_facts(routing),
         "regions": region_facts(routing),
-        "suspects": suspect_facts(teacher, embed),
+        "suspects": suspect_facts(teacher, embed, suspects_cache),
     }
     facts = _finite(facts)
     if out_json is not None:

@@ -1,4 +1,4 @@
-"""Render report facts as one self-contained HTML page (inline CSS, inline JS, inline plotly.js)."""
+"""Render report facts as one self-contained HTML page (inline CSS, inline JS, plots as inline SVG)."""
 
 from __future__ import annotations
 
@@ -257,7 +257,7 @@ def render_html(facts: dict) -> str:
     title = f"tracer report: {s['task']}"
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{CSS}</style><script>{plots.plotly_js()}</script></head><body>"
+        f"<style>{CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1><p class=\"source\">generated {when(facts['generated_at'])}</p>"
         + "".join(sections)
         + f"<script>{SORT_JS}</script></body></html>"

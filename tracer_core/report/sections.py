@@ -9,6 +9,7 @@ import numpy as np
 from tracer_core.decision import REASON_TEXT
 from tracer_core.learning.embedder import EmbedFn
 from tracer_core.learning.suspects import SuspectsError, teacher_suspects
+from tracer_core.learning.suspects_cache import EvidenceCache
 from tracer_core.report.calibration import CalibrationRouting
 from tracer_core.report.summary import NOT_ROUTED
 from tracer_core.serving.guarantee import PER_LABEL_PROMISE
@@ -212,11 +213,16 @@ def project_2d(vectors: np.ndarray) -> tuple[np.ndarray, str]:
     return reducer.fit_transform(vectors), "umap"
 
 
-def suspect_facts(teacher: tuple[list[str], list[str], list[int]], embed: EmbedFn) -> dict:
+def suspect_facts(
+    teacher: tuple[list[str], list[str], list[int]], embed: EmbedFn, cache: EvidenceCache | None = None
+) -> dict:
     """Teacher traces whose label the cross-fitted evidence contradicts (see `tracer_core.learning.suspects`)."""
     source = "all teacher traces, each scored only by models that did not train on it (out-of-fold)"
     try:
-        found = teacher_suspects(teacher, embed, limit=REPORTED_SUSPECTS).to_dict()
+        found = teacher_suspects(teacher, embed, limit=REPORTED_SUSPECTS, cache=cache).to_dict()
+        if found["sampled_from"] is not None:
+            source = (f"a random sample of {found['n_traces']:,} of the {found['sampled_from']:,} teacher traces, "
+                      "each scored only by models that did not train on it (out-of-fold)")
     except SuspectsError as exc:
         return {"source": source, "unavailable": str(exc)}
     for suspect in found["suspects"]:

@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
-from scipy.special import logsumexp
 
 BETS = np.geomspace(0.003, 0.5, 16)
 LOG_WEIGHTS = np.log(BETS**-0.5 / (BETS**-0.5).sum())
@@ -50,6 +49,8 @@ def as_outcomes(values: Iterable[bool] | np.ndarray) -> np.ndarray:
 
 def mixture_log_wealth(n: np.ndarray, events: np.ndarray, bound: float) -> np.ndarray:
     """Log wealth of the constant-bet mixture after `n` outcomes holding `events` events (element-wise)."""
+    from scipy.special import logsumexp
+
     gain, loss = np.log1p(BETS * (1.0 - bound) / bound), np.log1p(-BETS)
     n, events = np.asarray(n, dtype=float), np.asarray(events, dtype=float)
     return logsumexp(LOG_WEIGHTS + events[..., None] * gain + (n - events)[..., None] * loss, axis=-1)

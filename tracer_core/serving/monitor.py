@@ -38,7 +38,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta
 
 from tracer_core.decision import Decision, Reason
 from tracer_core.learning.certificate import Certificate
@@ -140,8 +139,10 @@ def ood_bound(cert: Certificate) -> ShareBound:
     n = cert.n_validation
     if n <= 0:
         return ShareBound(OOD, EXPECTED_OOD_SHARE, math.inf, n)
+    from scipy.special import betaincinv  # beta.ppf's own routine, without importing scipy.stats (slow to load)
+
     beyond = n - 1 - math.floor(OOD_QUANTILE * (n - 1))  # validation inputs beyond the interpolated quantile
-    error = float(beta.ppf(1 - SIGNAL_LEVEL, beyond + 1, n - beyond)) - (1 - OOD_QUANTILE)
+    error = float(betaincinv(beyond + 1, n - beyond, 1 - SIGNAL_LEVEL)) - (1 - OOD_QUANTILE)
     return ShareBound(OOD, EXPECTED_OOD_SHARE, error, n)
 
 

@@ -23,12 +23,6 @@ TCP_USER_TIMEOUT_MS = 10_000
 T = TypeVar("T")
 log = logging.getLogger("tracer.store")
 
-try:
-    import psycopg
-    from psycopg import errors as pg_errors
-except ImportError:  # pragma: no cover - depends on the installation
-    psycopg = None  # type: ignore[assignment]
-
 _RETRYABLE = ("40001", "40P01", "55P03")  # serialization failure, deadlock, lock timeout
 _SECRET_KEYS = ("password", "sslpassword")
 
@@ -72,11 +66,13 @@ class PostgresBackend:
         self._secrets = parts.secrets
         if parts.problem is not None:  # libpq would read it otherwise than shown: it never sees it
             raise StoreError(f"trace store {self.name!r} is not a valid PostgreSQL URL: {parts.problem}")
-        if psycopg is None:
+        try:
+            import psycopg  # imported when a PostgreSQL store is opened, never by `import tracer_core`
+        except ImportError:
             raise StoreError(
                 f"trace store {self.name!r} is a PostgreSQL URL but psycopg is not installed "
                 "(pip install 'tracer-router[postgres]')"
-            )
+            ) from None
         conninfo, problem = self._parse(parts.url)
         if problem is not None:
             raise StoreError(f"trace store {self.name!r} is not a valid PostgreSQL URL: {problem}")
@@ -92,6 +88,8 @@ class PostgresBackend:
 
     def _parse(self, url: Secret[str]) -> tuple[dict[str, Any], str | None]:
         """libpq's reading of the URL, or why it has none (raised by the caller: no libpq error is chained)."""
+        import psycopg
+
         try:
             return psycopg.conninfo.conninfo_to_dict(url.reveal()), None
         except psycopg.Error as exc:
@@ -118,6 +116,8 @@ class PostgresBackend:
         return " ".join(redact(str(exc), self._secrets.reveal()).split())
 
     def _raw_connect(self) -> Any:
+        import psycopg
+
         try:
             return psycopg.connect(self._dsn.reveal(), autocommit=True)
         except psycopg.Error as exc:
@@ -138,6 +138,9 @@ class PostgresBackend:
 
     def retry(self, fn: Callable[[], T], budget_s: float) -> T:
         """Run `fn`, retrying serialization failures, deadlocks and lock timeouts; map errors to StoreErrors."""
+        import psycopg
+        from psycopg import errors as pg_errors
+
         try:
             return retry_transient(fn, budget_s, lambda exc: getattr(exc, "sqlstate", None) in _RETRYABLE)
         except psycopg.Error as exc:

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import pathlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, TypeVar
-
-import sqlite_utils
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from tracer_core.errors import CorruptStoreError, StoreError
 from tracer_core.storage import migrations
 from tracer_core.storage._retry import retry_transient
 from tracer_core.storage.guard import FileIdentity, refuse_foreign
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 BUSY_TIMEOUT_S = 30.0
 T = TypeVar("T")
@@ -29,13 +31,19 @@ def _locked(exc: Exception) -> bool:
 
 
 class SQLiteConnection:
-    """One thread's connection; `db` (sqlite-utils) is what the migration steps use."""
+    """One thread's connection; `db` (sqlite-utils, made when a migration step first needs it) is what the
+    migration steps use."""
 
     usable = True  # an SQLite connection does not break
 
     def __init__(self, raw: sqlite3.Connection) -> None:
         self.raw = raw
-        self.db = sqlite_utils.Database(raw, execute_plugins=False)
+
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.raw, execute_plugins=False)
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self.raw.execute(sql, tuple(params))

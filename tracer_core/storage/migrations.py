@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from tracer_core.errors import StoreError
 from tracer_core.storage.packed_ids import packed_certificate
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 MIGRATIONS_TABLE = "tracer_migrations"
 
