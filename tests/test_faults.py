@@ -391,8 +391,9 @@ def test_9_route_prints_strict_json_even_from_a_nan_policy(fitted: Path) -> None
     def no_constants(name: str):
         raise AssertionError(f"invalid JSON constant {name}")
 
-    lines = [json.loads(line, parse_constant=no_constants) for line in result.output.splitlines()]
+    lines = [json.loads(line, parse_constant=no_constants) for line in result.stdout.splitlines()]
     assert [line["handled"] for line in lines] == [False, False]
+    assert "policy v1 is not used" in result.stderr  # why, as a note on stderr: stdout stays pure JSON
 
 
 # -- 4. rich markup in stored strings is printed, never interpreted ---------------------------
