@@ -151,10 +151,16 @@ def main() -> int:
         prompt = ChatPromptTemplate([("system", "{labels_prompt}"), ("human", "{text}")]).partial(labels_prompt=system)
         chain = with_tracer(prompt | teacher.langchain_llm | StrOutputParser(), task=TASK, alpha=args.alpha,
                             delta=args.delta, db=db, refit_every=args.refit_every)
-        tracer = chain.tracer_for({"text": "probe"})
-    else:
-        tracer = callback.tracer_of(**teacher.litellm_kwargs, messages=probe, metadata={"tracer_task": TASK})
-    registry_for(db).flush(10)  # the version is registered off the caller's path: wait for it here
+    deadline = time.monotonic() + 10
+    while True:  # the task's name is confirmed and its version registered off the caller's path: wait for both here
+        if chain is not None:
+            tracer = chain.tracer_for({"text": "probe"})
+        else:
+            tracer = callback.tracer_of(**teacher.litellm_kwargs, messages=probe, metadata={"tracer_task": TASK})
+        registry_for(db).flush(10)
+        if tracer.store.versions(TASK) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     print(f"task {TASK!r}, version {tracer.fingerprint}: {describe_identity(tracer.store.versions(TASK)[0]['description'])}")
     print(
         f"{len(queries):,} queries over {len(labels)} intents from {banking77_path().name} (seed {args.seed}), "

@@ -17,6 +17,7 @@ from scipy.stats import binom
 from tests import clustered
 from tracer_core import Reason, Tracer, TraceStore
 from tracer_core.cli.commands import main as cli
+from tracer_core.learning.certificate import NOT_ATTEMPTED
 from tracer_core.learning.spending import attempt_delta
 from tracer_core.serving import suspending
 
@@ -153,6 +154,9 @@ def test_suspension_reaches_another_process_within_policy_check_s(tmp_path):
         "from tracer_core import Tracer\n"
         f"t = Tracer({TASK!r}, sys.argv[1], alpha=0.9, embedder=clustered.embed, auto_refit=False, "
         "policy_check_s=0.5, audit_rate=0.0)\n"
+        "deadline = time.time() + 10\n"
+        "while not t.route('lab1 x').handled and time.time() < deadline:  # the first calls defer while the state is read\n"
+        "    time.sleep(0.01)\n"
         "assert t.route('lab1 x').handled\n"
         "print('ready', flush=True)\n"
         "deadline = time.time() + 30\n"
@@ -233,4 +237,16 @@ def test_each_withdrawal_look_spends_a_share_of_the_certificates_delta(tmp_path,
         tracer._suspender.withdraw_if_contradicted(in_force, evidence)
     assert levels == [(cert.alpha, attempt_delta(cert.delta, k)) for k in (1, 2, 3)]
     assert sum(d for _, d in levels) < cert.delta
+    tracer.close()
+
+
+def test_an_explicit_fit_of_the_traces_a_background_refit_fitted_returns_its_certificate(tmp_path):
+    """record_many() starts a background refit; fit() right after waits for it instead of a second attempt."""
+    tracer = Tracer(TASK, tmp_path / "h.db", alpha=0.9, embedder=clustered.embed, refit_every=200, audit_rate=0.0)
+    texts = clustered.texts(1200)
+    tracer.record_many(texts, [clustered.label_of(t) for t in texts])
+    assert tracer.refits.running  # the 1,200 traces started a background refit
+    cert = tracer.fit()
+    assert cert.deployed and cert.version == 1 and cert.attempt == 1
+    assert tracer.fit().reason_code == NOT_ATTEMPTED  # a second explicit fit of the same traces is a new fit
     tracer.close()

@@ -38,6 +38,9 @@ BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 SYSTEM = {"role": "system", "content": "Classify the banking query into its intent. Answer with the label only."}
 ALPHA = 0.9
 
+# a fresh process's first calls go to the LLM while the store's state is read off the caller's path
+# (issue 22: they never wait for it): `store_unavailable` until it is read, then `no_policy`
+FIRST_CALLS = {"no_policy", "store_unavailable"}
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -138,7 +141,7 @@ def test_proxy_records_then_short_circuits_after_a_fit(proxy, teacher, db_path, 
     for text, label in first:
         raw = proxy.chat.completions.with_raw_response.create(model="teacher", messages=messages_for(text))
         assert raw.parse().choices[0].message.content == label
-        assert (raw.headers["x-tracer-decision"], raw.headers["x-tracer-reason"]) == ("deferred", "no_policy")
+        assert raw.headers["x-tracer-decision"] == "deferred" and raw.headers["x-tracer-reason"] in FIRST_CALLS
         assert "x-tracer-policy-version" not in raw.headers
     assert teacher.request_count == 3
     recorded = wait_until(lambda: len(traces(db_path)) >= 3 and traces(db_path), "the proxy's traces")
@@ -221,7 +224,7 @@ def test_the_docs_proxy_snippet_starts_and_answers_as_pasted(teacher, banking_su
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(model=model, messages=messages_for(text))
         assert raw.parse().choices[0].message.content == label
-        assert (raw.headers["x-tracer-decision"], raw.headers["x-tracer-reason"]) == ("deferred", "no_policy")
+        assert raw.headers["x-tracer-decision"] == "deferred" and raw.headers["x-tracer-reason"] in FIRST_CALLS
         stranger = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-not-the-key", max_retries=0)
         with pytest.raises(openai.APIStatusError):  # 400 "No connected db." (no virtual keys without one)
             stranger.chat.completions.create(model=model, messages=messages_for(text))

@@ -32,13 +32,16 @@ class Fitter:
         self.task, self.fingerprint, self.alpha, self.delta = task, fingerprint, alpha, delta
         self.seed, self.max_train = seed, max_train
         self._lock = threading.Lock()
+        self._background: tuple[tuple[int, int, int], Certificate] | None = None  # the last background refit's
+        # evidence (suspension floor, traces, newest id) and certificate, until the next fit
         self.refits = RefitScheduler(
             self.refit, every=refit_every, interval_s=refit_interval_s, enabled=auto_refit,
             name=f"tracer-refit-{task}", paused=lambda: self.store.closed or self.store.degraded is not None,
         )
 
-    def fit(self) -> Certificate:
-        """Fit on the teacher traces of this task version and certify; see `Tracer.fit`."""
+    def fit(self, *, background: bool = False) -> Certificate:
+        """Fit on the teacher traces of this task version and certify; see `Tracer.fit`. An explicit fit of the
+        very traces the last background refit fitted returns that refit's certificate."""
         with self._lock:
             self.store.flush()
             if self.watcher.current(force=True).suspension is None and self.watcher.monitor.rejected:
@@ -50,6 +53,10 @@ class Fitter:
                 raise NoTracesError(
                     f"task {self.task!r} version {self.fingerprint or '(unversioned)'} has no teacher traces{after}"
                 )
+            fitted_on = (floor, len(evidence.ids), max(evidence.ids))
+            last, self._background = self._background, None
+            if not background and last is not None and last[0] == fitted_on:
+                return last[1]  # e.g. record_many() started a background refit of these traces, then fit() waited
             in_force = self.watcher.current(force=True)
             policy, cert = fit_policy(
                 evidence.texts, evidence.labels, alpha=self.alpha, delta=self.delta, embed=self.embedder.embed,
@@ -78,6 +85,8 @@ class Fitter:
                 self.suspender.withdraw_if_contradicted(in_force, evidence)
             self.watcher.adopt(policy, None if cert.deployed else cert)
             self.refits.fitted()
+            if background:
+                self._background = (fitted_on, cert)
             return cert
 
     def _coverage_in_force(self, in_force: InForce) -> float:
@@ -98,7 +107,7 @@ class Fitter:
                 if not acquired:
                     log.info("tracer task %r: another process is refitting; skipped", self.task)
                     return
-                cert = self.fit()
+                cert = self.fit(background=True)
                 log.info("tracer task %r: refit v%s: %s", self.task, cert.version, cert.summary())
         except FitCancelled:
             raise

@@ -103,6 +103,7 @@ class Tracer:
         self._status = TracerStatus(self.store, self.watcher, self._suspender, self._embedder, self.audits,
                                     task=task, fingerprint=self.fingerprint, alpha=self.alpha, delta=self.delta)
         observe.watch(self)
+        self.watcher.prefetch()
 
     # -- recording --------------------------------------------------------------------
     def record(self, text: str, label: str, *, decision: Decision | None = None, **fields) -> None:
@@ -158,7 +159,8 @@ class Tracer:
         traces recorded after it count. The gate runs only when validation predicts a material
         gain over the policy in force, at the level of the version's next attempt, counted in
         the store across processes (`tracer_core.learning.spending`). An explicit fit and a background
-        refit never run at once.
+        refit never run at once: a fit of the very traces a background refit just fitted (`record_many`
+        can start one) waits for it and returns its certificate.
         """
         return self._fitter.fit()
 

@@ -15,6 +15,7 @@ background returns (`Late` while that is shorter than READ_BUDGET_S, then a Stor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -83,6 +84,15 @@ class PolicyWatcher:
                 late = Late if reading.age < READ_BUDGET_S else StoreError
                 raise late(f"the trace store has not answered for {reading.age:.2f} s")
         return reading.result(budget_s)
+
+    def prefetch(self) -> None:
+        """Start reading the state in force on the store's reading thread without waiting for it, so that the
+        first routed call finds it read (or being read) instead of starting the read itself."""
+        with self._lock:
+            if self._reading is None:
+                self._checked_at = time.monotonic()
+                with contextlib.suppress(StoreError):  # a closed store: the first call says so
+                    self._reading = self.store.background_read(self._read, self._finish)
 
     def _finish(self, read: Job[InForce]) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import importlib
 import logging
 import pathlib
 import sqlite3
@@ -61,6 +62,9 @@ class SQLiteBackend:
     hour_sql = "CAST(created_at / 3600 AS INTEGER)"
 
     def __init__(self, path: pathlib.Path, *, adopt_foreign_db: bool) -> None:
+        # sqlite-utils is loaded when a store is made (as psycopg is for a server), never by `import tracer_core`:
+        # the open on the store's reading thread then fits the first call's budget
+        importlib.import_module("sqlite_utils")
         self.path = path
         self.name = str(path)
         if path.is_dir():
