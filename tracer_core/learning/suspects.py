@@ -32,9 +32,10 @@ import numpy as np
 from tracer_core.errors import TracerError
 from tracer_core.learning.embedder import EmbedFn, embed_checked
 from tracer_core.learning.embedder_identity import identify
-from tracer_core.learning.features import Tfidf, join_features, predict_proba
-from tracer_core.learning.surrogate import fit_logistic
+from tracer_core.learning.features import Tfidf
+from tracer_core.learning.surrogate import LinearSurrogate
 from tracer_core.learning.suspects_cache import EvidenceCache, evidence_key, load, save
+from tracer_core.learning.suspects_logistic import fit_blocks
 
 FOLDS = 5
 NEIGHBOURS = 20  # traces in the k-nearest-neighbour vote
@@ -46,6 +47,8 @@ CLEANING_ROUNDS = 1  # refits without the current suspects (a second one gained 
 MIN_TRACES = 20
 TOP_PAIRS = 10
 _BLOCK = 1024  # rows per block of the similarity matrix
+WORKERS = 2  # processes the folds are fitted on
+PARALLEL_MIN = 2_000  # traces from which the folds run on WORKERS processes (below, starting them costs more)
 MAX_SCORED = 20_000  # teacher traces scored at most (a random sample of them beyond: time and memory stay bounded)
 
 
@@ -94,6 +97,7 @@ class Evidence:
     probs: np.ndarray  # (n, n_labels) averaged out-of-fold probabilities
     neighbours: np.ndarray  # (n, NEIGHBOURS) indices of the nearest other traces
     similarities: np.ndarray  # (n, NEIGHBOURS) their cosine similarities
+    fold_models: list[FoldModels] | None = field(default=None, repr=False)  # in memory only, never kept on disk
 
     def scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(score, suggested label index) per trace: best other label's probability minus the teacher's."""
@@ -133,35 +137,91 @@ def cleaned(evidence: Evidence, texts: list[str], vectors: np.ndarray, *, folds:
     Every trace, suspect or not, is still scored only by models trained on other folds. Which of those
     other traces are left out was decided by the previous round, whose models for their folds did train on
     this trace: its own label reaches its score only through that choice, never through a fitted weight.
+    Each fold's models start from the previous round's models of the same fold (fitted without its traces).
     """
     trusted = evidence.scores()[0] < MIN_SCORE
     return _fold_evidence(texts, vectors, evidence.labels, evidence.y, evidence.neighbours, evidence.similarities,
-                          trusted, folds, seed)
+                          trusted, folds, seed, evidence.fold_models)
+
+
+@dataclass
+class FoldModels:
+    """One fold's fitted models: the start of the same fold's models in the next cleaning round."""
+
+    embedding: LinearSurrogate
+    joined: LinearSurrogate | None  # embedding + TF-IDF, None when the training texts give no TF-IDF
+    terms: list[str]  # the joined model's TF-IDF columns
 
 
 def _fold_evidence(
     texts: list[str], vectors: np.ndarray, names: list[str], y: np.ndarray, neighbours: np.ndarray,
-    similarities: np.ndarray, trusted: np.ndarray, folds: int, seed: int,
+    similarities: np.ndarray, trusted: np.ndarray, folds: int, seed: int, starts: list[FoldModels] | None = None,
 ) -> Evidence:
     """Averaged out-of-fold probabilities, training and voting on the `trusted` traces only where that
     leaves at least two labels to learn (tiny sets fall back to every trace of the other folds)."""
     n_labels = len(names)
+    split = list(_folds(y, folds, seed))
+    if starts is not None and len(starts) != len(split):
+        starts = None
+    jobs = []
+    for i, (train, test) in enumerate(split):
+        kept = train[trusted[train]]
+        jobs.append((kept if len(np.unique(y[kept])) >= 2 else train, test, starts[i] if starts else None))
+    fitted = _fit_folds(texts, vectors, y, n_labels, jobs)
     embedding_lr = np.zeros((len(y), n_labels))
     tfidf_lr = np.zeros((len(y), n_labels))
-    for train, test in _folds(y, folds, seed):
-        kept = train[trusted[train]]
-        train = kept if len(np.unique(y[kept])) >= 2 else train
-        if len(np.unique(y[train])) < 2:  # a model trained on one label can only say that label
-            embedding_lr[test, y[train][0]] = tfidf_lr[test, y[train][0]] = 1.0
-            continue
-        train_texts, test_texts = [texts[i] for i in train], [texts[i] for i in test]
-        model = fit_logistic(vectors[train], y[train], n_labels, seed=seed, c=EMBEDDING_C)
-        embedding_lr[test] = model.predict_proba(vectors[test])
-        tfidf = _tfidf(train_texts)
-        model = fit_logistic(join_features(vectors[train], train_texts, tfidf), y[train], n_labels, seed=seed, c=TFIDF_C)
-        tfidf_lr[test] = predict_proba(model, vectors[test], test_texts, tfidf)
+    for (_, test, _), (embedding, joined, models) in zip(jobs, fitted):
+        embedding_lr[test], tfidf_lr[test] = embedding, joined
     vote = _neighbour_vote(y, n_labels, neighbours, trusted)
-    return Evidence(names, y, (embedding_lr + tfidf_lr + vote) / 3.0, neighbours, similarities)
+    models = [m for _, _, m in fitted]
+    return Evidence(names, y, (embedding_lr + tfidf_lr + vote) / 3.0, neighbours, similarities,
+                    None if any(m is None for m in models) else models)
+
+
+def _fit_folds(texts: list[str], vectors: np.ndarray, y: np.ndarray, n_labels: int, jobs: list) -> list:
+    """`_fit_fold` of every job: on WORKERS processes from PARALLEL_MIN traces (the CLI waits in the foreground)."""
+    if len(y) < PARALLEL_MIN:
+        return [_fit_fold(texts, vectors, y, n_labels, *job) for job in jobs]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=WORKERS)(delayed(_fit_fold)(texts, vectors, y, n_labels, *job) for job in jobs)
+
+
+def _fit_fold(
+    texts: list[str], vectors: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray, test: np.ndarray,
+    start: FoldModels | None,
+) -> tuple[np.ndarray, np.ndarray, FoldModels | None]:
+    """Out-of-fold probabilities of `test` from the two models trained on `train` (and those models)."""
+    if len(np.unique(y[train])) < 2:  # a model trained on one label can only say that label
+        probs = np.zeros((len(test), n_labels))
+        probs[:, y[train][0]] = 1.0
+        return probs, probs, None
+    train_texts, test_texts = [texts[i] for i in train], [texts[i] for i in test]
+    embedding = fit_blocks(vectors[train], None, y[train], n_labels, EMBEDDING_C,
+                           start.embedding if start else None)
+    tfidf = _tfidf(train_texts)
+    if tfidf is None:
+        joined = fit_blocks(vectors[train], None, y[train], n_labels, TFIDF_C)
+        return (embedding.predict_proba(vectors[test]), joined.predict_proba(vectors[test]),
+                FoldModels(embedding, None, []))
+    joined_start = _moved(start, tfidf.terms, vectors.shape[1]) if start else None
+    joined = fit_blocks(vectors[train], tfidf.transform(train_texts), y[train], n_labels, TFIDF_C, joined_start)
+    return (embedding.predict_proba(vectors[test]), joined.predict_proba(vectors[test], tfidf.transform(test_texts)),
+            FoldModels(embedding, joined, tfidf.terms))
+
+
+def _moved(start: FoldModels, terms: list[str], dimension: int) -> LinearSurrogate | None:
+    """The previous joined model's weights on these TF-IDF `terms` (0 for a term it did not have)."""
+    if start.joined is None:
+        return None
+    column = {term: dimension + i for i, term in enumerate(start.terms)}
+    weights = np.zeros((len(start.joined.bias), dimension + len(terms)), dtype=np.float32)
+    weights[:, :dimension] = start.joined.weights[:, :dimension]
+    kept = [(dimension + i, column[t]) for i, t in enumerate(terms) if t in column]
+    if kept:
+        new, old = map(list, zip(*kept))
+        weights[:, new] = start.joined.weights[:, old]
+    return LinearSurrogate(weights, start.joined.bias.copy())
 
 
 def _neighbour_vote(y: np.ndarray, n_labels: int, neighbours: np.ndarray, trusted: np.ndarray) -> np.ndarray:
@@ -305,7 +365,8 @@ def _evidence(
     evidence = cross_fitted_evidence(texts, labels, vectors, seed=seed)
     if cache is None or key is None:
         return evidence, {}
-    save(cache.folder, key, asdict(evidence) | {"labels": np.array(evidence.labels)})
+    save(cache.folder, key, {"labels": np.array(evidence.labels), "y": evidence.y, "probs": evidence.probs,
+                             "neighbours": evidence.neighbours, "similarities": evidence.similarities})
     return evidence, {"reused": False, "computed_at": time.time()}
 
 
