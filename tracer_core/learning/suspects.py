@@ -26,16 +26,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tracer_core.errors import TracerError
 from tracer_core.learning.embedder import EmbedFn, embed_checked
 from tracer_core.learning.embedder_identity import identify
-from tracer_core.learning.features import Tfidf
 from tracer_core.learning.surrogate import LinearSurrogate
 from tracer_core.learning.suspects_cache import EvidenceCache, evidence_key, load, save
 from tracer_core.learning.suspects_logistic import fit_blocks
+from tracer_core.learning.suspects_tfidf import fold_terms, term_counts, weighted
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 FOLDS = 5
 NEIGHBOURS = 20  # traces in the k-nearest-neighbour vote
@@ -149,8 +153,8 @@ class FoldModels:
     """One fold's fitted models: the start of the same fold's models in the next cleaning round."""
 
     embedding: LinearSurrogate
-    joined: LinearSurrogate | None  # embedding + TF-IDF, None when the training texts give no TF-IDF
-    terms: list[str]  # the joined model's TF-IDF columns
+    joined: LinearSurrogate  # embedding + TF-IDF
+    columns: np.ndarray  # the joined model's TF-IDF terms (columns of `term_counts`), ascending
 
 
 def _fold_evidence(
@@ -167,10 +171,10 @@ def _fold_evidence(
     for i, (train, test) in enumerate(split):
         kept = train[trusted[train]]
         jobs.append((kept if len(np.unique(y[kept])) >= 2 else train, test, starts[i] if starts else None))
-    fitted = _fit_folds(texts, vectors, y, n_labels, jobs)
+    fitted = _fit_folds(term_counts(texts), vectors, y, n_labels, jobs)
     embedding_lr = np.zeros((len(y), n_labels))
     tfidf_lr = np.zeros((len(y), n_labels))
-    for (_, test, _), (embedding, joined, models) in zip(jobs, fitted):
+    for (_, test, _), (embedding, joined, _) in zip(jobs, fitted):
         embedding_lr[test], tfidf_lr[test] = embedding, joined
     vote = _neighbour_vote(y, n_labels, neighbours, trusted)
     models = [m for _, _, m in fitted]
@@ -178,17 +182,17 @@ def _fold_evidence(
                     None if any(m is None for m in models) else models)
 
 
-def _fit_folds(texts: list[str], vectors: np.ndarray, y: np.ndarray, n_labels: int, jobs: list) -> list:
+def _fit_folds(counts: csr_matrix, vectors: np.ndarray, y: np.ndarray, n_labels: int, jobs: list) -> list:
     """`_fit_fold` of every job: on WORKERS processes from PARALLEL_MIN traces (the CLI waits in the foreground)."""
     if len(y) < PARALLEL_MIN:
-        return [_fit_fold(texts, vectors, y, n_labels, *job) for job in jobs]
+        return [_fit_fold(counts, vectors, y, n_labels, *job) for job in jobs]
     from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=WORKERS)(delayed(_fit_fold)(texts, vectors, y, n_labels, *job) for job in jobs)
+    return Parallel(n_jobs=WORKERS)(delayed(_fit_fold)(counts, vectors, y, n_labels, *job) for job in jobs)
 
 
 def _fit_fold(
-    texts: list[str], vectors: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray, test: np.ndarray,
+    counts: csr_matrix, vectors: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray, test: np.ndarray,
     start: FoldModels | None,
 ) -> tuple[np.ndarray, np.ndarray, FoldModels | None]:
     """Out-of-fold probabilities of `test` from the two models trained on `train` (and those models)."""
@@ -196,31 +200,27 @@ def _fit_fold(
         probs = np.zeros((len(test), n_labels))
         probs[:, y[train][0]] = 1.0
         return probs, probs, None
-    train_texts, test_texts = [texts[i] for i in train], [texts[i] for i in test]
     embedding = fit_blocks(vectors[train], None, y[train], n_labels, EMBEDDING_C,
                            start.embedding if start else None)
-    tfidf = _tfidf(train_texts)
-    if tfidf is None:
+    columns, idf = fold_terms(counts, train)
+    if not len(columns):  # no term occurs twice (tiny sets): the joined model is the embedding alone
         joined = fit_blocks(vectors[train], None, y[train], n_labels, TFIDF_C)
-        return (embedding.predict_proba(vectors[test]), joined.predict_proba(vectors[test]),
-                FoldModels(embedding, None, []))
-    joined_start = _moved(start, tfidf.terms, vectors.shape[1]) if start else None
-    joined = fit_blocks(vectors[train], tfidf.transform(train_texts), y[train], n_labels, TFIDF_C, joined_start)
-    return (embedding.predict_proba(vectors[test]), joined.predict_proba(vectors[test], tfidf.transform(test_texts)),
-            FoldModels(embedding, joined, tfidf.terms))
+        return embedding.predict_proba(vectors[test]), joined.predict_proba(vectors[test]), None
+    joined_start = _moved(start, columns, vectors.shape[1]) if start else None
+    joined = fit_blocks(vectors[train], weighted(counts, train, columns, idf), y[train], n_labels, TFIDF_C,
+                        joined_start)
+    return (embedding.predict_proba(vectors[test]),
+            joined.predict_proba(vectors[test], weighted(counts, test, columns, idf)),
+            FoldModels(embedding, joined, columns))
 
 
-def _moved(start: FoldModels, terms: list[str], dimension: int) -> LinearSurrogate | None:
-    """The previous joined model's weights on these TF-IDF `terms` (0 for a term it did not have)."""
-    if start.joined is None:
-        return None
-    column = {term: dimension + i for i, term in enumerate(start.terms)}
-    weights = np.zeros((len(start.joined.bias), dimension + len(terms)), dtype=np.float32)
+def _moved(start: FoldModels, columns: np.ndarray, dimension: int) -> LinearSurrogate:
+    """The previous joined model's weights on these TF-IDF `columns` (0 for a term it did not have)."""
+    weights = np.zeros((len(start.joined.bias), dimension + len(columns)), dtype=np.float32)
     weights[:, :dimension] = start.joined.weights[:, :dimension]
-    kept = [(dimension + i, column[t]) for i, t in enumerate(terms) if t in column]
-    if kept:
-        new, old = map(list, zip(*kept))
-        weights[:, new] = start.joined.weights[:, old]
+    at = np.minimum(np.searchsorted(start.columns, columns), len(start.columns) - 1)
+    found = start.columns[at] == columns
+    weights[:, dimension + np.flatnonzero(found)] = start.joined.weights[:, dimension + at[found]]
     return LinearSurrogate(weights, start.joined.bias.copy())
 
 
@@ -232,14 +232,6 @@ def _neighbour_vote(y: np.ndarray, n_labels: int, neighbours: np.ndarray, truste
     vote = np.zeros((len(y), n_labels))
     np.add.at(vote, (np.repeat(np.arange(len(y)), neighbours.shape[1]), y[neighbours].ravel()), weights.ravel())
     return vote
-
-
-def _tfidf(texts: list[str]) -> Tfidf | None:
-    """Word TF-IDF of the training texts; None when no term occurs twice (tiny sets)."""
-    try:
-        return Tfidf.fit(texts)
-    except ValueError:
-        return None
 
 
 def _folds(y: np.ndarray, folds: int, seed: int):

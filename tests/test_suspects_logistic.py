@@ -1,0 +1,60 @@
+"""The suspects' own logistic fit and fold TF-IDF give what `fit_logistic` and `Tfidf.fit` give (old cross-fit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_suspects import ngram_embedder, synthetic_traces
+from tracer_core.learning.features import Tfidf, join_features, predict_proba
+from tracer_core.learning.surrogate import LinearSurrogate, fit_logistic
+from tracer_core.learning.suspects import EMBEDDING_C, TFIDF_C, _folds
+from tracer_core.learning.suspects_logistic import fit_blocks
+from tracer_core.learning.suspects_tfidf import fold_terms, term_counts, weighted
+
+
+def _data(n_labels: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    texts, labels, _ = synthetic_traces()
+    names = sorted(set(labels))[:n_labels]
+    kept = [i for i, label in enumerate(labels) if label in names]
+    return [texts[i] for i in kept], np.array([names.index(labels[i]) for i in kept]), ngram_embedder(texts)[kept]
+
+
+@pytest.mark.parametrize("n_labels", [4, 2])
+def test_out_of_fold_probabilities_match_the_scikit_learn_fit(n_labels: int) -> None:
+    texts, y, vectors = _data(n_labels)
+    old_embedding, new_embedding = np.zeros((len(y), n_labels)), np.zeros((len(y), n_labels))
+    old_joined, new_joined = np.zeros((len(y), n_labels)), np.zeros((len(y), n_labels))
+    counts = term_counts(texts)
+    for train, test in _folds(y, 5, 0):
+        train_texts, test_texts = [texts[i] for i in train], [texts[i] for i in test]
+        old_embedding[test] = fit_logistic(vectors[train], y[train], n_labels, c=EMBEDDING_C).predict_proba(vectors[test])
+        new_embedding[test] = fit_blocks(vectors[train], None, y[train], n_labels, EMBEDDING_C).predict_proba(vectors[test])
+        tfidf = Tfidf.fit(train_texts)
+        model = fit_logistic(join_features(vectors[train], train_texts, tfidf), y[train], n_labels, c=TFIDF_C)
+        old_joined[test] = predict_proba(model, vectors[test], test_texts, tfidf)
+        columns, idf = fold_terms(counts, train)
+        model = fit_blocks(vectors[train], weighted(counts, train, columns, idf), y[train], n_labels, TFIDF_C)
+        new_joined[test] = model.predict_proba(vectors[test], weighted(counts, test, columns, idf))
+    assert np.abs(new_embedding - old_embedding).max() < 0.01
+    assert np.abs(new_joined - old_joined).max() < 0.01
+
+
+def test_fold_tfidf_equals_tfidf_fitted_on_the_fold() -> None:
+    texts, _, _ = _data(4)
+    train, test = np.arange(0, len(texts), 2), np.arange(1, len(texts), 2)
+    reference = Tfidf.fit([texts[i] for i in train])
+    counts = term_counts(texts)
+    columns, idf = fold_terms(counts, train)
+    assert len(columns) == len(reference.terms) and np.allclose(idf, reference.idf)
+    for rows in (train, test):
+        expected = reference.transform([texts[i] for i in rows]).toarray()
+        assert np.allclose(weighted(counts, rows, columns, idf).toarray(), expected, atol=1e-6)
+
+
+def test_a_start_without_a_label_starts_that_label_from_zero() -> None:
+    texts, y, vectors = _data(4)
+    start = LinearSurrogate(np.zeros((4, vectors.shape[1]), np.float32), np.array([0, 0, 0, -1e4], np.float32))
+    fresh = fit_blocks(vectors, None, y, 4, EMBEDDING_C)
+    warm = fit_blocks(vectors, None, y, 4, EMBEDDING_C, start)
+    assert np.abs(warm.predict_proba(vectors) - fresh.predict_proba(vectors)).max() < 0.01
