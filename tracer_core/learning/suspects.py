@@ -183,35 +183,48 @@ def _fold_evidence(
 
 
 def _fit_folds(counts: csr_matrix, vectors: np.ndarray, y: np.ndarray, n_labels: int, jobs: list) -> list:
-    """`_fit_fold` of every job: on WORKERS processes from PARALLEL_MIN traces (the CLI waits in the foreground)."""
+    """Per job (train, test, start): the embedding and joined models' probabilities of `test`, and the models.
+
+    The 2 x folds fits run longest (joined) first, on WORKERS processes from PARALLEL_MIN traces (the CLI
+    waits for them in the foreground).
+    """
+    fits = [(joined, i) for joined in (True, False) for i in range(len(jobs))]
+    args = [(counts, vectors, y, n_labels, joined, *jobs[i]) for joined, i in fits]
     if len(y) < PARALLEL_MIN:
-        return [_fit_fold(counts, vectors, y, n_labels, *job) for job in jobs]
-    from joblib import Parallel, delayed
+        results = [_fit_model(*arg) for arg in args]
+    else:
+        from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=WORKERS)(delayed(_fit_fold)(counts, vectors, y, n_labels, *job) for job in jobs)
+        results = Parallel(n_jobs=WORKERS)(delayed(_fit_model)(*arg) for arg in args)
+    done = dict(zip(fits, results))
+    folds = []
+    for i in range(len(jobs)):
+        (embedding_probs, embedding, _), (joined_probs, joined, columns) = done[False, i], done[True, i]
+        models = FoldModels(embedding, joined, columns) if embedding and joined and columns is not None else None
+        folds.append((embedding_probs, joined_probs, models))
+    return folds
 
 
-def _fit_fold(
-    counts: csr_matrix, vectors: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray, test: np.ndarray,
-    start: FoldModels | None,
-) -> tuple[np.ndarray, np.ndarray, FoldModels | None]:
-    """Out-of-fold probabilities of `test` from the two models trained on `train` (and those models)."""
+def _fit_model(
+    counts: csr_matrix, vectors: np.ndarray, y: np.ndarray, n_labels: int, joined: bool, train: np.ndarray,
+    test: np.ndarray, start: FoldModels | None,
+) -> tuple[np.ndarray, LinearSurrogate | None, np.ndarray | None]:
+    """Probabilities of `test` from the embedding (or, if `joined`, embedding + TF-IDF) model trained on `train`;
+    the model, and its TF-IDF columns."""
     if len(np.unique(y[train])) < 2:  # a model trained on one label can only say that label
         probs = np.zeros((len(test), n_labels))
         probs[:, y[train][0]] = 1.0
-        return probs, probs, None
-    embedding = fit_blocks(vectors[train], None, y[train], n_labels, EMBEDDING_C,
-                           start.embedding if start else None)
+        return probs, None, None
+    if not joined:
+        model = fit_blocks(vectors[train], None, y[train], n_labels, EMBEDDING_C, start.embedding if start else None)
+        return model.predict_proba(vectors[test]), model, None
     columns, idf = fold_terms(counts, train)
     if not len(columns):  # no term occurs twice (tiny sets): the joined model is the embedding alone
-        joined = fit_blocks(vectors[train], None, y[train], n_labels, TFIDF_C)
-        return embedding.predict_proba(vectors[test]), joined.predict_proba(vectors[test]), None
-    joined_start = _moved(start, columns, vectors.shape[1]) if start else None
-    joined = fit_blocks(vectors[train], weighted(counts, train, columns, idf), y[train], n_labels, TFIDF_C,
-                        joined_start)
-    return (embedding.predict_proba(vectors[test]),
-            joined.predict_proba(vectors[test], weighted(counts, test, columns, idf)),
-            FoldModels(embedding, joined, columns))
+        model = fit_blocks(vectors[train], None, y[train], n_labels, TFIDF_C)
+        return model.predict_proba(vectors[test]), None, None
+    model = fit_blocks(vectors[train], weighted(counts, train, columns, idf), y[train], n_labels, TFIDF_C,
+                       _moved(start, columns, vectors.shape[1]) if start else None)
+    return model.predict_proba(vectors[test], weighted(counts, test, columns, idf)), model, columns
 
 
 def _moved(start: FoldModels, columns: np.ndarray, dimension: int) -> LinearSurrogate:
