@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -128,8 +129,9 @@ def cross_fitted_evidence(
     y = np.array([index[label] for label in labels])
     texts = list(texts)
     vectors = np.asarray(vectors, dtype=np.float32)
-    neighbours, similarities = nearest_others(vectors, min(NEIGHBOURS, n - 1))
-    evidence = _fold_evidence(texts, vectors, names, y, neighbours, similarities, np.ones(n, dtype=bool), folds, seed)
+    with ThreadPoolExecutor(1) as pool:  # the neighbours are found while the first round's models fit
+        nearest = pool.submit(nearest_others, vectors, min(NEIGHBOURS, n - 1))
+        evidence = _fold_evidence(texts, vectors, names, y, nearest.result, np.ones(n, dtype=bool), folds, seed)
     for _ in range(cleaning_rounds):
         evidence = cleaned(evidence, texts, vectors, folds=folds, seed=seed)
     return evidence
@@ -144,7 +146,7 @@ def cleaned(evidence: Evidence, texts: list[str], vectors: np.ndarray, *, folds:
     Each fold's models start from the previous round's models of the same fold (fitted without its traces).
     """
     trusted = evidence.scores()[0] < MIN_SCORE
-    return _fold_evidence(texts, vectors, evidence.labels, evidence.y, evidence.neighbours, evidence.similarities,
+    return _fold_evidence(texts, vectors, evidence.labels, evidence.y, lambda: (evidence.neighbours, evidence.similarities),
                           trusted, folds, seed, evidence.fold_models)
 
 
@@ -158,11 +160,13 @@ class FoldModels:
 
 
 def _fold_evidence(
-    texts: list[str], vectors: np.ndarray, names: list[str], y: np.ndarray, neighbours: np.ndarray,
-    similarities: np.ndarray, trusted: np.ndarray, folds: int, seed: int, starts: list[FoldModels] | None = None,
+    texts: list[str], vectors: np.ndarray, names: list[str], y: np.ndarray,
+    nearest: Callable[[], tuple[np.ndarray, np.ndarray]], trusted: np.ndarray, folds: int, seed: int,
+    starts: list[FoldModels] | None = None,
 ) -> Evidence:
     """Averaged out-of-fold probabilities, training and voting on the `trusted` traces only where that
-    leaves at least two labels to learn (tiny sets fall back to every trace of the other folds)."""
+    leaves at least two labels to learn (tiny sets fall back to every trace of the other folds). `nearest`
+    gives (neighbours, similarities) once the models are fitted."""
     n_labels = len(names)
     split = list(_folds(y, folds, seed))
     if starts is not None and len(starts) != len(split):
@@ -176,6 +180,7 @@ def _fold_evidence(
     tfidf_lr = np.zeros((len(y), n_labels))
     for (_, test, _), (embedding, joined, _) in zip(jobs, fitted):
         embedding_lr[test], tfidf_lr[test] = embedding, joined
+    neighbours, similarities = nearest()
     vote = _neighbour_vote(y, n_labels, neighbours, trusted)
     models = [m for _, _, m in fitted]
     return Evidence(names, y, (embedding_lr + tfidf_lr + vote) / 3.0, neighbours, similarities,
