@@ -1,4 +1,5 @@
-"""The suspects' own logistic fit and fold TF-IDF give what `fit_logistic` and `Tfidf.fit` give (old cross-fit)."""
+"""The suspects' own logistic fit and fold TF-IDF give what `fit_logistic` and `Tfidf.fit` give (old cross-fit);
+worker processes and warm starts change the speed, not the evidence."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 from tests.test_suspects import ngram_embedder, synthetic_traces
 from tracer_core.learning.features import Tfidf, join_features, predict_proba
 from tracer_core.learning.surrogate import LinearSurrogate, fit_logistic
-from tracer_core.learning.suspects import EMBEDDING_C, TFIDF_C, _folds
+from tracer_core.learning import suspects
+from tracer_core.learning.suspects import EMBEDDING_C, TFIDF_C, _folds, cleaned, cross_fitted_evidence
 from tracer_core.learning.suspects_logistic import fit_blocks
 from tracer_core.learning.suspects_tfidf import fold_terms, term_counts, weighted
 
@@ -63,3 +65,23 @@ def test_a_start_without_a_label_starts_that_label_from_zero() -> None:
     fresh = fit_blocks(vectors, None, y, 4, EMBEDDING_C)
     warm = fit_blocks(vectors, None, y, 4, EMBEDDING_C, start)
     assert np.abs(warm.predict_proba(vectors) - fresh.predict_proba(vectors)).max() < 0.01
+
+
+def test_folds_on_worker_processes_give_the_same_evidence(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts, labels, _ = synthetic_traces()
+    vectors = ngram_embedder(texts)
+    alone = cross_fitted_evidence(texts, labels, vectors)
+    monkeypatch.setattr(suspects, "PARALLEL_MIN", 0)
+    workers = cross_fitted_evidence(texts, labels, vectors)
+    assert np.allclose(workers.probs, alone.probs, atol=1e-6)
+
+
+def test_the_cleaning_round_started_from_the_first_rounds_models_finds_the_same_optimum() -> None:
+    texts, labels, _ = synthetic_traces()
+    vectors = ngram_embedder(texts)
+    before = cross_fitted_evidence(texts, labels, vectors, cleaning_rounds=0)
+    assert before.fold_models is not None and len(before.fold_models) == suspects.FOLDS
+    warm = cleaned(before, texts, vectors)
+    before.fold_models = None
+    cold = cleaned(before, texts, vectors)
+    assert np.abs(warm.probs - cold.probs).max() < 0.02

@@ -15,6 +15,9 @@ again (suspects included, still by models that never trained on it). A flipped l
 the boundary towards itself; trained without the worst offenders the models contradict the
 remaining flips more sharply.
 
+From PARALLEL_MIN traces the 2 x FOLDS fits of a round run on WORKERS processes, and the cleaning round's
+fits start from the first round's models of the same fold (fitted without that fold: a start, not evidence).
+
 Above MAX_SCORED teacher traces a fixed-seed random sample of MAX_SCORED is scored (the result says so),
 which bounds the time and memory at any store size. With an `EvidenceCache` the evidence is kept on disk
 and reused while the scored traces and the embedder are unchanged (see `suspects_cache`).
@@ -22,6 +25,7 @@ and reused while the scored traces and the embedder are unchanged (see `suspects
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -52,7 +56,7 @@ CLEANING_ROUNDS = 1  # refits without the current suspects (a second one gained 
 MIN_TRACES = 20
 TOP_PAIRS = 10
 _BLOCK = 1024  # rows per block of the similarity matrix
-WORKERS = 2  # processes the folds are fitted on
+WORKERS = 2  # processes the folds are fitted on (at most one per core)
 PARALLEL_MIN = 2_000  # traces from which the folds run on WORKERS processes (below, starting them costs more)
 MAX_SCORED = 20_000  # teacher traces scored at most (a random sample of them beyond: time and memory stay bounded)
 
@@ -195,12 +199,13 @@ def _fit_folds(counts: csr_matrix, vectors: np.ndarray, y: np.ndarray, n_labels:
     """
     fits = [(joined, i) for joined in (True, False) for i in range(len(jobs))]
     args = [(counts, vectors, y, n_labels, joined, *jobs[i]) for joined, i in fits]
-    if len(y) < PARALLEL_MIN:
+    workers = min(WORKERS, os.cpu_count() or 1)
+    if len(y) < PARALLEL_MIN or workers < 2:
         results = [_fit_model(*arg) for arg in args]
     else:
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=WORKERS)(delayed(_fit_model)(*arg) for arg in args)
+        results = Parallel(n_jobs=workers)(delayed(_fit_model)(*arg) for arg in args)
     done = dict(zip(fits, results))
     folds = []
     for i in range(len(jobs)):
