@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tests.test_suspects import ngram_embedder, synthetic_traces
+from tracer_core.learning import suspects
 from tracer_core.learning.features import Tfidf, join_features, predict_proba
 from tracer_core.learning.surrogate import LinearSurrogate, fit_logistic
-from tracer_core.learning import suspects
 from tracer_core.learning.suspects import EMBEDDING_C, TFIDF_C, _folds, cleaned, cross_fitted_evidence
 from tracer_core.learning.suspects_logistic import fit_blocks
 from tracer_core.learning.suspects_tfidf import fold_terms, term_counts, weighted
