@@ -163,7 +163,7 @@ def bound_rows(n: int = BOUND_TRACES) -> list[dict]:
 NOTE = ("Wall time of each `tracer` command in a fresh process (the console script, as a user runs it), on a new "
         "SQLite store holding the 10,003 Banking77 train traces (T1 labels) and the policy `tracer fit` deployed "
         "(real all-MiniLM-L6-v2; embeddings come from the on-disk cache, which the fit fills). `suspects --refit` "
-        "cross-fits the evidence (20 logistic regressions: 2 models x 5 folds x 2 rounds, and a neighbour vote); the plain `suspects` and `report` "
+        "cross-fits the evidence (20 logistic regressions: 2 models x 5 folds x 2 rounds on 2 worker processes, and a neighbour vote); the plain `suspects` and `report` "
         "reuse the evidence it kept. `report` fits nothing by default (`--refit` adds the prefix refits). Wall "
         "times grow with other work on the 2 shared cores (load average in the header).")
 BOUND_NOTE = ("200,000 teacher traces of one task, filled as bench/fit_scale.py fills them; a hashed bag-of-words "

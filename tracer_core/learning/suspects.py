@@ -15,6 +15,9 @@ again (suspects included, still by models that never trained on it). A flipped l
 the boundary towards itself; trained without the worst offenders the models contradict the
 remaining flips more sharply.
 
+From PARALLEL_MIN traces the 2 x FOLDS fits of a round run on WORKERS processes, and the cleaning round's
+fits start from the first round's models of the same fold (fitted without that fold: a start, not evidence).
+
 Above MAX_SCORED teacher traces a fixed-seed random sample of MAX_SCORED is scored (the result says so),
 which bounds the time and memory at any store size. With an `EvidenceCache` the evidence is kept on disk
 and reused while the scored traces and the embedder are unchanged (see `suspects_cache`).
@@ -22,19 +25,26 @@ and reused while the scored traces and the embedder are unchanged (see `suspects
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tracer_core.errors import TracerError
 from tracer_core.learning.embedder import EmbedFn, embed_checked
 from tracer_core.learning.embedder_identity import identify
-from tracer_core.learning.features import Tfidf, join_features, predict_proba
-from tracer_core.learning.surrogate import fit_logistic
+from tracer_core.learning.surrogate import LinearSurrogate
 from tracer_core.learning.suspects_cache import EvidenceCache, evidence_key, load, save
+from tracer_core.learning.suspects_logistic import fit_blocks
+from tracer_core.learning.suspects_tfidf import fold_terms, term_counts, weighted
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 FOLDS = 5
 NEIGHBOURS = 20  # traces in the k-nearest-neighbour vote
@@ -46,6 +56,8 @@ CLEANING_ROUNDS = 1  # refits without the current suspects (a second one gained 
 MIN_TRACES = 20
 TOP_PAIRS = 10
 _BLOCK = 1024  # rows per block of the similarity matrix
+WORKERS = 2  # processes the folds are fitted on (at most one per core)
+PARALLEL_MIN = 2_000  # traces from which the folds run on WORKERS processes (below, starting them costs more)
 MAX_SCORED = 20_000  # teacher traces scored at most (a random sample of them beyond: time and memory stay bounded)
 
 
@@ -94,6 +106,7 @@ class Evidence:
     probs: np.ndarray  # (n, n_labels) averaged out-of-fold probabilities
     neighbours: np.ndarray  # (n, NEIGHBOURS) indices of the nearest other traces
     similarities: np.ndarray  # (n, NEIGHBOURS) their cosine similarities
+    fold_models: list[FoldModels] | None = field(default=None, repr=False)  # in memory only, never kept on disk
 
     def scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(score, suggested label index) per trace: best other label's probability minus the teacher's."""
@@ -120,8 +133,9 @@ def cross_fitted_evidence(
     y = np.array([index[label] for label in labels])
     texts = list(texts)
     vectors = np.asarray(vectors, dtype=np.float32)
-    neighbours, similarities = nearest_others(vectors, min(NEIGHBOURS, n - 1))
-    evidence = _fold_evidence(texts, vectors, names, y, neighbours, similarities, np.ones(n, dtype=bool), folds, seed)
+    with ThreadPoolExecutor(1) as pool:  # the neighbours are found while the first round's models fit
+        nearest = pool.submit(nearest_others, vectors, min(NEIGHBOURS, n - 1))
+        evidence = _fold_evidence(texts, vectors, names, y, nearest.result, np.ones(n, dtype=bool), folds, seed)
     for _ in range(cleaning_rounds):
         evidence = cleaned(evidence, texts, vectors, folds=folds, seed=seed)
     return evidence
@@ -133,35 +147,104 @@ def cleaned(evidence: Evidence, texts: list[str], vectors: np.ndarray, *, folds:
     Every trace, suspect or not, is still scored only by models trained on other folds. Which of those
     other traces are left out was decided by the previous round, whose models for their folds did train on
     this trace: its own label reaches its score only through that choice, never through a fitted weight.
+    Each fold's models start from the previous round's models of the same fold (fitted without its traces).
     """
     trusted = evidence.scores()[0] < MIN_SCORE
-    return _fold_evidence(texts, vectors, evidence.labels, evidence.y, evidence.neighbours, evidence.similarities,
-                          trusted, folds, seed)
+    return _fold_evidence(texts, vectors, evidence.labels, evidence.y, lambda: (evidence.neighbours, evidence.similarities),
+                          trusted, folds, seed, evidence.fold_models)
+
+
+@dataclass
+class FoldModels:
+    """One fold's fitted models: the start of the same fold's models in the next cleaning round."""
+
+    embedding: LinearSurrogate
+    joined: LinearSurrogate  # embedding + TF-IDF
+    columns: np.ndarray  # the joined model's TF-IDF terms (columns of `term_counts`), ascending
 
 
 def _fold_evidence(
-    texts: list[str], vectors: np.ndarray, names: list[str], y: np.ndarray, neighbours: np.ndarray,
-    similarities: np.ndarray, trusted: np.ndarray, folds: int, seed: int,
+    texts: list[str], vectors: np.ndarray, names: list[str], y: np.ndarray,
+    nearest: Callable[[], tuple[np.ndarray, np.ndarray]], trusted: np.ndarray, folds: int, seed: int,
+    starts: list[FoldModels] | None = None,
 ) -> Evidence:
     """Averaged out-of-fold probabilities, training and voting on the `trusted` traces only where that
-    leaves at least two labels to learn (tiny sets fall back to every trace of the other folds)."""
+    leaves at least two labels to learn (tiny sets fall back to every trace of the other folds). `nearest`
+    gives (neighbours, similarities) once the models are fitted."""
     n_labels = len(names)
+    split = list(_folds(y, folds, seed))
+    if starts is not None and len(starts) != len(split):
+        starts = None
+    jobs = []
+    for i, (train, test) in enumerate(split):
+        kept = train[trusted[train]]
+        jobs.append((kept if len(np.unique(y[kept])) >= 2 else train, test, starts[i] if starts else None))
+    fitted = _fit_folds(term_counts(texts), vectors, y, n_labels, jobs)
     embedding_lr = np.zeros((len(y), n_labels))
     tfidf_lr = np.zeros((len(y), n_labels))
-    for train, test in _folds(y, folds, seed):
-        kept = train[trusted[train]]
-        train = kept if len(np.unique(y[kept])) >= 2 else train
-        if len(np.unique(y[train])) < 2:  # a model trained on one label can only say that label
-            embedding_lr[test, y[train][0]] = tfidf_lr[test, y[train][0]] = 1.0
-            continue
-        train_texts, test_texts = [texts[i] for i in train], [texts[i] for i in test]
-        model = fit_logistic(vectors[train], y[train], n_labels, seed=seed, c=EMBEDDING_C)
-        embedding_lr[test] = model.predict_proba(vectors[test])
-        tfidf = _tfidf(train_texts)
-        model = fit_logistic(join_features(vectors[train], train_texts, tfidf), y[train], n_labels, seed=seed, c=TFIDF_C)
-        tfidf_lr[test] = predict_proba(model, vectors[test], test_texts, tfidf)
+    for (_, test, _), (embedding, joined, _) in zip(jobs, fitted):
+        embedding_lr[test], tfidf_lr[test] = embedding, joined
+    neighbours, similarities = nearest()
     vote = _neighbour_vote(y, n_labels, neighbours, trusted)
-    return Evidence(names, y, (embedding_lr + tfidf_lr + vote) / 3.0, neighbours, similarities)
+    models = [m for _, _, m in fitted]
+    return Evidence(names, y, (embedding_lr + tfidf_lr + vote) / 3.0, neighbours, similarities,
+                    None if any(m is None for m in models) else models)
+
+
+def _fit_folds(counts: csr_matrix, vectors: np.ndarray, y: np.ndarray, n_labels: int, jobs: list) -> list:
+    """Per job (train, test, start): the embedding and joined models' probabilities of `test`, and the models.
+
+    The 2 x folds fits run longest (joined) first, on WORKERS processes from PARALLEL_MIN traces (the CLI
+    waits for them in the foreground).
+    """
+    fits = [(joined, i) for joined in (True, False) for i in range(len(jobs))]
+    args = [(counts, vectors, y, n_labels, joined, *jobs[i]) for joined, i in fits]
+    workers = min(WORKERS, os.cpu_count() or 1)
+    if len(y) < PARALLEL_MIN or workers < 2:
+        results = [_fit_model(*arg) for arg in args]
+    else:
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=workers)(delayed(_fit_model)(*arg) for arg in args)
+    done = dict(zip(fits, results))
+    folds = []
+    for i in range(len(jobs)):
+        (embedding_probs, embedding, _), (joined_probs, joined, columns) = done[False, i], done[True, i]
+        models = FoldModels(embedding, joined, columns) if embedding and joined and columns is not None else None
+        folds.append((embedding_probs, joined_probs, models))
+    return folds
+
+
+def _fit_model(
+    counts: csr_matrix, vectors: np.ndarray, y: np.ndarray, n_labels: int, joined: bool, train: np.ndarray,
+    test: np.ndarray, start: FoldModels | None,
+) -> tuple[np.ndarray, LinearSurrogate | None, np.ndarray | None]:
+    """Probabilities of `test` from the embedding (or, if `joined`, embedding + TF-IDF) model trained on `train`;
+    the model, and its TF-IDF columns."""
+    if len(np.unique(y[train])) < 2:  # a model trained on one label can only say that label
+        probs = np.zeros((len(test), n_labels))
+        probs[:, y[train][0]] = 1.0
+        return probs, None, None
+    if not joined:
+        model = fit_blocks(vectors[train], None, y[train], n_labels, EMBEDDING_C, start.embedding if start else None)
+        return model.predict_proba(vectors[test]), model, None
+    columns, idf = fold_terms(counts, train)
+    if not len(columns):  # no term occurs twice (tiny sets): the joined model is the embedding alone
+        model = fit_blocks(vectors[train], None, y[train], n_labels, TFIDF_C)
+        return model.predict_proba(vectors[test]), None, None
+    model = fit_blocks(vectors[train], weighted(counts, train, columns, idf), y[train], n_labels, TFIDF_C,
+                       _moved(start, columns, vectors.shape[1]) if start else None)
+    return model.predict_proba(vectors[test], weighted(counts, test, columns, idf)), model, columns
+
+
+def _moved(start: FoldModels, columns: np.ndarray, dimension: int) -> LinearSurrogate:
+    """The previous joined model's weights on these TF-IDF `columns` (0 for a term it did not have)."""
+    weights = np.zeros((len(start.joined.bias), dimension + len(columns)), dtype=np.float32)
+    weights[:, :dimension] = start.joined.weights[:, :dimension]
+    at = np.minimum(np.searchsorted(start.columns, columns), len(start.columns) - 1)
+    found = start.columns[at] == columns
+    weights[:, dimension + np.flatnonzero(found)] = start.joined.weights[:, dimension + at[found]]
+    return LinearSurrogate(weights, start.joined.bias.copy())
 
 
 def _neighbour_vote(y: np.ndarray, n_labels: int, neighbours: np.ndarray, trusted: np.ndarray) -> np.ndarray:
@@ -172,14 +255,6 @@ def _neighbour_vote(y: np.ndarray, n_labels: int, neighbours: np.ndarray, truste
     vote = np.zeros((len(y), n_labels))
     np.add.at(vote, (np.repeat(np.arange(len(y)), neighbours.shape[1]), y[neighbours].ravel()), weights.ravel())
     return vote
-
-
-def _tfidf(texts: list[str]) -> Tfidf | None:
-    """Word TF-IDF of the training texts; None when no term occurs twice (tiny sets)."""
-    try:
-        return Tfidf.fit(texts)
-    except ValueError:
-        return None
 
 
 def _folds(y: np.ndarray, folds: int, seed: int):
@@ -305,7 +380,8 @@ def _evidence(
     evidence = cross_fitted_evidence(texts, labels, vectors, seed=seed)
     if cache is None or key is None:
         return evidence, {}
-    save(cache.folder, key, asdict(evidence) | {"labels": np.array(evidence.labels)})
+    save(cache.folder, key, {"labels": np.array(evidence.labels), "y": evidence.y, "probs": evidence.probs,
+                             "neighbours": evidence.neighbours, "similarities": evidence.similarities})
     return evidence, {"reused": False, "computed_at": time.time()}
 
 
