@@ -39,7 +39,10 @@ def tracer_command() -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    """A user's environment: Python caches compiled modules (an installed package ships them), so this machine's
+    PYTHONDONTWRITEBYTECODE, which makes every start compile ~150 modules again, is dropped; the `import` and `fit`
+    runs before the timed commands write the cache."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": str(ROOT)}
 
 
 def run(args: list[str], cwd: Path) -> float:
@@ -165,7 +168,9 @@ NOTE = ("Wall time of each `tracer` command in a fresh process (the console scri
         "(real all-MiniLM-L6-v2; embeddings come from the on-disk cache, which the fit fills). `suspects --refit` "
         "cross-fits the evidence (20 logistic regressions: 2 models x 5 folds x 2 rounds on 2 worker processes, and a neighbour vote); the plain `suspects` and `report` "
         "reuse the evidence it kept. `report` fits nothing by default (`--refit` adds the prefix refits). Wall "
-        "times grow with other work on the 2 shared cores (load average in the header).")
+        "times grow with other work on the 2 shared cores (load average in the header). Compiled modules are "
+        "cached, as on a user's machine (this machine sets PYTHONDONTWRITEBYTECODE, which the commands run "
+        "without: compiling every module again adds about 0.1-0.2 s to each start).")
 BOUND_NOTE = ("200,000 teacher traces of one task, filled as bench/fit_scale.py fills them; a hashed bag-of-words "
               "embedder (384 dimensions, no model) stands in for MiniLM, so tracer's own work is measured. Each step "
               "runs in a fresh process (peak RSS from `os.wait4`). Above 20,000 traces `suspects` cross-fits a "
