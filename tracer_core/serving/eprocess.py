@@ -49,11 +49,11 @@ def as_outcomes(values: Iterable[bool] | np.ndarray) -> np.ndarray:
 
 def mixture_log_wealth(n: np.ndarray, events: np.ndarray, bound: float) -> np.ndarray:
     """Log wealth of the constant-bet mixture after `n` outcomes holding `events` events (element-wise)."""
-    from scipy.special import logsumexp
-
     gain, loss = np.log1p(BETS * (1.0 - bound) / bound), np.log1p(-BETS)
     n, events = np.asarray(n, dtype=float), np.asarray(events, dtype=float)
-    return logsumexp(LOG_WEIGHTS + events[..., None] * gain + (n - events)[..., None] * loss, axis=-1)
+    terms = LOG_WEIGHTS + events[..., None] * gain + (n - events)[..., None] * loss
+    top = terms.max(axis=-1)  # log-sum-exp, shifted by the largest term so that no exp overflows
+    return top + np.log(np.exp(terms - top[..., None]).sum(axis=-1))
 
 
 class KellyBettor:
