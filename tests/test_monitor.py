@@ -229,3 +229,14 @@ def test_a_rejected_policy_is_suspended_before_a_refit_replaces_it(tmp_path):
     assert suspension is not None and suspension["reason"].startswith("audits contradict the certificate")
     assert suspension["details"]["policy_version"] == 1 and tracer.policy_version == 1
     tracer.close()
+
+
+def test_beta_quantile_without_scipy_matches_scipys():
+    """The OOD bound's Beta quantile is computed without SciPy (`tracer status` stays fast) and equals betaincinv."""
+    from scipy.special import betaincinv
+
+    from tracer_core.serving.monitor import beta_quantile
+
+    for n, beyond, q in [(20, 0, 0.99), (200, 1, 0.999), (1500, 7, 0.5), (15000, 75, 0.999)]:
+        a, b = beyond + 1, n - beyond
+        assert abs(beta_quantile(a, b, q) - float(betaincinv(a, b, q))) < 1e-12

@@ -139,11 +139,27 @@ def ood_bound(cert: Certificate) -> ShareBound:
     n = cert.n_validation
     if n <= 0:
         return ShareBound(OOD, EXPECTED_OOD_SHARE, math.inf, n)
-    from scipy.special import betaincinv  # beta.ppf's own routine, without importing scipy.stats (slow to load)
-
     beyond = n - 1 - math.floor(OOD_QUANTILE * (n - 1))  # validation inputs beyond the interpolated quantile
-    error = float(betaincinv(beyond + 1, n - beyond, 1 - SIGNAL_LEVEL)) - (1 - OOD_QUANTILE)
+    error = beta_quantile(beyond + 1, n - beyond, 1 - SIGNAL_LEVEL) - (1 - OOD_QUANTILE)
     return ShareBound(OOD, EXPECTED_OOD_SHARE, error, n)
+
+
+def beta_quantile(a: int, b: int, q: float) -> float:
+    """The q-quantile of Beta(a, b) for integers a, b >= 1, without SciPy (whose import would make `tracer status`
+    slow): Beta(a, b) <= x exactly when Binomial(a + b - 1, x) has at least a successes, so bisect on that tail."""
+    n = a + b - 1
+
+    def at_most(x: float) -> float:  # P(Binomial(n, x) <= a - 1), summed in log space
+        logs = [math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(x)
+                + (n - j) * math.log1p(-x) for j in range(a)]
+        top = max(logs)
+        return math.exp(top) * sum(math.exp(v - top) for v in logs)
+
+    low, high = 0.0, 1.0
+    for _ in range(60):  # 2^-60: far below any share tracer shows
+        middle = (low + high) / 2
+        low, high = (middle, high) if 1.0 - at_most(middle) < q else (low, middle)
+    return (low + high) / 2
 
 
 @dataclass(frozen=True)
