@@ -90,9 +90,9 @@ class PolicyWatcher:
         first routed call finds it read (or being read) instead of starting the read itself."""
         with self._lock:
             if self._reading is None:
-                self._checked_at = time.monotonic()
-                with contextlib.suppress(StoreError):  # a closed store: the first call says so
+                with contextlib.suppress(StoreError):  # a closed store: the first call reads again and says so
                     self._reading = self.store.background_read(self._read, self._finish)
+                    self._checked_at = time.monotonic()
 
     def _finish(self, read: Job[InForce]) -> None:
         with self._lock:
