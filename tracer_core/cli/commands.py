@@ -14,6 +14,7 @@ from tracer_core.cli.report import report_commands
 from tracer_core.cli.store import db_option, require_db, store_commands
 from tracer_core.cli.suspects import suspect_commands
 from tracer_core.errors import TracerError
+from tracer_core.identity import label
 from tracer_core.serving.guarantee import attempt_statement, outcome_statement
 
 
@@ -65,12 +66,15 @@ delta_option = click.option(
 )
 
 
+def fitting_options(command):
+    """The options of a command that fits: the task version and the level it certifies at."""
+    for option in (db_option, delta_option, alpha_option, fingerprint_option, task_option):  # task shown first
+        command = option(command)
+    return command
+
+
 @main.command()
-@task_option
-@fingerprint_option
-@alpha_option
-@delta_option
-@db_option
+@fitting_options
 @click.option("--json", "as_json", is_flag=True, help="Print the certificate as JSON.")
 def fit(task: str, fingerprint: str | None, alpha: float | None, delta: float | None, db: str, as_json: bool) -> None:
     """Fit and certify a surrogate on the task's teacher traces; deploy it if certified.
@@ -83,7 +87,7 @@ def fit(task: str, fingerprint: str | None, alpha: float | None, delta: float | 
     if as_json:
         click.echo(json.dumps(cert.to_dict(), indent=2))
         return
-    click.echo(f"task {task!r} version {tracer.fingerprint[:8] or '(unversioned)'}, policy v{cert.version} "
+    click.echo(f"task {task!r} version {label({'fingerprint': tracer.fingerprint})}, policy v{cert.version} "
                f"({'deployed' if cert.deployed else 'refused'}), {cert.n_traces} traces, {cert.fit_seconds:.1f} s")
     click.echo(outcome_statement(cert.to_dict()))
     click.echo(attempt_statement(cert.to_dict()))
@@ -115,15 +119,11 @@ def suspend(task: str, fingerprint: str | None, db: str, reason: str) -> None:
     """Send every call of the task version to the LLM, in every process, until `tracer resume`."""
     with task_tracer(db, task, fingerprint) as tracer:
         tracer.suspend(reason)
-    click.echo(f"task {task!r} version {tracer.fingerprint[:8] or '(unversioned)'} suspended: {reason}")
+    click.echo(f"task {task!r} version {label({'fingerprint': tracer.fingerprint})} suspended: {reason}")
 
 
 @main.command()
-@task_option
-@fingerprint_option
-@alpha_option
-@delta_option
-@db_option
+@fitting_options
 def resume(task: str, fingerprint: str | None, alpha: float | None, delta: float | None, db: str) -> None:
     """Lift a suspension; needs a certificate on traces recorded after it (fits one if needed).
 

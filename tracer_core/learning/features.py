@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
 
 TFIDF_PARAMS = {"ngram_range": (1, 2), "sublinear_tf": True, "lowercase": True}
+MIN_DF = 2  # a term counts when at least this many training texts hold it
 
 
 class Tfidf:
@@ -35,7 +36,7 @@ class Tfidf:
         return TfidfVectorizer(**TFIDF_PARAMS).build_analyzer()
 
     @classmethod
-    def fit(cls, texts: list[str], min_df: int = 2) -> Tfidf:
+    def fit(cls, texts: list[str], min_df: int = MIN_DF) -> Tfidf:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         vectorizer = TfidfVectorizer(min_df=min_df, **TFIDF_PARAMS).fit(texts)

@@ -12,12 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tracer_core.learning.features import TFIDF_PARAMS
+from tracer_core.learning.features import MIN_DF, TFIDF_PARAMS
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
-
-MIN_DF = 2  # as `Tfidf.fit`
 
 
 def term_counts(texts: list[str]) -> csr_matrix:

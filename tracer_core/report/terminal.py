@@ -10,6 +10,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from tracer_core.identity import label
 from tracer_core.report.html import num, pct, usd, when
 
 
@@ -44,7 +45,7 @@ def summary_view(s: dict) -> Group:
     """The report's summary section, what is certified and the lifetime promise, and live counters by reason."""
     style = "bold green" if s["deployed"] else "bold red"
     guarantee = s.get("guarantee") or {}
-    facts = Table(title=plain(f"Task {s['task']} version {s['fingerprint'][:8] or '(unversioned)'}"), show_header=False)
+    facts = Table(title=plain(f"Task {s['task']} version {label(s)}"), show_header=False)
     facts.add_column("fact")
     facts.add_column("value")
     for name, value in (

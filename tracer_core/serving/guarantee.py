@@ -45,10 +45,16 @@ def certified_statement(cert: dict[str, Any]) -> str:
     )
 
 
+def _attempt(cert: dict[str, Any]) -> int | None:
+    """The certificate's attempt number (0: the gate did not run), or None where it was not recorded."""
+    attempt = cert.get("attempt")
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
+
+
 def attempt_statement(cert: dict[str, Any]) -> str:
     """"attempt j, delta_j spent, total so far", or why there is none."""
-    attempt = cert.get("attempt")
-    if not isinstance(attempt, int) or isinstance(attempt, bool):
+    attempt = _attempt(cert)
+    if attempt is None:
         return "attempt not recorded (certified before attempts were counted)"
     if attempt == 0:
         return "no certification attempt: the gate did not run, no delta spent"
@@ -61,8 +67,8 @@ def attempt_statement(cert: dict[str, Any]) -> str:
 
 def attempt_brief(cert: dict[str, Any]) -> str:
     """`attempt_statement` for a table cell: "j: delta_j spent / total so far"."""
-    attempt = cert.get("attempt")
-    if not isinstance(attempt, int) or isinstance(attempt, bool):
+    attempt = _attempt(cert)
+    if attempt is None:
         return "not recorded"
     if attempt == 0:
         return "none"
