@@ -182,7 +182,9 @@ def test_case2_a_new_version_does_not_wait_for_a_hung_or_unreachable_server(
     try:
         for version, text in enumerate(texts[1:], start=1):
             reason, seconds = timed(30, functools.partial(call, version, text))
-            assert reason == "store_unavailable" and seconds < CALL_S, f"a new version's call took {seconds:.2f} s"
+            # a version not read yet says so for the read budget, then the store is unavailable
+            assert reason in ("policy_loading", "store_unavailable") and seconds < CALL_S, (
+                f"a new version's call took {seconds:.2f} s")
     finally:
         if fault == "hung":
             pg_cluster.resume()
@@ -263,6 +265,36 @@ def test_case5_tracer_close_reports_spilled_traces_as_not_recorded_but_not_lost(
     report, _ = timed(30, lambda: tracer.close(timeout=5))
     assert isinstance(report, FlushReport) and not report.ok
     assert (report.spilled, report.lost) == (5, 0) and "no such table" in str(report.degraded)
+
+
+@pytest.mark.caller_budget
+def test_a_call_before_the_first_read_says_the_policy_is_loading_and_a_later_stall_says_unavailable(
+    db_path, fake_embedder, monkeypatch
+) -> None:
+    """A fresh process's first calls used to defer as `store_unavailable`, as if the store had failed; they now say
+    the policy is still loading. Once the state has been read, a store that stalls still says `store_unavailable`."""
+    from tracer_core.serving.watcher import PolicyWatcher
+
+    read = PolicyWatcher._read
+    stall = threading.Event()
+
+    def slow_read(self: PolicyWatcher):
+        stall.wait(5)
+        return read(self)
+
+    monkeypatch.setattr(PolicyWatcher, "_read", slow_read)
+    tracer = Tracer(TASK, db=db_path, embedder=fake_embedder, policy_check_s=0.0)
+    assert tracer.route("first call").reason == "policy_loading"
+    stall.set()
+    deadline = time.monotonic() + 10
+    while (reason := tracer.route("later call").reason) == "policy_loading" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reason == "no_policy"
+    stall.clear()
+    tracer.route("starts a read that stalls")
+    assert tracer.route("while it stalls").reason == "store_unavailable"
+    stall.set()
+    tracer.close()
 
 
 # -- the store's reads on the caller's behalf -------------------------------------------------------

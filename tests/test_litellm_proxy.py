@@ -39,8 +39,8 @@ SYSTEM = {"role": "system", "content": "Classify the banking query into its inte
 ALPHA = 0.9
 
 # a fresh process's first calls go to the LLM while the store's state is read off the caller's path
-# (issue 22: they never wait for it): `store_unavailable` until it is read, then `no_policy`
-FIRST_CALLS = {"no_policy", "store_unavailable"}
+# (issue 22: they never wait for it): `policy_loading` until it is read, then `no_policy`
+FIRST_CALLS = {"no_policy", "policy_loading"}
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -160,9 +160,9 @@ def test_counters_of_several_processes_add_up_in_multiprocess_mode(tmp_path):
     finally:
         server.communicate("", timeout=30)
     # 70 in one process + 50 in the other, each one batch: deferred with no policy, or, when a fresh process's
-    # batch comes before the store's state is read (it never waits for it), as the store not read yet
+    # batch comes before the store's state is read (it never waits for it), as the policy still loading
     assert total(got, "tracer_calls_total", reason="no_policy") + total(got, "tracer_calls_total",
-                                                                         reason="store_unavailable") == 120
+                                                                         reason="policy_loading") == 120
     assert total(got, "tracer_traces_recorded_total", source="teacher") == 120
     assert total(got, "tracer_policy_alpha") == 0.9  # a gauge: the most recent value, not a sum
 

@@ -23,6 +23,7 @@ class Reason(StrEnum):
     INVALID_POLICY = "invalid_policy"
     EMBEDDER_MISMATCH = "embedder_mismatch"
     STORE_UNAVAILABLE = "store_unavailable"
+    POLICY_LOADING = "policy_loading"
     # decided by an integration before the core is asked
     CONVERSATION_HISTORY = "conversation_history"
     NON_TEXT_CONTENT = "non_text_content"
@@ -54,6 +55,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.INVALID_POLICY: "the stored policy failed validation and is not used",
     Reason.EMBEDDER_MISMATCH: "the policy was fitted with another embedder than this process uses",
     Reason.STORE_UNAVAILABLE: "the trace store cannot be written (degraded mode) or read; the LLM answers",
+    Reason.POLICY_LOADING: "this process is still reading the task version's policy from the store; the LLM answers",
     Reason.CONVERSATION_HISTORY: "the call carries conversation history, which the certificate never saw",
     Reason.NON_TEXT_CONTENT: "the call has content the surrogate cannot see (images, audio, files)",
     Reason.NOT_ROUTABLE: "the call is not a single question to a fixed prompt (tool turns, no user message)",

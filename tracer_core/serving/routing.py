@@ -40,7 +40,8 @@ class Router:
         try:
             return self._decide(texts)
         except Late:  # the store's state is still being read (opening, slow or hung): defer meanwhile
-            return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
+            reason = Reason.STORE_UNAVAILABLE if self.watcher.loaded else Reason.POLICY_LOADING
+            return [deferred(reason) for _ in texts]
         except StoreError as exc:  # e.g. a PostgreSQL server that is down: expected, not an internal failure
             if not self._error_logged:
                 log.error("tracer task %r: the trace store cannot be read (%s); deferring to the LLM", self.task, exc)

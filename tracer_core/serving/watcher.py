@@ -61,6 +61,7 @@ class PolicyWatcher:
         self._audit_seen = 0
         self._rejected: int | None = None  # a deployed version that failed validation (not re-read)
         self._reading: Job[InForce] | None = None  # the read in flight, if any
+        self.loaded = False  # a read of the state in force has finished in this process
 
     @property
     def monitor(self) -> AgreementMonitor:
@@ -97,7 +98,7 @@ class PolicyWatcher:
     def _finish(self, read: Job[InForce]) -> None:
         with self._lock:
             if read.value is not None:
-                self._state = read.value
+                self._state, self.loaded = read.value, True
                 observe.state_read(self, read.value)
             self._reading = None
 
