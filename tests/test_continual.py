@@ -225,19 +225,27 @@ def test_audit_rate_bounds(tmp_path, rate):
     tracer.close()
 
 
-def test_each_withdrawal_look_spends_a_share_of_the_certificates_delta(tmp_path, monkeypatch):
-    """Refused refits look again and again at the deployed policy: look k tests at attempt_delta(delta, k)."""
-    tracer = fitted(tmp_path / "g.db", audit_rate=0.0)
-    cert = tracer.certificate
+def test_withdrawal_looks_are_counted_in_the_store_across_tracers(tmp_path, monkeypatch):
+    """Refused refits look again and again at the deployed policy: look k tests at attempt_delta(delta, k), with k
+    counted over every process's refused refits of the task version (two tracers on one file get k = 1, 2, 3, 4)."""
+    first = fitted(tmp_path / "g.db", audit_rate=0.0)
+    second = Tracer(TASK, tmp_path / "g.db", alpha=0.9, embedder=clustered.embed, auto_refit=False, policy_check_s=0.0,
+                    audit_rate=0.0)
+    cert = first.certificate
     levels = []
     monkeypatch.setattr(suspending, "contradiction",
                         lambda policy, evidence, embed, alpha, delta: levels.append((alpha, delta)))
-    in_force, evidence = tracer.watcher.current(force=True), tracer.store.teacher_evidence(TASK, tracer.fingerprint)
-    for _ in range(3):
-        tracer._suspender.withdraw_if_contradicted(in_force, evidence)
-    assert levels == [(cert.alpha, attempt_delta(cert.delta, k)) for k in (1, 2, 3)]
+    refused = {**cert.to_dict(), "deployed": False, "reason": "refused for the test"}
+    for tracer in (first, second, second, first):
+        version = tracer.store.save_policy(TASK, fingerprint=tracer.fingerprint, certificate=refused, artifact=b"",
+                                           status="refused", n_traces=1200)
+        in_force = tracer.watcher.current(force=True)
+        tracer._suspender.withdraw_if_contradicted(in_force, tracer.store.teacher_evidence(TASK, tracer.fingerprint),
+                                                   version)
+    assert levels == [(cert.alpha, attempt_delta(cert.delta, k)) for k in (1, 2, 3, 4)]
     assert sum(d for _, d in levels) < cert.delta
-    tracer.close()
+    second.close()
+    first.close()
 
 
 def test_an_explicit_fit_of_the_traces_a_background_refit_fitted_returns_its_certificate(tmp_path):

@@ -82,7 +82,7 @@ class Fitter:
                 self.suspender.suspensions.lift_if_automatic(version)
             else:
                 log.info("tracer task %r: fit refused (%s)", self.task, cert.reason)
-                self.suspender.withdraw_if_contradicted(in_force, evidence)
+                self.suspender.withdraw_if_contradicted(in_force, evidence, version)
             self.watcher.adopt(policy, None if cert.deployed else cert)
             self.refits.fitted()
             if background:

@@ -29,7 +29,6 @@ class Suspender:
         self.task, self.alpha, self.delta = task, alpha, delta
         self._lock = threading.Lock()
         self._suspending: Job[None] | None = None  # the monitor's suspension being written, if any
-        self._looks: dict[int | None, int] = {}  # withdrawal checks of each deployed policy version in this process
 
     def on_monitor(self) -> None:
         """Suspend on the store's writing thread (the store may be slow or locked); one suspension at a
@@ -56,17 +55,19 @@ class Suspender:
             with contextlib.suppress(Exception):
                 self._suspending.result(READ_BUDGET_S)
 
-    def withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence) -> None:
-        """A refused refit withdraws the deployed policy when fresh unselected traces contradict it.
+    def withdraw_if_contradicted(self, in_force: InForce, evidence: Evidence, refused_version: int) -> None:
+        """A refused refit (saved as policy row `refused_version`) withdraws the deployed policy when fresh
+        unselected traces contradict it.
 
         Each refused refit looks again at a grown set of fresh traces, so the looks are multiple tests: look k
         of a policy version tests its certificate's alpha at `attempt_delta(delta, k)` (they sum to at most
         the certificate's delta), so that repeated looks at a policy as good as certified withdraw it with
-        probability at most delta over its life in a process."""
+        probability at most delta over its life. k is counted in the store (`look_index`), so the bound holds
+        across every process that refits this task version."""
         policy = in_force.policy
         if policy is None or in_force.suspension is not None or self.embedder.mismatch(policy) is not None:
             return
-        look = self._looks[policy.version] = self._looks.get(policy.version, 0) + 1
+        look = self.look_index(policy.version, refused_version)
         cert = policy.certificate
         found = contradiction(policy, evidence, self.embedder.embed, cert.alpha, attempt_delta(cert.delta, look))
         if found is not None:
@@ -77,6 +78,12 @@ class Suspender:
                 f"{attempt_delta(cert.delta, look):.2g})",
                 automatic=True, audits=n, agreement=round(agree / n, 4),
             )
+
+    def look_index(self, deployed_version: int | None, refused_version: int) -> int:
+        """The withdrawal look k of a refused refit: the refused policy rows of this task version after the deployed
+        version, through `refused_version` (saved before the look; versions are unique, so no two looks share k)."""
+        return self.store.count_policies(self.task, fingerprint=self.watcher.fingerprint, status="refused",
+                                         after=deployed_version or 0, through=refused_version)
 
     def suspend(self, reason: str) -> None:
         """Suspend by hand; see `Tracer.suspend`."""

@@ -524,6 +524,12 @@ class TraceStore:
         where, params = _policy_filter(task, fingerprint, status)
         return self._read(f"SELECT max(version) FROM policies WHERE {where}", params)[0][0]
 
+    def count_policies(self, task: str, *, fingerprint: str, status: str, after: int, through: int) -> int:
+        """How many policy rows of a task version with `status` have after < version <= through (reads no certificate)."""
+        where, params = _policy_filter(task, fingerprint, status)
+        return self._read(f"SELECT count(*) FROM policies WHERE {where} AND version > ? AND version <= ?",
+                          [*params, after, through])[0][0]
+
     def policies(self, task: str, *, fingerprint: str | None = None) -> list[dict]:
         """Every policy version of `task` (without artifacts), newest first."""
         sql = f"SELECT {_POLICY_COLUMNS} FROM policies WHERE task = ?"
