@@ -17,6 +17,7 @@ from scipy.stats import beta, binom
 
 from tracer_core.learning.certificate import Certificate
 from tracer_core.learning.fit import fit_policy
+from tracer_core.learning.policy_seal import seal
 from tracer_core.serving.eprocess import KellyBettor, mixture_log_wealth
 from tracer_core.serving.monitor import LABEL_FREE_LEVEL, AgreementMonitor, LabelFreeWatch
 from tracer_core.serving.watcher import PolicyWatcher
@@ -218,7 +219,8 @@ def _policy_artifact() -> tuple[bytes, dict]:
     policy, cert = fit_policy(texts, [t.split()[0] for t in texts], alpha=0.9, delta=DELTA, embed=embed)
     if policy is None:
         raise RuntimeError(f"the synthetic policy was not certified: {cert.reason}")
-    return policy.to_bytes(), cert.to_dict()
+    artifact = seal(policy)  # the watcher loads only a policy whose certificate vouches for its artifact
+    return artifact, policy.certificate.to_dict()
 
 
 def _audits(task: str, version: int, agrees: np.ndarray) -> list:
