@@ -8,7 +8,7 @@ predicts from validation (`Validation.like_calibration`) and calls `attempt_cert
 a ledger of the stream's attempts, on synthetic scores: every trace keeps its confidence and its
 agreement for life (as a teacher's flipped label does), so later refits re-read the same
 calibration evidence. After a deploy, teacher traces are audits (5% of what the policy answers,
-uniform: they may calibrate) or deferrals (below the threshold: they train only).
+uniform: they may calibrate, at the audits' fraction) or deferrals (below the threshold: they train only).
 
 Beside it, streams through the public API: `Tracer` with the deterministic clustered embedder
 of the tests (8 labels the surrogate learns perfectly), the teacher's label flipped at random at
@@ -37,7 +37,7 @@ from scipy.stats import beta
 from tracer_core.learning.attempt import CalibrationEvidence, Validation, attempt_certification
 from tracer_core.learning.fit import calibration_shortfall
 from tracer_core.learning.spending import Attempt, MemoryLedger, attempt_delta
-from tracer_core.learning.split import CAL_FRACTION, CAL_WINDOW, Split
+from tracer_core.learning.split import AUDIT_CAL_FRACTION, CAL_WINDOW, Split
 
 ALPHA = 0.95
 DELTA = 0.05
@@ -86,14 +86,15 @@ def simulated_life(agreement: float, seed: int, stress: bool = False) -> Life:
     rng = np.random.default_rng(seed)
     n_max = REFIT_EVERY * REFITS
     agrees = rng.random(n_max) < agreement
-    scores, pool = np.empty(n_max), np.ones(n_max, dtype=bool)
+    scores, pool, audit = np.empty(n_max), np.ones(n_max, dtype=bool), np.zeros(n_max, dtype=bool)
     ledger, life, threshold = UnscheduledLedger() if stress else MemoryLedger(), Life(), None
     for refit in range(1, REFITS + 1):
         n = refit * REFIT_EVERY
         new = slice(n - REFIT_EVERY, n)
         scores[new], pool[new] = _arrivals(rng, REFIT_EVERY, threshold, life.coverage)
+        audit[new] = pool[new] & (threshold is not None)
         ids = np.arange(1, n + 1)
-        split = Split.persistent(ids, pool[:n], salt=f"life {seed}", seed=refit)
+        split = Split.persistent(ids, pool[:n], salt=f"life {seed}", seed=refit, audit=audit[:n])
         if calibration_shortfall(split, n, ALPHA, attempt_delta(DELTA, ledger.next_attempt())):
             continue
         cal = split.cal
@@ -242,7 +243,7 @@ def calibration_window(cache) -> list[dict]:
                 threshold = outcome.threshold
                 covered.append(float((eligible[cal] & (scores[cal] >= threshold)).mean()) if threshold is not None else 0.0)
             row[f"coverage, attempt {attempt} (delta {attempt_delta(DELTA, attempt):.2g})"] = round(float(np.mean(covered)), 3)
-        row["calls the window spans (5% audits, coverage 0.85)"] = f"{math.ceil(window / (AUDIT_RATE * 0.85 * CAL_FRACTION)):,}"
+        row["calls the window spans (5% audits, coverage 0.85)"] = f"{math.ceil(window / (AUDIT_RATE * 0.85 * AUDIT_CAL_FRACTION)):,}"
         row["chosen"] = "yes" if window == CAL_WINDOW else ""
         rows.append(row)
     return rows
@@ -252,6 +253,6 @@ WINDOW_NOTE = (
     f"Coverage the gate certifies at alpha {ALPHA} from W calibration traces resampled from the Banking77 T1 policy's "
     f"decisions on the test split (3,080 inputs never trained on; validation: 2,000 more resampled), mean of "
     f"{WINDOW_DRAWS} draws, through `attempt_certification` at the first attempt and at the tenth. A window of W "
-    f"spans W / (audit rate x coverage x {CAL_FRACTION}) calls once a policy answers: the longer it spans, the older "
+    f"spans W / (audit rate x coverage x {AUDIT_CAL_FRACTION}) calls once a policy answers: the longer it spans, the older "
     "the traffic a certificate describes."
 )

@@ -33,8 +33,12 @@ def job(kind: str, seed: int) -> rp.Replay:
 
 def replay_tables(runs: int, workers: int = 2) -> list[tuple[str, list[dict], str]]:
     jobs = [(STABLE, s) for s in range(runs)] + [(CHANGE, s) for s in range(max(runs // 2, 1))] + [(CLINC, 0)]
+    done = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        done = list(pool.map(job, *zip(*jobs)))
+        for (kind, seed), replay in zip(jobs, pool.map(job, *zip(*jobs))):  # in order, each as soon as it is in
+            print(f"replay {kind}, shuffle {seed}: last-3,000 coverage {replay.coverage(3000):.3f}, suspensions at "
+                  f"{replay.suspensions}, label-free signals {replay.label_free_signals}", flush=True)
+            done.append(replay)
     results: dict[str, list[rp.Replay]] = {}
     for (kind, _), replay in zip(jobs, done):
         results.setdefault(kind, []).append(replay)

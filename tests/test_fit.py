@@ -7,6 +7,7 @@ import pytest
 
 from tracer_core.errors import InvalidTraceError
 from tracer_core.learning import certificate as codes
+from tracer_core.learning import split as split_module
 from tracer_core.learning.fit import fit_policy
 from tracer_core.learning.policy import Policy
 from tracer_core.learning.split import Split, calibration_side
@@ -56,6 +57,16 @@ def test_without_a_pool_every_trace_may_calibrate(traces, fake_embedder):
     _, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder, ids=ids, salt="s")
     assert cert.n_pool == len(texts)
     assert sorted(cert.calibration_ids) == [i for i in ids if calibration_side(np.array([i]), "s")[0]]
+
+
+def test_traces_recorded_as_audits_calibrate_at_the_audits_fraction(traces, fake_embedder, monkeypatch):
+    monkeypatch.setattr(split_module, "AUDIT_CAL_FRACTION", 0.8)
+    texts, labels, ids = traces
+    audits = np.arange(len(texts)) >= 400
+    _, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder, ids=ids, salt="s", audits=audits)
+    side = calibration_side(np.array(ids), "s", audits)
+    assert sorted(cert.calibration_ids) == [i for i, cal in zip(ids, side) if cal]
+    assert sum(side[400:]) > 2 * sum(side[:400])
 
 
 def test_too_small_a_pool_is_refused_with_its_reason(traces, fake_embedder):

@@ -23,7 +23,13 @@ from tests.faultkit import subprocess_env
 from tracer_core import Tracer, TraceStore
 from tracer_core.cli.commands import main as cli
 from tracer_core.learning import split as split_module
-from tracer_core.learning.attempt import CalibrationEvidence, Validation, attempt_certification, fresh_needed
+from tracer_core.learning.attempt import (
+    CalibrationEvidence,
+    Validation,
+    attempt_certification,
+    fresh_needed,
+    window_grown,
+)
 from tracer_core.learning.certificate import NOT_ATTEMPTED, Certificate
 from tracer_core.learning.fit import _filters, _final_policy, _prepare, fit_policy
 from tracer_core.learning.spending import Attempt, MemoryLedger, attempt_delta
@@ -69,6 +75,22 @@ def test_a_trace_never_changes_side_as_the_store_grows():
     assert all(abs(len(s) / n - 0.3) < 0.03 for s, n in zip(sides, (500, 1000, 2000, 4000)))
     other = Split.persistent(np.arange(1, 4001), np.ones(4000, dtype=bool), salt="task\0other", seed=0)
     assert len(sides[-1] & set((other.cal + 1).tolist())) < 0.45 * len(sides[-1])  # another version: another split
+
+
+def test_audits_calibrate_at_their_own_fraction_and_keep_their_side_as_the_store_grows(monkeypatch):
+    monkeypatch.setattr(split_module, "AUDIT_CAL_FRACTION", 0.7)
+    sides = []
+    for n in (1000, 2000, 4000):
+        ids = np.arange(1, n + 1)
+        audit = ids > 500  # the first 500 came before any policy, the rest are audits
+        split = Split.persistent(ids, np.ones(n, dtype=bool), salt="task\0fp", seed=n, audit=audit)
+        sides.append(set(ids[split.cal].tolist()))
+        assert sides[-1] == set(ids[calibration_side(ids, "task\0fp", audit)].tolist())  # hash and route decide
+        assert not sides[-1] & (set(ids[split.train].tolist()) | set(ids[split.val].tolist()))
+    assert all(small <= big for small, big in zip(sides, sides[1:]))
+    before, audits = [i for i in sides[-1] if i <= 500], [i for i in sides[-1] if i > 500]
+    assert abs(len(before) / 500 - 0.3) < 0.06 and abs(len(audits) / 3500 - 0.7) < 0.03
+    assert set(before) == set(range(1, 501)) & set(np.nonzero(calibration_side(np.arange(1, 501), "task\0fp"))[0] + 1)
 
 
 def test_no_calibration_trace_ever_trains_and_traces_leaving_the_window_train_afterwards(monkeypatch):
@@ -231,6 +253,30 @@ def test_after_a_refused_attempt_the_next_waits_for_fresh_evidence():
     again = attempt_certification(validation, 600, np.arange(1, 2201), alpha=0.95, delta=0.05, baseline=0.0,
                                   ledger=ledger, calibration=failing)
     assert (again.attempt, again.fresh_needed, len(ledger.spent)) == (0, 800, 1)
+
+
+def test_while_a_policy_is_in_force_a_doubled_window_earns_an_attempt_without_the_gain():
+    certified = Attempt(2, n_calibration=500, last_trace_id=4000, certified=True)
+    assert not window_grown(0.7, 0.8, 999, certified) and window_grown(0.7, 0.8, 1000, certified)
+    assert not window_grown(0.0, 0.8, 1000, certified)  # validation predicts nothing certifiable
+    assert not window_grown(0.7, 0.0, 1000, certified)  # nothing in force: the prediction alone decides
+    assert not window_grown(0.7, 0.8, 1000, None)
+    rng = np.random.default_rng(1)
+    validation = Validation(rng.random(2000), rng.random(2000) < 0.99)
+    ledger = MemoryLedger()
+    ledger.settle(ledger.reserve(0.95, 0.05, 500, 4000).attempt, True)
+    read: list[int] = []
+
+    def calibration() -> CalibrationEvidence:
+        read.append(1)
+        return CalibrationEvidence(rng.random(1000), np.ones(1000, bool), np.ones(1000, bool))
+
+    kept = attempt_certification(validation, 999, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.95,
+                                 ledger=ledger, calibration=calibration)
+    assert kept.attempt == 0 and not read  # the prediction is not MIN_GAIN above 0.95, the window not doubled
+    grown = attempt_certification(validation, 1000, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.95,
+                                  ledger=ledger, calibration=calibration)
+    assert grown.attempt == 2 and grown.certified and read == [1]
 
 
 def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():

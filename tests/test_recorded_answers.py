@@ -61,6 +61,7 @@ def test_every_audit_reaches_the_monitor_and_none_of_the_odd_ones_trains(store_d
         assert tracer.status()["monitor"]["audits"] == 4
         evidence = store.teacher_evidence(TASK, "")
         assert evidence.texts == [*texts, "lab1 audit"] and evidence.unselected[-1]
+        assert evidence.audit == [False] * len(texts) + [True]  # audits calibrate at their own fraction
         assert store.teacher_examples(TASK, "")[0][-1] == "lab1 audit"  # suspects and the report: teacher answers only
         refit = tracer.fit()
         assert refit.n_traces == 601

@@ -10,7 +10,10 @@ The steps, in order (the fit and the lifetime benchmark both call `attempt_certi
    attempt: the coverage down to which each step of the threshold grid passes at least as often
    as not (POWER), given the validation agreement at that step and the expected calibration size.
 3. Attempt only when the prediction beats the policy in force by MIN_GAIN in coverage (anything
-   above 0 when none is in force).
+   above 0 when none is in force), or, while a policy is in force, when the calibration window
+   has grown to WINDOW_GROWTH times the one the latest attempt read (and the prediction is above
+   0): after a deployment the window grows by audits only, and a prediction from the few
+   validation traces drawn like them stays cautious, so a larger window is tested on schedule.
 
    When step 1 or 3 says no, the fit ends here: no calibration label is read, no attempt index
    is taken, no delta is spent.
@@ -37,9 +40,11 @@ POWER = 0.5  # a step of the grid is predicted to pass when it passes at least a
 # replacement must promise much: measured in the Banking77 replay (bench `replay`; 0.02 gave ~9 attempts, most
 # adding under 0.01, and a lower coverage at the end).
 MIN_GAIN = 0.10
+WINDOW_GROWTH = 2.0  # while a policy is in force: window size, relative to the latest attempt's, that earns an attempt
 FRESH_SHARE = 0.5  # after a refused attempt, fresh traces needed per trace it saw (bench `lifetime`)
 GRID_STEP = 0.0025
 MIN_PREDICTION_INPUTS = 200  # validation inputs behind a step's pass probability (or a quarter of them)
+MIN_LIKE_CALIBRATION = 200  # validation rows drawn like the calibration ones that stand for them on their own
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,8 @@ class Validation:
         cls, scores: np.ndarray, agrees: np.ndarray, in_pool: np.ndarray, in_distribution: np.ndarray
     ) -> Validation:
         """The validation rows drawn like the calibration traces (from the pool) when there are at least
-        MIN_PREDICTION_INPUTS of them, else every validation row; of those, the in-distribution ones."""
-        like = in_pool if in_pool.sum() >= MIN_PREDICTION_INPUTS else np.ones(len(in_pool), dtype=bool)
+        MIN_LIKE_CALIBRATION of them, else every validation row; of those, the in-distribution ones."""
+        like = in_pool if in_pool.sum() >= MIN_LIKE_CALIBRATION else np.ones(len(in_pool), dtype=bool)
         ok = like & in_distribution
         return cls(scores[ok], agrees[ok], float(ok.sum() / like.sum()) if like.any() else 0.0)
 
@@ -124,7 +129,8 @@ def attempt_certification(
     planned = attempt_delta(delta, ledger.next_attempt())
     predicted = validation.coverage(n_calibration, alpha, planned)
     waiting = fresh_needed(trace_ids, ledger.latest())
-    if waiting or not worth_attempting(predicted, baseline):
+    if waiting or not (worth_attempting(predicted, baseline) or window_grown(predicted, baseline, n_calibration,
+                                                                             ledger.latest())):
         return Outcome(0, 0.0, 0.0, planned, predicted, waiting)
     taken = ledger.reserve(alpha, delta, n_calibration, int(np.max(trace_ids)))
     grid = threshold_grid(validation.scores, validation.agrees, n_calibration, alpha, taken.delta_spent)
@@ -147,6 +153,13 @@ def fresh_needed(trace_ids: np.ndarray, latest: Attempt | None) -> int:
 def worth_attempting(predicted: float, baseline: float) -> bool:
     """An attempt is made when validation predicts materially more coverage than the policy in force."""
     return predicted > 0.0 and predicted >= baseline + MIN_GAIN
+
+
+def window_grown(predicted: float, baseline: float, n_calibration: int, latest: Attempt | None) -> bool:
+    """While a policy is in force (`baseline` > 0), an attempt is also made when the calibration window has grown to
+    WINDOW_GROWTH times the one the latest attempt read (the number of such attempts grows with log(CAL_WINDOW))."""
+    return (predicted > 0.0 and baseline > 0.0 and latest is not None
+            and n_calibration >= WINDOW_GROWTH * latest.n_calibration)
 
 
 def _pass_probabilities(

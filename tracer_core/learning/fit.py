@@ -161,6 +161,7 @@ def fit_policy(
     task: str = "",
     fingerprint: str = "",
     calibration_pool: Sequence[bool] | np.ndarray | None = None,
+    audits: Sequence[bool] | np.ndarray | None = None,
     max_train: int | None = DEFAULT_MAX_TRAIN,
     salt: str | None = None,
     ledger: Ledger | None = None,
@@ -170,7 +171,8 @@ def fit_policy(
 
     `ids` are the traces' ids (default 1..n): with `salt` (default task and fingerprint) they fix
     which traces calibrate (`tracer_core.learning.split`). `calibration_pool` marks the traces that may
-    serve as calibration evidence (a uniform random sample of traffic); None: every trace.
+    serve as calibration evidence (a uniform random sample of traffic); None: every trace. `audits` marks the
+    traces recorded as audits (they calibrate at a higher fraction); None: none.
     `max_train` caps train + validation; None: no cap. `ledger` counts the version's attempts
     (default: a fresh one, so this is its first); `baseline` is the coverage of the policy in
     force (0: none), which an attempt must be predicted to beat. Writes nothing but the ledger.
@@ -179,10 +181,11 @@ def fit_policy(
     n = len(texts)
     pool = _per_trace("calibration_pool", calibration_pool, n, bool, np.ones(n, dtype=bool))
     row_ids = _per_trace("ids", ids, n, np.int64, np.arange(1, n + 1))
+    audit = _per_trace("audits", audits, n, bool, np.zeros(n, dtype=bool))
     max_train = check_limit("max_train", max_train)
     ledger = ledger if ledger is not None else MemoryLedger()
     split = Split.persistent(row_ids, pool, salt=f"{task}\x00{fingerprint}" if salt is None else salt, seed=seed,
-                             max_train=max_train)
+                             max_train=max_train, audit=audit)
     cal_ids = [int(row_ids[i]) for i in split.cal]
     base: dict[str, Any] = dict(  # the certificate's fields every outcome shares
         task=task, fingerprint=fingerprint, alpha=alpha, delta=delta, n_traces=n, n_pool=int(pool.sum()),

@@ -1,10 +1,13 @@
 """Which traces of a task version calibrate, and which train and validate: a split kept for the version's life.
 
 A trace of the calibration pool (an unselected trace: a uniform sample of traffic) is
-calibration-side when a hash of (salt, trace id) falls below CAL_FRACTION; every other trace is
-training-side. The side depends on nothing but the id and the salt (a task version's name and
-fingerprint), so it never changes as the store grows: a calibration-side trace never trains or
-validates a model of the version, and a training-side trace never calibrates.
+calibration-side when a hash of (salt, trace id) falls below its fraction: AUDIT_CAL_FRACTION for an
+audit (a call the policy in force would have answered, sent to the LLM at random), CAL_FRACTION for
+the others (before any policy, while suspended, or recorded without a decision); every other trace
+is training-side. The side depends on nothing but the id, the salt (a task version's name and
+fingerprint) and whether the trace was recorded as an audit (known when it was recorded, never its
+label), so it never changes as the store grows: a calibration-side trace never trains or validates
+a model of the version, and a training-side trace never calibrates.
 
 The gate reads only the newest CAL_WINDOW calibration-side traces (by id), so that a certificate
 describes recent traffic; older calibration-side traces move to the training side for good (the
@@ -23,6 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 CAL_FRACTION = 0.30
+# Audits come at 5% of the calls a policy answers, while the deferred calls (a third of traffic) feed the training
+# side: audits calibrate at a higher fraction, so the window of a deployed version grows (bench `replay`).
+AUDIT_CAL_FRACTION = 1.0
 VAL_FRACTION = 0.15  # of all traces when every trace may calibrate: validation is 0.15 / 0.70 of the training side
 CAL_WINDOW = 4_000  # newest calibration-side traces the gate reads (bench `lifetime`, "calibration window")
 
@@ -39,9 +45,11 @@ def uniform_of(ids: np.ndarray, salt: str) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def calibration_side(ids: np.ndarray, salt: str) -> np.ndarray:
-    """True where trace `id` is calibration-side for `salt`, were it in the calibration pool (fixed forever)."""
-    return uniform_of(ids, salt) < CAL_FRACTION
+def calibration_side(ids: np.ndarray, salt: str, audit: np.ndarray | None = None) -> np.ndarray:
+    """True where trace `id` is calibration-side for `salt`, were it in the calibration pool (fixed forever);
+    `audit` marks the traces recorded as audits (default: none)."""
+    fraction = CAL_FRACTION if audit is None else np.where(audit, AUDIT_CAL_FRACTION, CAL_FRACTION)
+    return uniform_of(ids, salt) < fraction
 
 
 @dataclass(frozen=True)
@@ -60,11 +68,13 @@ class Split:
 
     @classmethod
     def persistent(
-        cls, ids: np.ndarray, pool: np.ndarray, *, salt: str, seed: int, max_train: int | None = None
+        cls, ids: np.ndarray, pool: np.ndarray, *, salt: str, seed: int, max_train: int | None = None,
+        audit: np.ndarray | None = None,
     ) -> Split:
-        """The split of traces `ids` (with `pool` marking those that may calibrate) for a version salted `salt`."""
+        """The split of traces `ids` (with `pool` marking those that may calibrate, `audit` those recorded as audits)
+        for a version salted `salt`."""
         ids = np.asarray(ids)
-        side = np.nonzero(pool & calibration_side(ids, salt))[0]
+        side = np.nonzero(pool & calibration_side(ids, salt, audit))[0]
         cal = np.sort(side[np.argsort(ids[side], kind="stable")][-CAL_WINDOW:])
         training = np.ones(len(ids), dtype=bool)
         training[cal] = False

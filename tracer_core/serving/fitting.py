@@ -61,7 +61,7 @@ class Fitter:
             policy, cert = fit_policy(
                 evidence.texts, evidence.labels, alpha=self.alpha, delta=self.delta, embed=self.embedder.embed,
                 ids=evidence.ids, seed=self.seed, task=self.task, fingerprint=self.fingerprint,
-                calibration_pool=evidence.unselected, max_train=self.max_train,
+                calibration_pool=evidence.unselected, audits=evidence.audit, max_train=self.max_train,
                 ledger=StoreLedger(self.store, self.task, self.fingerprint), baseline=self._coverage_in_force(in_force),
             )
             cert.since_trace_id = floor

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tracer_core.background import Job
-from tracer_core.decision import UNSELECTED
+from tracer_core.decision import UNSELECTED, Reason
 from tracer_core.errors import PolicyError, StoreError
 from tracer_core.shutdown import stop_refits
 from tracer_core.storage import migrations
@@ -347,7 +347,7 @@ class TraceStore:
                 for h, n, ood, d in rows]
 
     def teacher_evidence(self, task: str, fingerprint: str, *, since_id: int = 0) -> Evidence:
-        """Teacher traces of one task version (id > since_id), with which of them are unselected.
+        """Teacher traces of one task version (id > since_id), with which of them are unselected and which audits.
 
         A trace is unselected (a uniform sample of traffic, usable as calibration evidence)
         when the LLM answered it whatever the input was: no policy was in force, it was an
@@ -355,12 +355,13 @@ class TraceStore:
         """
         unselected = ", ".join(f"'{r}'" for r in sorted(UNSELECTED))
         rows = self._read(
-            f"SELECT input, label, id, route IS NULL OR route IN ({unselected}), created_at FROM traces "
+            f"SELECT input, label, id, route IS NULL OR route IN ({unselected}), created_at, "
+            f"route = '{Reason.AUDIT}' FROM traces "
             "WHERE task = ? AND fingerprint = ? AND source = 'teacher' AND id > ? ORDER BY id",
             [task, fingerprint, since_id],
         )
         return Evidence([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [bool(r[3]) for r in rows],
-                        [r[4] for r in rows])
+                        [r[4] for r in rows], [bool(r[5]) for r in rows])
 
     # --- task versions ------------------------------------------------------------------------
 
@@ -741,6 +742,7 @@ class Evidence:
     ids: list[int]
     unselected: list[bool]
     created_at: list[float] = field(default_factory=list)
+    audit: list[bool] = field(default_factory=list)  # recorded as an audit (calibrates at a higher fraction)
 
 
 _OPEN_STORES: weakref.WeakSet[TraceStore] = weakref.WeakSet()
