@@ -53,7 +53,7 @@ class Replay:
     rows: list[dict] = field(default_factory=list)
     handled: list[bool] = field(default_factory=list)
     agreed: list[bool] = field(default_factory=list)  # handled calls only: surrogate == teacher of the moment
-    suspensions: list[int] = field(default_factory=list)  # queries routed when each suspension was first seen
+    suspensions: list[int] = field(default_factory=list)  # index of the first query each suspension deferred
     per_version: dict[int, PolicyLife] = field(default_factory=dict)
     label_free_signals: int = 0  # label-free signals (deferral or out-of-distribution share) over the stream
 
@@ -109,10 +109,11 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
                 answer = decision.label if decision.handled and decision.label is not None else truth
                 tracer.record(text, answer, decision=decision)
                 pending += not decision.handled
-            now_suspended = tracer.status()["suspended"] is not None
-            if now_suspended and not suspended:
-                replay.suspensions.append(start + len(batch))
-            suspended = now_suspended
+            for offset, decision in enumerate(decisions):  # a suspension counts from the first call it defers
+                now_suspended = decision.reason == Reason.SUSPENDED
+                if now_suspended and not suspended:
+                    replay.suspensions.append(start + offset)
+                suspended = now_suspended
             if pending >= REFIT_EVERY:
                 pending = 0
                 try:

@@ -75,7 +75,7 @@ def targets(results: dict[str, list[rp.Replay]]) -> list[dict]:
         _target(f"stable: false suspensions in {len(stable)} replays", stable_row["suspended (replays)"], "0", stable_row["suspended (replays)"] == 0),
         _target(f"stable: replays where a label-free signal fired, of {len(stable)}", stable_row["replays with a label-free signal"],
                 f"<= {max(len(stable) // 20, 1)}", stable_row["replays with a label-free signal"] <= max(len(stable) // 20, 1)),
-        _target("teacher change: queries from the change to the first suspension after it (median)", change_row["queries from change to suspension (median)"], "<= 1,250", change_row["queries from change to suspension (median)"] <= 1250),
+        _target("teacher change: queries from the change to the first call a suspension defers (median; until 2026-12-07 counted to the end of that 250-query batch)", change_row["queries from change to suspension (median)"], "<= 1,250", change_row["queries from change to suspension (median)"] <= 1250),
         _target("teacher change: surrogate answers giving the old label to a changed intent (median)", change_row["old answers to changed intents after change (median)"], "<= 100", change_row["old answers to changed intents after change (median)"] <= 100),
         _target("teacher change: every wrong surrogate answer after the change, incl. the ~4% any alpha-0.95 policy makes (median)", change_row["wrong surrogate answers after change (median)"], "report", True),
         _target("teacher change: live coverage over the last 3,000 queries (median)", change_row["live coverage, last 3,000 (median)"], ">= 0.5", change_row["live coverage, last 3,000 (median)"] >= 0.5),
