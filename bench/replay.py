@@ -109,10 +109,9 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
                 answer = decision.label if decision.handled and decision.label is not None else truth
                 tracer.record(text, answer, decision=decision)
                 pending += not decision.handled
-            for offset, decision in enumerate(decisions):  # a suspension counts from the first call it defers
-                now_suspended = decision.reason == Reason.SUSPENDED
+                now_suspended = decision.reason == Reason.SUSPENDED  # a suspension counts from the first call it defers
                 if now_suspended and not suspended:
-                    replay.suspensions.append(start + offset)
+                    replay.suspensions.append(i)
                 suspended = now_suspended
             if pending >= REFIT_EVERY:
                 pending = 0
