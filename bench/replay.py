@@ -1,9 +1,11 @@
 """Replay benchmark of the continual loop (issue: keep the guarantee in the loop).
 
-A stream goes through `Tracer` as an integration would: route a batch with `route_many`,
-answer handled calls with the surrogate, send the rest (deferrals and audits) to a teacher
-function, record every call with its decision, and refit whenever `refit_every` new
-teacher traces have arrived (as the background refit does). Per window of 1,000 queries:
+A stream goes through `Tracer` as an integration would: route the calls in flight
+(`in_flight` at a time, with `route_many`), answer handled calls with the surrogate, send the
+rest (deferrals and audits) to a teacher function, record every call with its decision, and
+refit whenever `refit_every` new teacher traces have arrived (as the background refit does).
+A call routed while others are in flight cannot use their answers: neither the monitor nor the
+audit boost sees them until they are recorded. Per window of 1,000 queries:
 live coverage, live agreement with the teacher of that moment, the certified coverage of
 the policy in force, audits, suspension.
 """
@@ -26,7 +28,7 @@ from tracer_core.serving.tracer import DEFAULT_AUDIT_RATE
 
 ALPHA = 0.95
 DELTA = 0.05
-BATCH = 250
+IN_FLIGHT = 250  # calls routed before the first of them is answered and recorded
 WINDOW = 1000
 REFIT_EVERY = 200
 CHANGE_AT = 5000
@@ -86,7 +88,7 @@ class Replay:
 
 
 def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: float | None = None,
-        change_at: int | None = None, before: Teacher | None = None) -> Replay:
+        change_at: int | None = None, before: Teacher | None = None, in_flight: int = IN_FLIGHT) -> Replay:
     """Replay `texts` in order; `teacher(i, text)` is the LLM's answer to query i.
 
     With `before` (the teacher's answers had it not changed), a wrong surrogate answer after
@@ -97,10 +99,11 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
         tracer = Tracer("replay", Path(tmp) / "replay.db", alpha=ALPHA, delta=DELTA, embedder=embed, auto_refit=False,
                         policy_check_s=0.0, seed=seed,
                         audit_rate=DEFAULT_AUDIT_RATE if audit_rate is None else audit_rate)
+        tracer.audits.reseed(f"replay:{seed}")  # the same audit draws in every run of this shuffle
         pending, suspended = 0, False
         window: dict = _new_window(0)
-        for start in range(0, len(texts), BATCH):
-            batch = texts[start : start + BATCH]
+        for start in range(0, len(texts), in_flight):
+            batch = texts[start : start + in_flight]
             decisions = tracer.route_many(batch)
             for offset, (text, decision) in enumerate(zip(batch, decisions)):
                 i = start + offset

@@ -35,6 +35,11 @@ class AuditSampler:
         self._boost_left = 0
         self.signals = 0  # label-free signals so far
 
+    def reseed(self, seed: str) -> None:
+        """Draw from `seed` from now on. The default seed includes the process id, so that two processes do not
+        audit the same call positions; a benchmark that compares runs side by side reseeds them alike."""
+        self._random.seed(seed)
+
     def rate(self, monitor: AgreementMonitor) -> float:
         worried = self._boost_left > 0 or monitor.suspicious
         return min(MAX_BOOSTED_RATE, self.base_rate * AUDIT_BOOST) if worried and self.base_rate > 0 else self.base_rate
