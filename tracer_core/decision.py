@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 
@@ -75,7 +75,9 @@ class Decision:
     """What the router decided for one input.
 
     `label` is the surrogate's prediction (set even when deferred, None without a policy);
-    it is only to be used as the answer when `handled` is True.
+    it is only to be used as the answer when `handled` is True. `plausible`, for a call deferred for
+    low confidence, names the labels the surrogate gives a material probability (what the LLM's
+    answer is compared with, `tracer_core.serving.relabel`); it is not part of `to_dict()`.
     """
 
     label: str | None
@@ -83,10 +85,12 @@ class Decision:
     score: float
     reason: Reason
     policy_version: int | None
+    plausible: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["reason"] = str(self.reason)
+        del data["plausible"]
         return data
 
 

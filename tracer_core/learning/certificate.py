@@ -61,6 +61,9 @@ class Certificate:
     artifact_sha256: str = ""  # SHA-256 of the policy artifact as stored ("": an earlier release's policy)
     labels_sha256: str = ""  # SHA-256 of the policy's label list (policy_seal.labels_digest)
     savings_estimate: dict | None = None  # a refusal's estimate of when a fit deploys (learning.savings_estimate)
+    # [k, n]: of the n calibration traces deferred for low confidence at the threshold, k got a teacher label the
+    # policy found implausible (`Decision.plausible`); the baseline of `serving.relabel` ([]: an earlier release)
+    deferred_implausible: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -141,9 +141,11 @@ class Trial:
 
 @dataclass(frozen=True)
 class Evidence(CalibrationEvidence):
-    """The final policy's decisions on the calibration rows, with its predicted labels."""
+    """The final policy's decisions on the calibration rows, with its predicted labels, and whether the teacher's
+    label is one the policy found implausible (`Decision.plausible`; rows deferred for low confidence only)."""
 
     pred: np.ndarray
+    implausible: np.ndarray
 
 
 # -- the steps ------------------------------------------------------------------------------
@@ -379,6 +381,7 @@ def _evidence(policy: Policy, data: Traces) -> Evidence:
     return Evidence(
         pred=pred, scores=np.array([d.score for d in decisions]), agrees=pred == data.y[cal],
         eligible=np.array([d.reason in ("handled", "low_confidence") for d in decisions], dtype=bool),
+        implausible=np.array([data.label_names[y] not in d.plausible for d, y in zip(decisions, data.y[cal])], dtype=bool),
     )
 
 
@@ -412,11 +415,13 @@ def _certified(threshold: float, data: Traces, evidence: Evidence, fields: dict)
     """The certificate of a passed gate. What is certified is alpha at the threshold (no lower bound at a
     threshold the data chose is claimed: `agreement_lower_bound` stays None)."""
     handled = evidence.eligible & (evidence.scores >= threshold)
+    unsure = evidence.eligible & ~handled  # deferred for low confidence at the certified threshold
     n_handled, agree = int(handled.sum()), int(evidence.agrees[handled].sum())
     cert = Certificate(
         deployed=True, reason_code=codes.DEPLOYED, threshold=threshold,
         coverage=round(n_handled / len(data.split.cal), 4),
         agreement=round(agree / n_handled, 4) if n_handled else None,
+        deferred_implausible=[int(evidence.implausible[unsure].sum()), int(unsure.sum())],
         per_label=_per_label(data, evidence, handled), reason="", **fields,
     )
     cert.reason = f"certified: {cert.summary()}"

@@ -24,6 +24,7 @@ from tracer_core.learning.surrogate import Surrogate, surrogate_from_arrays
 
 FORMAT = "tracer-policy/2"  # the certificate holds the artifact's SHA-256 (see policy_seal)
 FORMATS = (LEGACY_FORMAT, FORMAT)
+PLAUSIBLE = 0.01  # a label the surrogate gives at least this probability is a plausible answer for the input
 
 
 @dataclass
@@ -72,7 +73,9 @@ class Policy:
                 reason = Reason.LOW_CONFIDENCE
             else:
                 reason = Reason.HANDLED
-            out.append(Decision(label, reason == Reason.HANDLED, float(s), reason, self.version))
+            plausible = (tuple(self.labels[j] for j in np.flatnonzero(proba[i] >= PLAUSIBLE))
+                         if reason == Reason.LOW_CONFIDENCE else ())
+            out.append(Decision(label, reason == Reason.HANDLED, float(s), reason, self.version, plausible))
         return out
 
     def _near_unseen(self, vectors: np.ndarray) -> np.ndarray:

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 from tracer_core.decision import Decision
 from tracer_core.errors import InvalidTraceError
 from tracer_core.observability import observe
+from tracer_core.serving.audits import AuditSampler
 from tracer_core.serving.refit import RefitScheduler
 from tracer_core.storage.store import TraceStore
 from tracer_core.storage.trace import CACHED, UNPARSED, UNPARSED_LABEL, Trace, as_list, is_label, make_trace
+
+log = logging.getLogger("tracer")
 
 
 class Recorder:
     """Writes the traces of one task version to the store and counts new teacher traces towards a refit."""
 
-    def __init__(self, store: TraceStore, task: str, fingerprint: str, refits: RefitScheduler) -> None:
-        self.store, self.task, self.fingerprint, self.refits = store, task, fingerprint, refits
+    def __init__(self, store: TraceStore, task: str, fingerprint: str, refits: RefitScheduler,
+                 audits: AuditSampler) -> None:
+        self.store, self.task, self.fingerprint, self.refits, self.audits = store, task, fingerprint, refits, audits
 
     def record(self, text: str, label: str, decision: Decision | None, fields: dict) -> None:
         """Queue one trace (non-blocking); see `Tracer.record`."""
@@ -25,6 +30,7 @@ class Recorder:
         observe.recorded(self.task, self.fingerprint, [trace])
         if trace.source == "teacher":
             self.refits.count(1)
+            self._answered(decision, trace.label)
 
     def record_answer(self, text: str, label: str | None, decision: Decision | None, cached: bool, fields: dict) -> None:
         """Record whatever answer a call got; see `Tracer.record_answer`."""
@@ -51,7 +57,18 @@ class Recorder:
         written = self.store.append_many(traces)
         observe.recorded(self.task, self.fingerprint, traces)
         self.refits.count(sum(t.source == "teacher" for t in traces))
+        for i, trace in enumerate(traces):
+            if trace.source == "teacher" and decisions is not None:
+                self._answered(decisions[i], trace.label)
         return written
+
+    def _answered(self, decision: Decision | None, label: str) -> None:
+        """Show the audit sampler the LLM's answer to a deferred call (after the trace is queued: never loses it)."""
+        if decision is not None and not decision.handled:
+            try:
+                self.audits.answered(decision, label)
+            except Exception:  # the trigger only raises the audit rate: recording goes on without it
+                log.exception("tracer task %r: the relabel trigger failed on an answer", self.task)
 
     def _trace(self, text: str, label: str, decision: Decision | None, fields: dict) -> Trace:
         if decision is not None:

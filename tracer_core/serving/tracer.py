@@ -97,7 +97,7 @@ class Tracer:
             refit_interval_s=float(check("refit_interval_s", refit_interval_s)), auto_refit=auto_refit,
         )
         self.refits = self._fitter.refits
-        self._recorder = Recorder(self.store, task, self.fingerprint, self.refits)
+        self._recorder = Recorder(self.store, task, self.fingerprint, self.refits, self.audits)
         self._router = Router(self.store, self.watcher, self.audits, self._suspender, self._embedder, self.refits,
                               task=task, alpha=self.alpha, delta=self.delta)
         self._status = TracerStatus(self.store, self.watcher, self._suspender, self._embedder, self.audits,
