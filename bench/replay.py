@@ -28,7 +28,8 @@ from tracer_core.serving.tracer import DEFAULT_AUDIT_RATE
 
 ALPHA = 0.95
 DELTA = 0.05
-IN_FLIGHT = 250  # calls routed before the first of them is answered and recorded
+IN_FLIGHT = 250  # calls routed before the first of them is answered and recorded (a busy proxy; the targets' runs)
+SEQUENTIAL = 1  # a caller that waits for each answer: measured beside it for the teacher change
 WINDOW = 1000
 REFIT_EVERY = 200
 CHANGE_AT = 5000
@@ -56,6 +57,7 @@ class Replay:
     handled: list[bool] = field(default_factory=list)
     agreed: list[bool] = field(default_factory=list)  # handled calls only: surrogate == teacher of the moment
     suspensions: list[int] = field(default_factory=list)  # index of the first query each suspension deferred
+    suspended_versions: list[int | None] = field(default_factory=list)  # the policy version each one suspended
     per_version: dict[int, PolicyLife] = field(default_factory=dict)
     label_free_signals: int = 0  # label-free signals (deferral or out-of-distribution share) over the stream
 
@@ -66,6 +68,12 @@ class Replay:
     def suspended_after(self, query: int) -> int | None:
         """The first suspension seen after `query` (an earlier one, e.g. a withdrawal, does not count)."""
         return next((at for at in self.suspensions if at > query), None)
+
+    def false_suspensions(self) -> int:
+        """Suspensions of a policy whose live agreement, over every call it answered or would have answered, was
+        at least alpha (a suspension of a policy below alpha is the monitor doing its job)."""
+        lives = [self.per_version.get(v) if v is not None else None for v in self.suspended_versions]
+        return sum(life is None or life.agree >= ALPHA * life.would for life in lives)
 
     def coverage(self, last: int) -> float:
         tail = self.handled[-last:]
@@ -115,6 +123,7 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
                 now_suspended = decision.reason == Reason.SUSPENDED  # a suspension counts from the first call it defers
                 if now_suspended and not suspended:
                     replay.suspensions.append(i)
+                    replay.suspended_versions.append(decision.policy_version)
                 suspended = now_suspended
             if pending >= REFIT_EVERY:
                 pending = 0
@@ -243,6 +252,10 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
         "max |certified - live coverage| per policy (worst replay)": round(max(gaps), 3) if gaps else "-",
         "same, policies calibrated on >= 1,000 traces": round(max(large), 3) if large else "-",
         "suspended (replays)": sum(r.suspended_at is not None for r in replays),
+        "falsely suspended (replays)": sum(r.false_suspensions() > 0 for r in replays),
+        "suspended policies: live agreement / answers": "; ".join(
+            f"v{v} {life.agree / life.would:.3f} / {life.would}" for r in replays for v in r.suspended_versions
+            if v is not None and (life := r.per_version.get(v)) is not None and life.would),
         "replays with a label-free signal": sum(r.label_free_signals > 0 for r in replays),
         "coverage gap per policy: median / 95th percentile": (
             f"{np.median(every_gap):.3f} / {np.quantile(every_gap, 0.95):.3f}" if every_gap else "-"),
