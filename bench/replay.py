@@ -247,7 +247,7 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
     row = {
         "scenario": name,
         "replays": len(replays),
-        "live coverage, last 3,000 (median)": round(float(np.median(last3)), 3),
+        "live coverage, last 3,000 (median)": round(float(np.median(last3)), 4),  # 4 places: the target is judged on them
         "replays with a window sig. below alpha": windows_below,
         "max |certified - live coverage| per policy (worst replay)": round(max(gaps), 3) if gaps else "-",
         "same, policies calibrated on >= 1,000 traces": round(max(large), 3) if large else "-",
