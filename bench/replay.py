@@ -60,6 +60,7 @@ class Replay:
     suspended_versions: list[int | None] = field(default_factory=list)  # the policy version each one suspended
     per_version: dict[int, PolicyLife] = field(default_factory=dict)
     label_free_signals: int = 0  # label-free signals (deferral or out-of-distribution share) over the stream
+    relabels: int = 0  # relabel triggers over the stream (tracer_core.serving.relabel)
 
     @property
     def suspended_at(self) -> int | None:
@@ -134,7 +135,7 @@ def run(texts: list[str], teacher: Teacher, *, seed: int, embed, audit_rate: flo
             if (start + len(batch)) % WINDOW == 0 or start + len(batch) >= len(texts):
                 replay.rows.append(_close_window(window, tracer, replay))
                 window = _new_window(start + len(batch))
-        replay.label_free_signals = tracer.audits.signals
+        replay.label_free_signals, replay.relabels = tracer.audits.signals, tracer.audits.relabels
         tracer.close()
     return replay
 
@@ -257,6 +258,7 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
             f"v{v} {life.agree / life.would:.3f} / {life.would}" for r in replays for v in r.suspended_versions
             if v is not None and (life := r.per_version.get(v)) is not None and life.would),
         "replays with a label-free signal": sum(r.label_free_signals > 0 for r in replays),
+        "replays with a relabel trigger": sum(r.relabels > 0 for r in replays),
         "coverage gap per policy: median / 95th percentile": (
             f"{np.median(every_gap):.3f} / {np.quantile(every_gap, 0.95):.3f}" if every_gap else "-"),
         "policies significantly below alpha over their life": (sum(b for b, _ in below), sum(n for _, n in below)),
