@@ -11,7 +11,7 @@ from tests import clustered
 from tracer_core import Tracer
 from tracer_core.decision import Decision, Reason
 from tracer_core.learning.certificate import Certificate
-from tracer_core.serving.audits import BOOST_CALLS, RELABEL_RATE, AuditSampler
+from tracer_core.serving.audits import BOOST_CALLS, MAX_BOOSTED_RATE, RELABEL_RATE, AuditSampler
 from tracer_core.serving.monitor import AgreementMonitor, beta_quantile
 from tracer_core.serving.relabel import (
     BASELINE_CONFIDENCE,
@@ -78,7 +78,12 @@ def test_only_its_own_policys_low_confidence_deferrals_count():
 
 
 def test_a_trigger_raises_the_audit_rate_and_says_why(caplog):
-    sampler, monitor = AuditSampler(0.05, "seed", "task"), AgreementMonitor(0.95, 0.05, 3)
+    """Said even while another boost is on (here: a worried monitor replaced by a fresh one)."""
+    sampler, worried, monitor = AuditSampler(0.05, "seed", "task"), AgreementMonitor(0.95, 0.05, 2), AgreementMonitor(0.95, 0.05, 3)
+    worried.update([True] * 40 + [False] * 4)
+    sampler.draw(1, worried)
+    sampler.draw(1, monitor)
+    assert sampler.rate(monitor) == MAX_BOOSTED_RATE
     sampler.watch([], certificate([0, 300]))
     with caplog.at_level(logging.WARNING, logger="tracer"):
         for _ in range(50):

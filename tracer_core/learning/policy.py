@@ -60,6 +60,7 @@ class Policy:
         scores = proba[np.arange(len(predicted)), predicted]
         far = self.ood.distance(vectors) > self.ood_threshold
         near_unseen = self._near_unseen(vectors)
+        likely = proba >= PLAUSIBLE
         out = []
         for i, (p, s) in enumerate(zip(predicted, scores)):
             label = self.labels[p]
@@ -73,7 +74,7 @@ class Policy:
                 reason = Reason.LOW_CONFIDENCE
             else:
                 reason = Reason.HANDLED
-            plausible = (tuple(self.labels[j] for j in np.flatnonzero(proba[i] >= PLAUSIBLE))
+            plausible = (tuple(self.labels[j] for j in np.flatnonzero(likely[i]))
                          if reason == Reason.LOW_CONFIDENCE else ())
             out.append(Decision(label, reason == Reason.HANDLED, float(s), reason, self.version, plausible))
         return out

@@ -76,7 +76,9 @@ class AuditSampler:
             self._relabel = RelabelWatch(cert)
         signal = self._label_free.observe(decisions)
         if signal is not None:
-            self._boost(signal.describe())
+            if self._boost_left == 0:
+                log.warning("tracer task %r: %s; auditing more for a while", self.name, signal.describe())
+            self._boost_left = BOOST_CALLS
             self.signals += 1
 
     def answered(self, decision: Decision, label: str) -> None:
@@ -86,15 +88,11 @@ class AuditSampler:
             if relabel is None or not relabel.observe(decision, label):
                 return
             self.relabels += 1
-            self._relabel_left = BOOST_CALLS
-        self._boost(f"the LLM answers calls deferred by policy v{relabel.policy_version} with labels it found "
-                    f"implausible more often than the {relabel.limit:.1%} calibration allows",
-                    f"auditing every call for the next {BOOST_CALLS:,}")
-
-    def _boost(self, why: str, how: str = "auditing more for a while") -> None:
-        if self._boost_left == 0:
-            log.warning("tracer task %r: %s; %s", self.name, why, how)
-        self._boost_left = BOOST_CALLS
+            quiet, self._relabel_left = self._relabel_left > 0, BOOST_CALLS
+        if not quiet:
+            log.warning("tracer task %r: the LLM answers calls deferred by policy v%s with labels it found implausible "
+                        "more often than the %s calibration allows; auditing every call for the next %s",
+                        self.name, relabel.policy_version, f"{relabel.limit:.1%}", f"{BOOST_CALLS:,}")
 
 
 def as_audit(decision: Decision) -> Decision:

@@ -57,9 +57,9 @@ class Recorder:
         written = self.store.append_many(traces)
         observe.recorded(self.task, self.fingerprint, traces)
         self.refits.count(sum(t.source == "teacher" for t in traces))
-        for i, trace in enumerate(traces):
-            if trace.source == "teacher" and decisions is not None:
-                self._answered(decisions[i], trace.label)
+        for trace, decision in zip(traces, decisions or ()):
+            if trace.source == "teacher":
+                self._answered(decision, trace.label)
         return written
 
     def _answered(self, decision: Decision | None, label: str) -> None:
