@@ -203,6 +203,11 @@ while time.time() < deadline:
 """
 
 
+# policy_check_s (0.5) plus one route, with room for a loaded 2-core machine (1.64 s was seen under `make test`): what
+# is tested is that the running process picks the change up by itself, without a restart; speed is the bench's job
+PICKUP_S = 0.5 + 4.5
+
+
 @pytest.mark.slow
 def test_another_process_picks_up_a_new_policy_and_a_suspension(pg_url: str) -> None:
     tracer = fitted(pg_url)
@@ -213,11 +218,11 @@ def test_another_process_picks_up_a_new_policy_and_a_suspension(pg_url: str) -> 
     assert tracer.fit().deployed
     deployed_at = time.time()
     handled, at = child.stdout.readline().split()
-    assert handled == "handled" and float(at) - deployed_at < 0.5 + 1.0  # policy_check_s plus one route
+    assert handled == "handled" and float(at) - deployed_at < PICKUP_S
     tracer.suspend("checked from another process")
     suspended_at = time.time()
     reason, at = child.stdout.readline().split()
-    assert reason == "suspended" and float(at) - suspended_at < 0.5 + 1.0
+    assert reason == "suspended" and float(at) - suspended_at < PICKUP_S
     assert child.wait(timeout=30) == 0, child.stderr.read()
     tracer.close()
 
