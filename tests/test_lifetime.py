@@ -24,6 +24,7 @@ from tracer_core import Tracer, TraceStore
 from tracer_core.cli.commands import main as cli
 from tracer_core.learning import split as split_module
 from tracer_core.learning.attempt import (
+    WINDOW_GROWTH,
     CalibrationEvidence,
     Validation,
     attempt_certification,
@@ -255,12 +256,13 @@ def test_after_a_refused_attempt_the_next_waits_for_fresh_evidence():
     assert (again.attempt, again.fresh_needed, len(ledger.spent)) == (0, 800, 1)
 
 
-def test_while_a_policy_is_in_force_a_doubled_window_earns_an_attempt_without_the_gain():
+def test_while_a_policy_is_in_force_a_grown_window_earns_an_attempt_without_the_gain():
     certified = Attempt(2, n_calibration=500, last_trace_id=4000, certified=True)
-    assert not window_grown(0.7, 0.8, 999, certified) and window_grown(0.7, 0.8, 1000, certified)
-    assert not window_grown(0.0, 0.8, 1000, certified)  # validation predicts nothing certifiable
-    assert not window_grown(0.7, 0.0, 1000, certified)  # nothing in force: the prediction alone decides
-    assert not window_grown(0.7, 0.8, 1000, None)
+    grown_size = math.ceil(WINDOW_GROWTH * 500)
+    assert not window_grown(0.7, 0.8, grown_size - 1, certified) and window_grown(0.7, 0.8, grown_size, certified)
+    assert not window_grown(0.0, 0.8, grown_size, certified)  # validation predicts nothing certifiable
+    assert not window_grown(0.7, 0.0, grown_size, certified)  # nothing in force: the prediction alone decides
+    assert not window_grown(0.7, 0.8, grown_size, None)
     rng = np.random.default_rng(1)
     validation = Validation(rng.random(2000), rng.random(2000) < 0.99)
     ledger = MemoryLedger()
@@ -271,10 +273,10 @@ def test_while_a_policy_is_in_force_a_doubled_window_earns_an_attempt_without_th
         read.append(1)
         return CalibrationEvidence(rng.random(1000), np.ones(1000, bool), np.ones(1000, bool))
 
-    kept = attempt_certification(validation, 999, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.95,
-                                 ledger=ledger, calibration=calibration)
-    assert kept.attempt == 0 and not read  # the prediction is not MIN_GAIN above 0.95, the window not doubled
-    grown = attempt_certification(validation, 1000, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.95,
+    kept = attempt_certification(validation, grown_size - 1, np.arange(1, 6001), alpha=0.95, delta=0.05,
+                                 baseline=0.96, ledger=ledger, calibration=calibration)
+    assert kept.attempt == 0 and not read  # the prediction is not MIN_GAIN above 0.96, the window not grown enough
+    grown = attempt_certification(validation, grown_size, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.96,
                                   ledger=ledger, calibration=calibration)
     assert grown.attempt == 2 and grown.certified and read == [1]
 
@@ -290,7 +292,7 @@ def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():
     outcome = attempt_certification(Validation(scores, rng.random(2000) < 0.99), 1000, np.arange(3000), alpha=0.95,
                                     delta=0.05, baseline=0.995, ledger=ledger, calibration=calibration)
     assert (outcome.attempt, outcome.delta_spent, outcome.result) == (0, 0.0, None) and ledger.spent == []
-    assert outcome.predicted_coverage > 0.9  # certifiable, but not 0.02 above the policy in force
+    assert outcome.predicted_coverage > 0.9  # certifiable, but not MIN_GAIN above the policy in force
     near_miss = attempt_certification(Validation(scores, rng.random(2000) < 0.9), 1000, np.arange(3000), alpha=0.95,
                                       delta=0.05, baseline=0.0, ledger=ledger, calibration=calibration)
     assert near_miss.attempt == 0 and near_miss.predicted_coverage == 0.0 and ledger.spent == []
