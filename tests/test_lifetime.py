@@ -24,6 +24,7 @@ from tracer_core import Tracer, TraceStore
 from tracer_core.cli.commands import main as cli
 from tracer_core.learning import split as split_module
 from tracer_core.learning.attempt import (
+    MIN_CERTIFY_PROBABILITY,
     WINDOW_GROWTH,
     CalibrationEvidence,
     Validation,
@@ -31,7 +32,7 @@ from tracer_core.learning.attempt import (
     fresh_needed,
     window_grown,
 )
-from tracer_core.learning.certificate import NOT_ATTEMPTED, Certificate
+from tracer_core.learning.certificate import NOT_ATTEMPTED, NOT_BETTER, Certificate
 from tracer_core.learning.fit import _filters, _final_policy, _prepare, fit_policy
 from tracer_core.learning.spending import Attempt, MemoryLedger, attempt_delta
 from tracer_core.learning.split import Split, calibration_side
@@ -279,6 +280,51 @@ def test_while_a_policy_is_in_force_a_grown_window_earns_an_attempt_without_the_
     grown = attempt_certification(validation, grown_size, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.96,
                                   ledger=ledger, calibration=calibration)
     assert grown.attempt == 2 and grown.certified and read == [1]
+
+
+def test_while_a_policy_is_in_force_a_gate_unlikely_to_certify_is_not_attempted():
+    rng = np.random.default_rng(2)
+    validation = Validation(rng.random(600), rng.random(600) < 0.98)
+    ledger = MemoryLedger()
+    ledger.settle(ledger.reserve(0.95, 0.05, 500, 4000).attempt, True)
+    level = attempt_delta(0.05, 2)
+    assert validation.coverage(750, 0.95, level) == 1.0  # worth an attempt by the gain alone ...
+    assert 0.5 < validation.certify_probability(750, 0.95, level) < MIN_CERTIFY_PROBABILITY  # ... but a coin flip
+
+    def calibration() -> CalibrationEvidence:
+        return CalibrationEvidence(rng.random(750), np.ones(750, bool), np.ones(750, bool))
+
+    kept = attempt_certification(validation, 750, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.9,
+                                 ledger=ledger, calibration=calibration)
+    assert kept.attempt == 0 and len(ledger.spent) == 1  # the policy in force answers meanwhile
+    first = attempt_certification(validation, 750, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.0,
+                                  ledger=ledger, calibration=calibration)
+    assert first.attempt == 2  # with nothing answering, an attempt is the only way to start saving
+
+
+def test_a_certified_coverage_below_the_policy_in_force_replaces_nothing(banking_subset, fake_embedder):
+    rng = np.random.default_rng(1)
+    validation = Validation(rng.random(2000), rng.random(2000) < 0.99)
+    ledger = MemoryLedger()
+    ledger.settle(ledger.reserve(0.95, 0.05, 500, 4000).attempt, True)
+    half = np.arange(1000) < 500  # the policy's filters leave half the calibration traces out
+
+    def calibration() -> CalibrationEvidence:
+        return CalibrationEvidence(rng.random(1000), np.ones(1000, bool), half)
+
+    outcome = attempt_certification(validation, 1000, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.96,
+                                    ledger=ledger, calibration=calibration)
+    assert outcome.certified and outcome.coverage <= 0.5
+    assert ledger.latest().certified is False  # for the schedule, an attempt that changed nothing
+    texts = [t for t, _ in banking_subset]
+    labels = [label for _, label in banking_subset]
+    ledger = MemoryLedger()
+    ledger.settle(ledger.reserve(0.9, 0.05, 10, 100).attempt, True)  # the policy in force, on a small window
+    policy, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder,
+                              ids=list(range(101, 101 + len(texts))), ledger=ledger, baseline=0.95)
+    assert policy is None and not cert.deployed and cert.reason_code == NOT_BETTER and cert.attempt == 2
+    assert "below the 0.950 of the policy in force, which stays" in cert.reason
+    assert ledger.latest().certified is False
 
 
 def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():
