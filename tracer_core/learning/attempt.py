@@ -14,9 +14,10 @@ The steps, in order (the fit and the lifetime benchmark both call `attempt_certi
    WINDOW_GROWTH times the one the latest attempt read (and the prediction is above 0): after a
    deployment the window grows by audits only, and a prediction from the few validation traces
    drawn like them stays cautious, so a larger window is tested on schedule. While a policy is in
-   force, either also needs validation to predict that the gate certifies something with
-   probability MIN_CERTIFY_PROBABILITY: a gate that certifies nothing then changes nothing but
-   makes every later attempt stricter.
+   force, an attempt for the gain also needs validation to predict that the gate certifies
+   something with probability MIN_CERTIFY_PROBABILITY: a gate that certifies nothing then changes
+   nothing but makes every later attempt stricter. (The schedule's attempts do not: they exist
+   because that prediction is cautious, and their number is bounded.)
 
    When step 1 or 3 says no, the fit ends here: no calibration label is read, no attempt index
    is taken, no delta is spent.
@@ -48,8 +49,9 @@ POWER = 0.5  # a step of the grid is predicted to pass when it passes at least a
 # 0.808; 0.05 and 1.5 0.820, with 2 to 7 attempts per replay. With 0.02, about 9 attempts, most adding under 0.01.
 MIN_GAIN = 0.05
 WINDOW_GROWTH = 1.5
-# While a policy is in force: the probability validation must give the gate's first step to pass (bench `replay`:
-# without it, versions spent attempts at 0.0012 and below on gates that certified nothing, and waited for fresh traces)
+# While a policy is in force: the probability validation must give the gate's first step to pass for an attempt for
+# the gain (bench `replay`: without it, versions spent attempts at 0.0012 and below on gates that certified nothing,
+# then waited for fresh traces; required of the window's attempts too, it kept a version on its first policy)
 MIN_CERTIFY_PROBABILITY = 0.8
 FRESH_SHARE = 0.5  # after a refused attempt, fresh traces needed per trace it saw (bench `lifetime`)
 GRID_STEP = 0.0025
@@ -147,9 +149,9 @@ def attempt_certification(
     planned = attempt_delta(delta, ledger.next_attempt())
     predicted = validation.coverage(n_calibration, alpha, planned)
     waiting = fresh_needed(trace_ids, ledger.latest())
-    wanted = worth_attempting(predicted, baseline) or window_grown(predicted, baseline, n_calibration, ledger.latest())
-    likely = baseline <= 0.0 or validation.certify_probability(n_calibration, alpha, planned) >= MIN_CERTIFY_PROBABILITY
-    if waiting or not (wanted and likely):
+    gain = worth_attempting(predicted, baseline) and (
+        baseline <= 0.0 or validation.certify_probability(n_calibration, alpha, planned) >= MIN_CERTIFY_PROBABILITY)
+    if waiting or not (gain or window_grown(predicted, baseline, n_calibration, ledger.latest())):
         return Outcome(0, 0.0, 0.0, planned, predicted, waiting)
     taken = ledger.reserve(alpha, delta, n_calibration, int(np.max(trace_ids)))
     grid = threshold_grid(validation.scores, validation.agrees, n_calibration, alpha, taken.delta_spent)
