@@ -69,11 +69,12 @@ class AuditSampler:
         """Label-free signals on the decisions of the policy in force (each policy version has its own, and its own
         relabel watch)."""
         self._boost_left = max(0, self._boost_left - len(decisions))
-        self._relabel_left = max(0, self._relabel_left - len(decisions))
+        with self._relabel_lock:  # `answered` sets both from a recording thread: a trigger is never lost to a count
+            self._relabel_left = max(0, self._relabel_left - len(decisions))
+            if self._relabel is None or self._relabel.policy_version != cert.version:
+                self._relabel = RelabelWatch(cert)
         if self._label_free is None or self._label_free.policy_version != cert.version:
             self._label_free = LabelFreeWatch(cert)
-        if self._relabel is None or self._relabel.policy_version != cert.version:
-            self._relabel = RelabelWatch(cert)
         signal = self._label_free.observe(decisions)
         if signal is not None:
             if self._boost_left == 0:
