@@ -210,6 +210,17 @@ def changed_teacher(labels: list[str], seed: int) -> Teacher:
 
 
 CLINC_QUERIES = 10_000
+CLINC_STABLE_QUERIES = 12_000
+
+
+def clinc_stable_stream(seed: int) -> tuple[list[str], list[str]]:
+    """12,000 CLINC150 T1 in-scope queries (train + test, shuffled by `seed`): a second data set on which a change
+    of the learner or the attempt rules is judged beside Banking77's stable replay."""
+    split = teacher_split("clinc150", "T1")
+    texts = split.train_texts + split.test_texts
+    labels = split.train_labels + split.test_labels
+    order = np.random.default_rng(seed).permutation(len(texts))[:CLINC_STABLE_QUERIES]
+    return [texts[i] for i in order], [labels[i] for i in order]
 
 
 def clinc_stream(seed: int) -> tuple[list[str], Teacher, int]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
+import numpy as np
+
 from bench import replay as rp
 
 STABLE, CHANGE, CLINC = "Banking77 T1, stable", "Banking77 T1, teacher change at query 5,000", "CLINC150 T1, out-of-scope from the second half"
 CHANGE_SEQUENTIAL = f"{CHANGE}, {rp.SEQUENTIAL} call in flight"
+CLINC_STABLE = f"CLINC150 T1, stable ({rp.CLINC_STABLE_QUERIES:,} in-scope queries)"
 
 
 def job(kind: str, seed: int) -> rp.Replay:
@@ -25,7 +28,7 @@ def job(kind: str, seed: int) -> rp.Replay:
     if kind == CLINC:
         texts, teacher, half = rp.clinc_stream(seed)
         return rp.run(texts, teacher, seed=seed, embed=embed, change_at=half)
-    texts, labels = rp.banking_stream(seed)
+    texts, labels = rp.clinc_stable_stream(seed) if kind == CLINC_STABLE else rp.banking_stream(seed)
     if kind in (CHANGE, CHANGE_SEQUENTIAL):
         return rp.run(texts, rp.changed_teacher(labels, seed), seed=seed, embed=embed, change_at=rp.CHANGE_AT,
                       before=lambda i, _text: labels[i], in_flight=rp.SEQUENTIAL if kind == CHANGE_SEQUENTIAL else rp.IN_FLIGHT)
@@ -34,7 +37,8 @@ def job(kind: str, seed: int) -> rp.Replay:
 
 def replay_tables(runs: int, workers: int = 2) -> list[tuple[str, list[dict], str]]:
     changes = range(max(runs // 2, 1))
-    jobs = [(STABLE, s) for s in range(runs)] + [(kind, s) for kind in (CHANGE, CHANGE_SEQUENTIAL) for s in changes] + [(CLINC, 0)]
+    jobs = ([(STABLE, s) for s in range(runs)] + [(kind, s) for kind in (CHANGE, CHANGE_SEQUENTIAL) for s in changes]
+            + [(CLINC, 0)] + [(CLINC_STABLE, s) for s in range(clinc_stable_runs(runs))])
     done = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for (kind, seed), replay in zip(jobs, pool.map(job, *zip(*jobs))):  # in order, each as soon as it is in
@@ -56,6 +60,11 @@ def replay_tables(runs: int, workers: int = 2) -> list[tuple[str, list[dict], st
     ]
     tables.append(("Replay: targets", targets(results), "medians over the shuffles of each scenario."))
     return tables
+
+
+def clinc_stable_runs(runs: int) -> int:
+    """Shuffles of the stable CLINC150 replay: a cross-check, fewer than Banking77's."""
+    return max(runs // 4, 1)
 
 
 def targets(results: dict[str, list[rp.Replay]]) -> list[dict]:
@@ -100,6 +109,17 @@ def targets(results: dict[str, list[rp.Replay]]) -> list[dict]:
     rows.append(_target("CLINC150: suspended / wrong surrogate answers in the second half / last-3,000 coverage / label-free signals",
                         f"{'yes' if clinc.suspended_at else 'no'} / {wrong} / {clinc_row['live coverage, last 3,000 (median)']} / "
                         f"{clinc.label_free_signals}", "report", True))
+    clinc_stable = results[CLINC_STABLE]
+    rows.append(_target(
+        f"CLINC150 stable, a second data set for learner and schedule changes: live coverage over the last 3,000 "
+        f"queries (median of {len(clinc_stable)}; each shuffle)",
+        f"{np.median([r.coverage(3000) for r in clinc_stable]):.4f} "
+        f"({', '.join(f'{r.coverage(3000):.3f}' for r in clinc_stable)})", "report", True))
+    rows.append(_target(f"CLINC150 stable: falsely suspended replays / policies significantly below alpha / replays "
+                        f"with a label-free signal, of {len(clinc_stable)}",
+                        f"{sum(r.false_suspensions() > 0 for r in clinc_stable)} / "
+                        f"{sum(r.policies_below()[0] for r in clinc_stable)} of {sum(r.policies_below()[1] for r in clinc_stable)} / "
+                        f"{sum(r.label_free_signals > 0 for r in clinc_stable)}", "report", True))
     return rows
 
 
