@@ -24,13 +24,16 @@ from tracer_core import Tracer, TraceStore
 from tracer_core.cli.commands import main as cli
 from tracer_core.learning import split as split_module
 from tracer_core.learning.attempt import (
+    MIN_CERTIFY_PROBABILITY,
+    MIN_GAIN,
+    WINDOW_GROWTH,
     CalibrationEvidence,
     Validation,
     attempt_certification,
     fresh_needed,
     window_grown,
 )
-from tracer_core.learning.certificate import NOT_ATTEMPTED, Certificate
+from tracer_core.learning.certificate import NOT_ATTEMPTED, NOT_BETTER, Certificate
 from tracer_core.learning.fit import _filters, _final_policy, _prepare, fit_policy
 from tracer_core.learning.spending import Attempt, MemoryLedger, attempt_delta
 from tracer_core.learning.split import Split, calibration_side
@@ -255,12 +258,13 @@ def test_after_a_refused_attempt_the_next_waits_for_fresh_evidence():
     assert (again.attempt, again.fresh_needed, len(ledger.spent)) == (0, 800, 1)
 
 
-def test_while_a_policy_is_in_force_a_doubled_window_earns_an_attempt_without_the_gain():
+def test_while_a_policy_is_in_force_a_grown_window_earns_an_attempt_without_the_gain():
     certified = Attempt(2, n_calibration=500, last_trace_id=4000, certified=True)
-    assert not window_grown(0.7, 0.8, 999, certified) and window_grown(0.7, 0.8, 1000, certified)
-    assert not window_grown(0.0, 0.8, 1000, certified)  # validation predicts nothing certifiable
-    assert not window_grown(0.7, 0.0, 1000, certified)  # nothing in force: the prediction alone decides
-    assert not window_grown(0.7, 0.8, 1000, None)
+    grown_size = math.ceil(WINDOW_GROWTH * 500)
+    assert not window_grown(0.7, 0.8, grown_size - 1, certified) and window_grown(0.7, 0.8, grown_size, certified)
+    assert not window_grown(0.0, 0.8, grown_size, certified)  # validation predicts nothing certifiable
+    assert not window_grown(0.7, 0.0, grown_size, certified)  # nothing in force: the prediction alone decides
+    assert not window_grown(0.7, 0.8, grown_size, None)
     rng = np.random.default_rng(1)
     validation = Validation(rng.random(2000), rng.random(2000) < 0.99)
     ledger = MemoryLedger()
@@ -271,12 +275,58 @@ def test_while_a_policy_is_in_force_a_doubled_window_earns_an_attempt_without_th
         read.append(1)
         return CalibrationEvidence(rng.random(1000), np.ones(1000, bool), np.ones(1000, bool))
 
-    kept = attempt_certification(validation, 999, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.95,
-                                 ledger=ledger, calibration=calibration)
-    assert kept.attempt == 0 and not read  # the prediction is not MIN_GAIN above 0.95, the window not doubled
-    grown = attempt_certification(validation, 1000, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.95,
+    kept = attempt_certification(validation, grown_size - 1, np.arange(1, 6001), alpha=0.95, delta=0.05,
+                                 baseline=0.96, ledger=ledger, calibration=calibration)
+    assert kept.attempt == 0 and not read  # the prediction is not MIN_GAIN above 0.96, the window not grown enough
+    grown = attempt_certification(validation, grown_size, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.96,
                                   ledger=ledger, calibration=calibration)
     assert grown.attempt == 2 and grown.certified and read == [1]
+
+
+def test_while_a_policy_is_in_force_a_gate_unlikely_to_certify_is_not_attempted_for_the_gain():
+    rng = np.random.default_rng(2)
+    validation = Validation(rng.random(600), rng.random(600) < 0.98)
+    level = attempt_delta(0.05, 2)
+    assert validation.coverage(700, 0.95, level) > 0.9 + MIN_GAIN  # worth an attempt by the gain alone ...
+    assert 0.5 < validation.certify_probability(700, 0.95, level) < MIN_CERTIFY_PROBABILITY  # ... but a coin flip
+
+    def calibration() -> CalibrationEvidence:
+        return CalibrationEvidence(rng.random(750), np.ones(750, bool), np.ones(750, bool))
+
+    def attempt(n_calibration: int, baseline: float) -> int:
+        ledger = MemoryLedger()
+        ledger.settle(ledger.reserve(0.95, 0.05, 500, 4000).attempt, True)
+        return attempt_certification(validation, n_calibration, np.arange(1, 6001), alpha=0.95, delta=0.05,
+                                     baseline=baseline, ledger=ledger, calibration=calibration).attempt
+
+    assert attempt(700, baseline=0.9) == 0  # the policy in force answers meanwhile
+    assert attempt(math.ceil(WINDOW_GROWTH * 500), baseline=0.9) == 2  # the window's schedule does not ask
+    assert attempt(700, baseline=0.0) == 2  # with nothing answering, an attempt is the only way to start saving
+
+
+def test_a_certified_coverage_below_the_policy_in_force_replaces_nothing(banking_subset, fake_embedder):
+    rng = np.random.default_rng(1)
+    validation = Validation(rng.random(2000), rng.random(2000) < 0.99)
+    ledger = MemoryLedger()
+    ledger.settle(ledger.reserve(0.95, 0.05, 500, 4000).attempt, True)
+    half = np.arange(1000) < 500  # the policy's filters leave half the calibration traces out
+
+    def calibration() -> CalibrationEvidence:
+        return CalibrationEvidence(rng.random(1000), np.ones(1000, bool), half)
+
+    outcome = attempt_certification(validation, 1000, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.96,
+                                    ledger=ledger, calibration=calibration)
+    assert outcome.certified and outcome.coverage <= 0.5
+    assert ledger.latest().certified is False  # for the schedule, an attempt that changed nothing
+    texts = [t for t, _ in banking_subset]
+    labels = [label for _, label in banking_subset]
+    ledger = MemoryLedger()
+    ledger.settle(ledger.reserve(0.9, 0.05, 10, 100).attempt, True)  # the policy in force, on a small window
+    policy, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder,
+                              ids=list(range(101, 101 + len(texts))), ledger=ledger, baseline=0.95)
+    assert policy is None and not cert.deployed and cert.reason_code == NOT_BETTER and cert.attempt == 2
+    assert "below the 0.950 of the policy in force, which stays" in cert.reason
+    assert ledger.latest().certified is False
 
 
 def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():
@@ -290,7 +340,7 @@ def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():
     outcome = attempt_certification(Validation(scores, rng.random(2000) < 0.99), 1000, np.arange(3000), alpha=0.95,
                                     delta=0.05, baseline=0.995, ledger=ledger, calibration=calibration)
     assert (outcome.attempt, outcome.delta_spent, outcome.result) == (0, 0.0, None) and ledger.spent == []
-    assert outcome.predicted_coverage > 0.9  # certifiable, but not 0.02 above the policy in force
+    assert outcome.predicted_coverage > 0.9  # certifiable, but not MIN_GAIN above the policy in force
     near_miss = attempt_certification(Validation(scores, rng.random(2000) < 0.9), 1000, np.arange(3000), alpha=0.95,
                                       delta=0.05, baseline=0.0, ledger=ledger, calibration=calibration)
     assert near_miss.attempt == 0 and near_miss.predicted_coverage == 0.0 and ledger.spent == []
