@@ -124,6 +124,18 @@ def test_a_suspicious_monitor_replaced_keeps_the_boost_for_a_while():
     assert sampler.rate(fresh) == 0.05
 
 
+def test_a_replaced_monitor_suspicious_only_in_its_short_window_does_not_boost():
+    """A few recent disagreements after hundreds of agreements make the short window suspicious, but the e-process
+    (wealth below its start) holds no evidence against alpha: a new version starts at the base rate."""
+    sampler, worried = AuditSampler(0.05, "seed", "task"), AgreementMonitor(ALPHA, DELTA, 1)
+    worried.update([True] * 300 + [False] * 3 + [True] * 40 + [False] * 3)
+    assert worried.suspicious and worried.wealth < 1
+    sampler.draw(1, worried)
+    fresh = AgreementMonitor(ALPHA, DELTA, 2)
+    sampler.draw(1, fresh)
+    assert sampler.rate(fresh) == 0.05
+
+
 # --- one monitor per policy version, through the watcher and a real SQLite store -----------------------------------
 
 def audit(tracer: Tracer, version: int, agrees: list[bool]) -> None:

@@ -2,8 +2,11 @@
 
 The rate is raised while the monitor of the policy version in force is suspicious, for BOOST_CALLS
 routed calls after a label-free signal, and for BOOST_CALLS routed calls after a monitor that was
-suspicious gives way to a fresh one (a refit trained on the same period, or a resume): the new
-monitor starts from no evidence, and the boost only costs audits. After a relabel trigger
+suspicious, and whose e-process stood above its start (wealth > 1: its audits, all of them, lean
+toward rejection), gives way to a fresh one (a refit trained on the same period, or a resume): the
+new monitor starts from no evidence, and the boost only costs audits. A short-window suspicion
+alone comes and goes on steady traffic near alpha; carried over at each deployment it cost stable
+replays hundreds of audits. After a relabel trigger
 (`tracer_core.serving.relabel`: the LLM now answers differently) every call is audited for
 BOOST_CALLS routed calls, so that the monitor decides on a batch of current audits before the
 surrogate answers much on.
@@ -59,7 +62,8 @@ class AuditSampler:
     def draw(self, n: int, monitor: AgreementMonitor) -> list[bool]:
         """Which of the next `n` calls are audited (drawn before routing, whatever the inputs)."""
         if monitor is not self._monitor:
-            if self._monitor is not None and self._monitor.suspicious:
+            old = self._monitor
+            if old is not None and old.suspicious and old.wealth > 1.0:
                 self._boost_left = max(self._boost_left, BOOST_CALLS)
             self._monitor = monitor
         rate = self.rate(monitor)
