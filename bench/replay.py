@@ -261,6 +261,9 @@ def summary_row(name: str, replays: list[Replay], change_at: int | None) -> dict
         "replays": len(replays),
         "live coverage, last 3,000 (median)": round(float(np.median(last3)), 4),  # 4 places: the target is judged on them
         "replays with a window sig. below alpha": windows_below,
+        "windows sig. below alpha (shuffle: queries, live agreement)": "; ".join(
+            f"{shuffle}: {row['queries']}, {row['live agreement']}" for shuffle, r in enumerate(replays)
+            for row in r.rows if row["sig. below alpha"]),
         "max |certified - live coverage| per policy (worst replay)": round(max(gaps), 3) if gaps else "-",
         "same, policies calibrated on >= 1,000 traces": round(max(large), 3) if large else "-",
         "suspended (replays)": sum(r.suspended_at is not None for r in replays),

@@ -22,12 +22,14 @@ from tests import clustered
 from tests.faultkit import subprocess_env
 from tracer_core import Tracer, TraceStore
 from tracer_core.cli.commands import main as cli
+from tracer_core.learning import attempt as attempt_module
 from tracer_core.learning import split as split_module
 from tracer_core.learning.attempt import (
     MIN_CERTIFY_PROBABILITY,
     MIN_GAIN,
     WINDOW_GROWTH,
     CalibrationEvidence,
+    Outcome,
     Validation,
     attempt_certification,
     fresh_needed,
@@ -304,29 +306,52 @@ def test_while_a_policy_is_in_force_a_gate_unlikely_to_certify_is_not_attempted_
     assert attempt(700, baseline=0.0) == 2  # with nothing answering, an attempt is the only way to start saving
 
 
-def test_a_certified_coverage_below_the_policy_in_force_replaces_nothing(banking_subset, fake_embedder):
+def test_an_attempt_for_the_gain_that_certifies_less_than_the_policy_in_force_replaces_nothing():
     rng = np.random.default_rng(1)
     validation = Validation(rng.random(2000), rng.random(2000) < 0.99)
-    ledger = MemoryLedger()
-    ledger.settle(ledger.reserve(0.95, 0.05, 500, 4000).attempt, True)
     half = np.arange(1000) < 500  # the policy's filters leave half the calibration traces out
 
     def calibration() -> CalibrationEvidence:
         return CalibrationEvidence(rng.random(1000), np.ones(1000, bool), half)
 
-    outcome = attempt_certification(validation, 1000, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.96,
-                                    ledger=ledger, calibration=calibration)
-    assert outcome.certified and outcome.coverage <= 0.5
-    assert ledger.latest().certified is False  # for the schedule, an attempt that changed nothing
+    def attempt(latest_window: int) -> tuple[Outcome, MemoryLedger]:
+        ledger = MemoryLedger()
+        ledger.settle(ledger.reserve(0.95, 0.05, latest_window, 4000).attempt, True)
+        return attempt_certification(validation, 1000, np.arange(1, 6001), alpha=0.95, delta=0.05, baseline=0.9,
+                                     ledger=ledger, calibration=calibration), ledger
+
+    for_gain, ledger = attempt(900)  # the window has not doubled: an attempt for the predicted gain
+    assert for_gain.certified and for_gain.coverage <= 0.5 and not for_gain.scheduled
+    assert not for_gain.replaces(0.9) and ledger.latest().certified is False  # for the schedule, it changed nothing
+    scheduled, ledger = attempt(500)  # doubled: newer, larger evidence replaces the policy in force, lower or not
+    assert scheduled.scheduled and scheduled.replaces(0.9) and ledger.latest().certified is True
+
+
+def test_a_fit_whose_attempt_for_the_gain_certifies_less_keeps_the_policy_in_force(banking_subset, fake_embedder,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(attempt_module, "MIN_GAIN", -1.0)  # an attempt for the gain at any prediction ...
+    monkeypatch.setattr(attempt_module, "MIN_CERTIFY_PROBABILITY", 0.0)
+    texts = [t for t, _ in banking_subset]
+    labels = [label for _, label in banking_subset]
+    ledger = MemoryLedger()
+    ledger.settle(ledger.reserve(0.9, 0.05, 10**6, 100).attempt, True)  # ... on a window that has not doubled
+    policy, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder,
+                              ids=list(range(101, 101 + len(texts))), ledger=ledger, baseline=0.95)
+    assert policy is None and not cert.deployed and cert.reason_code == NOT_BETTER and cert.attempt == 2
+    assert "below the 0.950 of the policy in force, which stays" in cert.reason
+    assert ledger.latest().certified is False
+
+
+def test_a_fit_on_a_doubled_window_replaces_the_policy_in_force_even_with_less_coverage(banking_subset,
+                                                                                       fake_embedder):
     texts = [t for t, _ in banking_subset]
     labels = [label for _, label in banking_subset]
     ledger = MemoryLedger()
     ledger.settle(ledger.reserve(0.9, 0.05, 10, 100).attempt, True)  # the policy in force, on a small window
     policy, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder,
                               ids=list(range(101, 101 + len(texts))), ledger=ledger, baseline=0.95)
-    assert policy is None and not cert.deployed and cert.reason_code == NOT_BETTER and cert.attempt == 2
-    assert "below the 0.950 of the policy in force, which stays" in cert.reason
-    assert ledger.latest().certified is False
+    assert policy is not None and cert.deployed and cert.attempt == 2 and cert.coverage < 0.95
+    assert ledger.latest().certified is True
 
 
 def test_a_skipped_attempt_reads_no_calibration_and_spends_nothing():

@@ -24,9 +24,12 @@ The steps, in order (the fit and the lifetime benchmark both call `attempt_certi
 4. Reserve the attempt index j in the ledger (before any calibration label is read); the gate
    tests at delta_j (`tracer_core.learning.spending`).
 5. Fix the threshold grid on validation at delta_j, read the calibration evidence (only now), run
-   the fixed-sequence test and record its outcome in the ledger (for step 1 of later attempts). A
-   certified threshold whose coverage is below the policy in force's replaces nothing: the fit
-   keeps the policy in force, and the ledger counts the attempt as one that certified nothing.
+   the fixed-sequence test and record its outcome in the ledger (for step 1 of later attempts). An
+   attempt made for the gain whose certified coverage is below the policy in force's replaces
+   nothing: the fit keeps the policy in force, and the ledger counts the attempt as one that
+   certified nothing. An attempt made because the window grew replaces it whatever its coverage:
+   its evidence is larger and newer, and under drift the newer certificate is the one that
+   describes current traffic.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class Outcome:
     grid: np.ndarray | None = None
     result: GateResult | None = None
     evidence: CalibrationEvidence | None = None
+    scheduled: bool = False  # made because the calibration window grew (not only for the predicted gain)
 
     @property
     def certified(self) -> bool:
@@ -132,6 +136,10 @@ class Outcome:
         if threshold is None or evidence is None or not len(evidence.scores):
             return 0.0
         return float(np.mean(evidence.eligible & (evidence.scores >= threshold)))
+
+    def replaces(self, baseline: float) -> bool:
+        """Whether the certified policy replaces one in force with coverage `baseline` (step 5 of the module)."""
+        return self.certified and (self.scheduled or self.coverage >= baseline)
 
 
 def attempt_certification(
@@ -153,15 +161,16 @@ def attempt_certification(
     waiting = fresh_needed(trace_ids, ledger.latest())
     gain = worth_attempting(predicted, baseline) and (
         baseline <= 0.0 or validation.certify_probability(n_calibration, alpha, planned) >= MIN_CERTIFY_PROBABILITY)
-    if waiting or not (gain or window_grown(predicted, baseline, n_calibration, ledger.latest())):
+    scheduled = window_grown(predicted, baseline, n_calibration, ledger.latest())
+    if waiting or not (gain or scheduled):
         return Outcome(0, 0.0, 0.0, planned, predicted, waiting)
     taken = ledger.reserve(alpha, delta, n_calibration, int(np.max(trace_ids)))
     grid = threshold_grid(validation.scores, validation.agrees, n_calibration, alpha, taken.delta_spent)
     evidence = calibration()
     result = fixed_sequence_test(grid, evidence.scores, evidence.agrees, evidence.eligible, alpha, taken.delta_spent)
     outcome = Outcome(taken.attempt, taken.delta_spent, taken.delta_spent_total, planned, predicted, 0, grid, result,
-                      evidence)
-    ledger.settle(taken.attempt, outcome.certified and outcome.coverage >= baseline)
+                      evidence, scheduled)
+    ledger.settle(taken.attempt, outcome.replaces(baseline))
     return outcome
 
 

@@ -12,7 +12,7 @@ NOT_CERTIFIED = "not_certified"
 FREE_TEXT = "free_text_task"
 SINGLE_LABEL = "single_label"
 NOT_ATTEMPTED = "not_attempted"  # the schedule or validation said no: the gate did not run, nothing was spent
-NOT_BETTER = "not_better"  # the gate certified less coverage than the policy in force, which stays
+NOT_BETTER = "not_better"  # an attempt for the gain certified less coverage than the policy in force, which stays
 
 
 @dataclass

@@ -250,10 +250,11 @@ def fit_policy(
         code, reason = _refusal_reason(outcome.grid, evidence, alpha, outcome.delta_spent, n)
         per_label = _per_label(data, evidence, np.zeros(n_cal, bool))
         return refuse(code, reason, estimate, per_label=per_label, **common)
-    if outcome.coverage < baseline:
+    if not outcome.replaces(baseline):
         return refuse(codes.NOT_BETTER, (
             f"the gate certified coverage {outcome.coverage:.3f} at alpha {alpha}, below the {baseline:.3f} of the "
-            f"policy in force, which stays; attempt {outcome.attempt} spent delta {outcome.delta_spent:.2g}"), **common)
+            f"policy in force, which stays; attempt {outcome.attempt} (made for the gain) spent delta "
+            f"{outcome.delta_spent:.2g}"), **common)
     policy = final[0]
     assert outcome.threshold is not None  # a certified outcome names its threshold
     policy.threshold = outcome.threshold

@@ -46,7 +46,7 @@ class Attempt:
     attempt: int
     n_calibration: int  # calibration traces its gate read
     last_trace_id: int  # the newest trace of the evidence it was fitted on
-    certified: bool | None  # its gate certified a policy at least as good as the one in force (False: it did not);
+    certified: bool | None  # its gate certified a policy that replaced the one in force (False: it did not);
     # None: its outcome was never recorded (the fit stopped): counted as refused
 
 
