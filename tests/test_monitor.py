@@ -173,6 +173,29 @@ def test_each_policy_version_has_a_fresh_monitor(tmp_path):
     tracer.close()
 
 
+def test_a_rejected_policy_never_answers_while_its_suspension_is_being_read(tmp_path):
+    """The suspension written on the store's thread restarts the monitor at its event. A read of the state that has
+    built the fresh monitor but not yet published it (the reading thread mid-read) must leave routing on the
+    rejected one: the fresh monitor and the suspension are published together, from one read of the event."""
+    tracer = Tracer("race", tmp_path / "r.db", alpha=0.9, embedder=clustered.embed, auto_refit=False,
+                    policy_check_s=3600.0, audit_rate=0.0)
+    texts = clustered.texts(1200)
+    tracer.record_many(texts, [clustered.label_of(t) for t in texts])
+    assert tracer.fit().deployed
+    audit(tracer, 1, [True] * 20 + [False] * 15)
+    in_force = tracer.watcher.current(force=True)
+    assert tracer.watcher.monitor.rejected and in_force.suspension is None
+    tracer.suspensions.suspend("audits contradict the certificate", automatic=True)
+    suspension, floor = tracer.store.suspension_state("race", tracer.fingerprint)
+    assert suspension is not None and floor > 0  # one read gives both
+    tracer.watcher._read()  # the reading thread's work, before its result is published
+    assert tracer.route("lab1 next").reason == Reason.SUSPENDED
+    fresh = tracer.watcher.current(force=True)
+    assert fresh.suspension is not None and not tracer.watcher.monitor.rejected  # published together
+    assert tracer.route("lab1 next").reason == Reason.SUSPENDED
+    tracer.close()
+
+
 # --- label-free signals -------------------------------------------------------------------------------------------
 
 def certificate(coverage: float, n_calibration: int = 1000, n_validation: int = 600, version: int = 3) -> Certificate:

@@ -44,7 +44,8 @@ class Fitter:
         very traces the last background refit fitted returns that refit's certificate."""
         with self._lock:
             self.store.flush()
-            if self.watcher.current(force=True).suspension is None and self.watcher.monitor.rejected:
+            in_force = self.watcher.current(force=True)
+            if in_force.suspension is None and in_force.monitor.rejected:
                 self.suspender.now()  # a rejected policy is suspended before a refit replaces it
             floor = self.suspender.suspensions.floor()
             evidence = self.store.teacher_evidence(self.task, self.fingerprint, since_id=floor)

@@ -60,10 +60,10 @@ class Router:
             return [deferred(Reason.STORE_UNAVAILABLE) for _ in texts]
         audited = self.audits.draw(len(texts), self.watcher.monitor)  # drawn before routing
         in_force = self.watcher.current(budget_s=background.CALLER_BUDGET_S)
-        policy = in_force.policy
-        if in_force.suspension is None and self.watcher.monitor.rejected:
+        policy, monitor = in_force.policy, in_force.monitor  # one snapshot: a fresh monitor comes with its event
+        if in_force.suspension is None and monitor.rejected:
             self.suspender.on_monitor()  # written in the background; the calls defer as suspended meanwhile
-        if in_force.suspension is not None or self.watcher.monitor.rejected:
+        if in_force.suspension is not None or monitor.rejected:
             return [deferred(Reason.SUSPENDED, policy.version if policy else None) for _ in texts]
         if policy is None:
             refusal = in_force.refusal

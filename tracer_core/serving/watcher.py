@@ -42,6 +42,7 @@ class InForce:
     policy: Policy | None
     refusal: Certificate | None
     suspension: dict | None
+    monitor: AgreementMonitor  # of `policy`, since the event behind `suspension`: read and published with them
     policy_error: str | None = None  # why the newest deployed policy is not used (it failed validation)
 
 
@@ -54,9 +55,9 @@ class PolicyWatcher:
         self.alpha, self.delta, self.check_s = alpha, delta, check_s
         self._lock = threading.Lock()
         self._checked_at = -float("inf")
-        self._state = InForce(None, None, None)
+        self._monitor = AgreementMonitor(alpha, delta)  # built on the store's reading thread, published by _finish
+        self._state = InForce(None, None, None, self._monitor)
         self._latest_any: int | None = None
-        self._monitor = AgreementMonitor(alpha, delta)
         self._monitor_key: tuple[int | None, int] | None = None  # (policy version, event floor) it monitors
         self._audit_seen = 0
         self._rejected: int | None = None  # a deployed version that failed validation (not re-read)
@@ -65,7 +66,8 @@ class PolicyWatcher:
 
     @property
     def monitor(self) -> AgreementMonitor:
-        return self._monitor
+        """The monitor of the state in force (routing reads it from its `InForce` snapshot instead)."""
+        return self._state.monitor
 
     def current(self, *, force: bool = False, budget_s: float | None = READ_BUDGET_S) -> InForce:
         """The state in force, re-read from the store at most once per `check_s` (or now with `force`).
@@ -105,13 +107,14 @@ class PolicyWatcher:
     def adopt(self, policy: Policy | None, refusal: Certificate | None) -> None:
         """Take the result of a fit made in this process without waiting for the next poll."""
         with self._lock:
-            self._state = InForce(policy if policy is not None else self._state.policy, refusal, self._state.suspension,
-                                  None if policy is not None else self._state.policy_error)
+            state = self._state
+            self._state = InForce(policy if policy is not None else state.policy, refusal, state.suspension,
+                                  state.monitor, None if policy is not None else state.policy_error)
             self._checked_at = -float("inf")
 
     def _read(self) -> InForce:
         store, task, fp = self.store, self.task, self.fingerprint
-        suspension = store.suspension(task, fp)
+        suspension, floor = store.suspension_state(task, fp)  # one read: a fresh monitor never without its event
         policy, refusal = self._state.policy, self._state.refusal
         latest_any = store.latest_policy_version(task, fingerprint=fp, status=None)
         if latest_any != self._latest_any:
@@ -127,10 +130,10 @@ class PolicyWatcher:
         elif policy is None or policy.version != deployed:
             policy, error = self._load(deployed)
         try:
-            self._update_monitor(policy, suspension)
+            self._update_monitor(policy, suspension, floor)
         except StoreError as exc:  # the traces table may be unreadable while policies still are
             log.debug("tracer task %r: audits not read (%s); the monitor waits", task, exc)
-        return InForce(policy, refusal, suspension, error)
+        return InForce(policy, refusal, suspension, self._monitor, error)
 
     def _load(self, version: int) -> tuple[Policy | None, str | None]:
         """The newest deployed policy if it passes validation; else (None, why), logged once per version."""
@@ -146,14 +149,14 @@ class PolicyWatcher:
         policy.certificate.version = policy.version
         return policy, None
 
-    def _update_monitor(self, policy: Policy | None, suspension: dict | None) -> None:
-        """Feed the audits of the policy version in force, recorded since the last suspend/resume event, in id order.
+    def _update_monitor(self, policy: Policy | None, suspension: dict | None, floor: int) -> None:
+        """Feed the audits of the policy version in force, recorded since the last suspend/resume event (whose highest
+        trace id is `floor`), in id order.
 
         The monitor tests the policy's own certificate (its alpha and delta), whatever this caller asks:
         the promise is the certificate's, and a caller's stricter level is refused at routing instead.
         """
         version = policy.version if policy is not None else None
-        floor = self.store.last_event_trace_id(self.task, self.fingerprint)
         if (version, floor) != self._monitor_key:
             cert = policy.certificate if policy is not None else None
             alpha, delta = (cert.alpha, cert.delta) if cert is not None and cert.alpha > 0 else (self.alpha, self.delta)

@@ -439,14 +439,23 @@ class TraceStore:
 
     def suspension(self, task: str, fingerprint: str) -> dict | None:
         """The suspend event in force for a task version (the newest event, if it is a suspend), else None."""
+        return self.suspension_state(task, fingerprint)[0]
+
+    def suspension_state(self, task: str, fingerprint: str) -> tuple[dict | None, int]:
+        """(`suspension()`, `last_event_trace_id()`) from one read of the newest event, so that they never disagree: a
+        monitor restarted at an event is never paired with a state read before that event was written."""
         rows = self._read(
             "SELECT id, created_at, action, reason, details FROM suspensions WHERE task = ? AND fingerprint = ? "
             "ORDER BY id DESC LIMIT 1", [task, fingerprint],
         )
-        if not rows or rows[0][2] != "suspend":
-            return None
-        id_, created_at, _, reason, details = rows[0]
-        return {"id": id_, "since": created_at, "reason": reason, "details": _json_or_none(details) or {}}
+        if not rows:
+            return None, 0
+        id_, created_at, action, reason, details = rows[0]
+        data = _json_or_none(details) or {}
+        floor = int(data.get("trace_max_id", 0))
+        if action != "suspend":
+            return None, floor
+        return {"id": id_, "since": created_at, "reason": reason, "details": data}, floor
 
     def suspension_floor(self, task: str, fingerprint: str) -> int:
         """Highest trace id at the newest suspension: later fits use only traces after it (0 if never suspended)."""
@@ -454,7 +463,7 @@ class TraceStore:
 
     def last_event_trace_id(self, task: str, fingerprint: str) -> int:
         """Highest trace id at the newest suspend or resume event (0 if none): the monitor starts after it."""
-        return self._event_trace_id(task, fingerprint, "")
+        return self.suspension_state(task, fingerprint)[1]
 
     def _event_trace_id(self, task: str, fingerprint: str, condition: str) -> int:
         rows = self._read(
