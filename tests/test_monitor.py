@@ -3,6 +3,8 @@ label-free signals hold their false-alarm rate on steady traffic and fire on a r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -173,16 +175,22 @@ def test_each_policy_version_has_a_fresh_monitor(tmp_path):
     tracer.close()
 
 
-def test_a_rejected_policy_never_answers_while_its_suspension_is_being_read(tmp_path):
-    """The suspension written on the store's thread restarts the monitor at its event. A read of the state that has
-    built the fresh monitor but not yet published it (the reading thread mid-read) must leave routing on the
-    rejected one: the fresh monitor and the suspension are published together, from one read of the event."""
-    tracer = Tracer("race", tmp_path / "r.db", alpha=0.9, embedder=clustered.embed, auto_refit=False,
-                    policy_check_s=3600.0, audit_rate=0.0)
+def condemned(path: Path, task: str, *, policy_check_s: float) -> Tracer:
+    """A tracer whose v1 (alpha 0.9) is deployed and whose audits have rejected it, not yet suspended."""
+    tracer = Tracer(task, path, alpha=0.9, embedder=clustered.embed, auto_refit=False, policy_check_s=policy_check_s,
+                    audit_rate=0.0)
     texts = clustered.texts(1200)
     tracer.record_many(texts, [clustered.label_of(t) for t in texts])
     assert tracer.fit().deployed
     audit(tracer, 1, [True] * 20 + [False] * 15)
+    return tracer
+
+
+def test_a_rejected_policy_never_answers_while_its_suspension_is_being_read(tmp_path):
+    """The suspension written on the store's thread restarts the monitor at its event. A read of the state that has
+    built the fresh monitor but not yet published it (the reading thread mid-read) must leave routing on the
+    rejected one: the fresh monitor and the suspension are published together, from one read of the event."""
+    tracer = condemned(tmp_path / "r.db", "race", policy_check_s=3600.0)
     in_force = tracer.watcher.current(force=True)
     assert tracer.watcher.monitor.rejected and in_force.suspension is None
     tracer.suspensions.suspend("audits contradict the certificate", automatic=True)
@@ -252,12 +260,7 @@ def test_an_out_of_distribution_jump_signals_through_the_audit_sampler(caplog):
 def test_a_rejected_policy_is_suspended_before_a_refit_replaces_it(tmp_path):
     """A refit must not hand the traffic that condemned v1 to a v2 trained on it: the rejection suspends first,
     and the next certificate needs traces recorded after the suspension."""
-    tracer = Tracer("condemned", tmp_path / "c.db", alpha=0.9, embedder=clustered.embed, auto_refit=False,
-                    policy_check_s=0.0, audit_rate=0.0)
-    texts = clustered.texts(1200)
-    tracer.record_many(texts, [clustered.label_of(t) for t in texts])
-    assert tracer.fit().deployed
-    audit(tracer, 1, [True] * 20 + [False] * 15)
+    tracer = condemned(tmp_path / "c.db", "condemned", policy_check_s=0.0)
     with pytest.raises(NoTracesError, match="after its suspension"):
         tracer.fit()
     suspension = tracer.status()["suspended"]
