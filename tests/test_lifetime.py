@@ -342,6 +342,18 @@ def test_a_fit_whose_attempt_for_the_gain_certifies_less_keeps_the_policy_in_for
     assert ledger.latest().certified is False
 
 
+def test_a_fit_that_skips_an_unlikely_attempt_for_the_gain_says_so(banking_subset, fake_embedder, monkeypatch):
+    monkeypatch.setattr(attempt_module, "MIN_CERTIFY_PROBABILITY", 1.01)  # no gate is likely enough
+    texts = [t for t, _ in banking_subset]
+    labels = [label for _, label in banking_subset]
+    ledger = MemoryLedger()
+    ledger.settle(ledger.reserve(0.9, 0.05, 10**6, 100).attempt, True)  # a window that has not doubled
+    policy, cert = fit_policy(texts, labels, alpha=0.9, delta=0.05, embed=fake_embedder,
+                              ids=list(range(101, 101 + len(texts))), ledger=ledger, baseline=0.01)
+    assert policy is None and cert.reason_code == NOT_ATTEMPTED and cert.attempt == 0 and len(ledger.spent) == 1
+    assert "chance to certify anything" in cert.reason and "the policy in force stays" in cert.reason
+
+
 def test_a_fit_on_a_doubled_window_replaces_the_policy_in_force_even_with_less_coverage(banking_subset,
                                                                                        fake_embedder):
     texts = [t for t, _ in banking_subset]

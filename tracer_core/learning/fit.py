@@ -29,6 +29,7 @@ import numpy as np
 from tracer_core.errors import InvalidTraceError
 from tracer_core.learning import certificate as codes
 from tracer_core.learning.attempt import (
+    MIN_CERTIFY_PROBABILITY,
     MIN_GAIN,
     CalibrationEvidence,
     Outcome,
@@ -406,6 +407,11 @@ def _skip_reason(outcome: Outcome, baseline: float, alpha: float, like: Validati
         return (f"the version's last attempt certified nothing on much the same traces; the next waits for "
                 f"{outcome.fresh_needed:,} more recorded after it; {spent}")
     level = f"at delta {outcome.delta_predicted:.2g}, the level of the next attempt"
+    if baseline > 0 and outcome.predicted_coverage >= baseline + MIN_GAIN:
+        chance = like.certify_probability(n_cal, alpha, outcome.delta_predicted)
+        return (f"validation predicts coverage {outcome.predicted_coverage:.3f} at alpha {alpha} ({level}), but gives "
+                f"the gate a {chance:.0%} chance to certify anything, under the {MIN_CERTIFY_PROBABILITY:.0%} an "
+                f"attempt for the gain needs; the policy in force stays; {spent}")
     if baseline > 0:
         return (f"validation predicts coverage {outcome.predicted_coverage:.3f} at alpha {alpha} ({level}), not "
                 f"{MIN_GAIN} above the {baseline:.3f} of the policy in force, which stays; {spent}")
