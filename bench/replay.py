@@ -190,13 +190,18 @@ def _close_window(window: dict, tracer: Tracer, replay: Replay) -> dict:
 
 # --- scenarios -----------------------------------------------------------------------------------
 
-def banking_stream(seed: int) -> tuple[list[str], list[str]]:
-    """Banking77 T1 train + test (13,083 queries), shuffled by `seed`."""
-    split = teacher_split("banking77", "T1")
+def shuffled_stream(dataset: str, seed: int, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """`dataset`'s T1 train + test, shuffled by `seed` (the first `limit` queries, if given)."""
+    split = teacher_split(dataset, "T1")
     texts = split.train_texts + split.test_texts
     labels = split.train_labels + split.test_labels
-    order = np.random.default_rng(seed).permutation(len(texts))
+    order = np.random.default_rng(seed).permutation(len(texts))[:limit]
     return [texts[i] for i in order], [labels[i] for i in order]
+
+
+def banking_stream(seed: int) -> tuple[list[str], list[str]]:
+    """Banking77 T1 train + test (13,083 queries), shuffled by `seed`."""
+    return shuffled_stream("banking77", seed)
 
 
 def changed_teacher(labels: list[str], seed: int) -> Teacher:
@@ -216,11 +221,7 @@ CLINC_STABLE_QUERIES = 12_000
 def clinc_stable_stream(seed: int) -> tuple[list[str], list[str]]:
     """12,000 CLINC150 T1 in-scope queries (train + test, shuffled by `seed`): a second data set on which a change
     of the learner or the attempt rules is judged beside Banking77's stable replay."""
-    split = teacher_split("clinc150", "T1")
-    texts = split.train_texts + split.test_texts
-    labels = split.train_labels + split.test_labels
-    order = np.random.default_rng(seed).permutation(len(texts))[:CLINC_STABLE_QUERIES]
-    return [texts[i] for i in order], [labels[i] for i in order]
+    return shuffled_stream("clinc150", seed, CLINC_STABLE_QUERIES)
 
 
 def clinc_stream(seed: int) -> tuple[list[str], Teacher, int]:

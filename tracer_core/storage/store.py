@@ -452,7 +452,7 @@ class TraceStore:
             return None, 0
         id_, created_at, action, reason, details = rows[0]
         data = _json_or_none(details) or {}
-        floor = int(data.get("trace_max_id", 0))
+        floor = _event_floor(data)
         if action != "suspend":
             return None, floor
         return {"id": id_, "since": created_at, "reason": reason, "details": data}, floor
@@ -470,7 +470,7 @@ class TraceStore:
             f"SELECT details FROM suspensions WHERE task = ? AND fingerprint = ? {condition} ORDER BY id DESC LIMIT 1",
             [task, fingerprint],
         )
-        return int((_json_or_none(rows[0][0]) or {}).get("trace_max_id", 0)) if rows else 0
+        return _event_floor(_json_or_none(rows[0][0]) or {}) if rows else 0
 
     def audit_outcomes(self, task: str, fingerprint: str, *, policy_version: int,
                        since_id: int = 0) -> list[tuple[int, bool]]:
@@ -733,6 +733,11 @@ def _earlier_release_attempts(policies: list[dict], alpha: float, delta: float) 
                           "n_calibration": count(cert.get("n_calibration")),
                           "last_trace_id": count(cert.get("trace_max_id")), "certified": cert.get("deployed") is True})
     return found
+
+
+def _event_floor(details: dict) -> int:
+    """Highest trace id at a suspend or resume event, from its details (0 if it names none)."""
+    return int(details.get("trace_max_id", 0))
 
 
 def _json_or_none(body: str | None) -> Any:
